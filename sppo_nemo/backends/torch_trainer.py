@@ -1,0 +1,206 @@
+"""Plain-torch trainer over an HF causal LM: any device, fp32 or bf16.
+
+π_t is loaded once. Before the first update its sequence log-probabilities on every training
+row are computed (no gradients) and kept as the reference: no second model is held in memory.
+Then AdamW with warmup and a linear/cosine/constant schedule, gradient accumulation and clipping
+fits π_{t+1} with the recipe's loss, and π_{t+1} is saved as an HF checkpoint (safetensors).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from sppo_nemo import loss as losses
+from sppo_nemo.backends.hf import ChatFormat, Encoded, load_causal_lm, load_tokenizer, sequence_logps
+from sppo_nemo.protocols import PairRow, PointRow, ProgressFn, TrainResult
+from sppo_nemo.recipe import TrainerConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warmup over ``warmup`` steps from 1/(warmup+1), then constant, linear decay to 0 at
+    ``total``, or cosine decay to 0. Hand-worked: total 10, warmup 2, linear: steps 0..3 →
+    1/3, 2/3, 1.0, 0.875.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class TorchTrainer:
+    def __init__(self, cfg: TrainerConfig, loss_type: str, eta: float, system_prompt: str | None,
+                 seed: int, device: str | None = None):
+        self.cfg = cfg
+        self.loss_type = loss_type
+        self.eta = eta
+        self.system_prompt = system_prompt
+        self.seed = seed
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    # -- encoding -------------------------------------------------------------------------
+    def _encode(self, fmt: ChatFormat, rows) -> list[list[Encoded]]:
+        c = self.cfg
+        out = []
+        for r in rows:
+            if isinstance(r, PointRow):
+                out.append([fmt.encode(r.prompt, r.response, r.finished, c.max_prompt_length, c.max_length)])
+            else:
+                out.append([
+                    fmt.encode(r.prompt, r.chosen, r.chosen_finished, c.max_prompt_length, c.max_length),
+                    fmt.encode(r.prompt, r.rejected, r.rejected_finished, c.max_prompt_length, c.max_length),
+                ])
+        return out
+
+    def _logps(self, model, seqs: list[list[Encoded]], pad_id: int) -> torch.Tensor:
+        """(rows, 1 or 2) sequence log-probs for a micro-batch of rows."""
+        flat = [e for row in seqs for e in row]
+        return sequence_logps(model, flat, pad_id).view(len(seqs), -1)
+
+    def _loss(self, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
+        t = self.loss_type
+        if t == "sppo":
+            p = torch.tensor([r.win_prob for r in rows], dtype=torch.float32, device=pol.device)
+            lz = None
+            if any(r.log_z is not None for r in rows):
+                lz = torch.tensor([r.log_z if r.log_z is not None else self.eta / 2 for r in rows],
+                                  dtype=torch.float32, device=pol.device)
+            return losses.sppo_loss(pol[:, 0], ref[:, 0], p, self.eta, lz)
+        if t == "sppo_pair":
+            p = torch.tensor([r.pair_prob for r in rows], dtype=torch.float32, device=pol.device)
+            return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], p, self.eta)
+        fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[t]
+        return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], self.eta)
+
+    # -- the loop -------------------------------------------------------------------------
+    def train(self, policy_dir: Path, rows: Sequence[PointRow] | Sequence[PairRow], output_dir: Path,
+              progress: ProgressFn | None = None, ref_progress: ProgressFn | None = None) -> TrainResult:
+        c = self.cfg
+        torch.manual_seed(self.seed)
+        tok = load_tokenizer(str(policy_dir))
+        fmt = ChatFormat(tok, self.system_prompt)
+        model = load_causal_lm(str(policy_dir), dtype=DTYPES[c.precision]).to(self.device)
+        for m in model.modules():  # dropout off: the reference log-probs must equal π_t's exactly
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        if c.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        seqs = self._encode(fmt, rows)
+        pad = tok.pad_token_id
+
+        # Reference log-probs of π_t, once, before any update (eq. 3.7 uses π_t as reference).
+        t0 = time.time()
+        model.eval()
+        ref = []
+        with torch.no_grad():
+            for b in range(0, len(seqs), c.batch_size):
+                ref.append(self._logps(model, seqs[b:b + c.batch_size], pad).float())
+                if ref_progress:
+                    ref_progress(len(seqs[b:b + c.batch_size]))
+        reference = torch.cat(ref)
+        ref_seconds = time.time() - t0
+
+        model.train()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=c.lr, betas=(0.9, 0.999), eps=1e-8,
+        )
+        micro_per_epoch = math.ceil(len(seqs) / c.batch_size)
+        total_steps = math.ceil(micro_per_epoch * c.epochs / c.grad_accum)
+        warmup = int(round(c.warmup_ratio * total_steps))
+        order_rng = random.Random(self.seed)
+        micro_batches = []
+        for _ in range(c.epochs):
+            order = list(range(len(seqs)))
+            order_rng.shuffle(order)
+            micro_batches += [order[b:b + c.batch_size] for b in range(0, len(order), c.batch_size)]
+
+        metrics: list[dict] = []
+        step, acc, acc_stats = 0, 0, _Stats()
+        step_start = time.time()
+        for mb in micro_batches:
+            batch_rows = [rows[i] for i in mb]
+            pol = self._logps(model, [seqs[i] for i in mb], pad)
+            ref_mb = reference[mb]
+            per_example = self._loss(pol, ref_mb, batch_rows)
+            (per_example.mean() / c.grad_accum).backward()
+            acc_stats.add(per_example.detach(), (pol.detach().float() - ref_mb), sum(
+                len(e.prompt_ids) + len(e.response_ids) for i in mb for e in seqs[i]))
+            acc += 1
+            if progress:
+                progress(len(mb))
+            if acc == c.grad_accum or mb is micro_batches[-1]:
+                factor = lr_factor(step, total_steps, warmup, c.schedule)
+                for g in opt.param_groups:
+                    g["lr"] = c.lr * factor
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                metrics.append(acc_stats.summary(step, c.lr * factor, float(grad_norm), self.loss_type,
+                                                 self.eta, time.time() - step_start))
+                step, acc, acc_stats = step + 1, 0, _Stats()
+                step_start = time.time()
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output_dir)
+        tok.save_pretrained(output_dir)
+        first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
+        summary = {
+            "steps": len(metrics),
+            "rows": len(rows),
+            "reference_logps_seconds": round(ref_seconds, 3),
+            "first_loss": first.get("loss"),
+            "last_loss": last.get("loss"),
+            "first_loss_scaled": first.get("loss_scaled"),
+            "last_loss_scaled": last.get("loss_scaled"),
+            "mean_step_seconds": round(sum(m["seconds"] for m in metrics) / max(1, len(metrics)), 3),
+        }
+        return TrainResult(metrics=metrics, summary=summary)
+
+
+class _Stats:
+    """Accumulates what one optimizer step saw, over its micro-batches."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.ratios: list[torch.Tensor] = []
+        self.tokens = 0
+
+    def add(self, per_example: torch.Tensor, log_ratio: torch.Tensor, tokens: int) -> None:
+        self.losses.append(per_example)
+        self.ratios.append(log_ratio.reshape(-1))
+        self.tokens += tokens
+
+    def summary(self, step: int, lr: float, grad_norm: float, loss_type: str, eta: float, seconds: float) -> dict:
+        loss = torch.cat(self.losses).mean().item()
+        ratio = torch.cat(self.ratios)
+        out = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "log_ratio_mean": ratio.mean().item(),
+            "log_ratio_abs_max": ratio.abs().max().item(),
+            "tokens": self.tokens,
+            "seconds": round(seconds, 4),
+        }
+        if loss_type in ("sppo", "sppo_pair"):
+            # Appendix B units: (β·log-ratio − (P̂ − ½))², β = 1/η; 0.25 at π = π_t for P̂ ∈ {0, 1}.
+            out["loss_scaled"] = losses.sppo_loss_scaled(loss, eta)
+        return out

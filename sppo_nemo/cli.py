@@ -1,0 +1,93 @@
+"""sppo-run RECIPE [key=value ...] [--validate | --dry-run] [--stage S] [--restart-from S]"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import time
+
+from sppo_nemo import recipe as recipe_mod
+
+EXIT_RECIPE = 2
+EXIT_STALE = 3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="sppo-run",
+        description="Run SPPO self-play iterations from a YAML recipe (resumable: rerun the same command).",
+    )
+    ap.add_argument("recipe", help="path of a YAML recipe, e.g. recipes/smollm2_sppo_3iter.yaml")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-6 T=2")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--validate", action="store_true", help="check and print the resolved recipe; run nothing")
+    mode.add_argument("--dry-run", action="store_true", help="print the plan and which stages are done")
+    ap.add_argument("--stage", metavar="ITER/STAGE", help="run this one stage alone, e.g. iter_02/train")
+    ap.add_argument("--restart-from", metavar="ITER/STAGE",
+                    help="delete this stage and every later one, then run")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        r = recipe_mod.load(args.recipe, args.overrides)
+    except recipe_mod.RecipeError as exc:
+        print(f"sppo-run: {exc}", file=sys.stderr)
+        return EXIT_RECIPE
+    if args.validate:
+        print(recipe_mod.to_yaml(r), end="")
+        print(f"# {args.recipe}: valid", file=sys.stderr)
+        return 0
+
+    from sppo_nemo.artifacts import StaleStageError
+    from sppo_nemo.context import Context
+    from sppo_nemo.data import DataError
+    from sppo_nemo.runner import RunError, execute, parse_stage, run_dir_for, status
+
+    ctx = Context(r, run_dir_for(r), progress=not args.no_progress)
+    try:
+        if args.dry_run:
+            print(f"run directory: {ctx.run_dir}")
+            for t, name, state in status(ctx):
+                print(f"  iter_{t:02d}/{name:<9} {state}")
+            return 0
+        only = parse_stage(args.stage, r) if args.stage else None
+        restart = parse_stage(args.restart_from, r) if args.restart_from else None
+        started = time.time()
+        timings = execute(ctx, only=only, restart_from=restart)
+        from sppo_nemo.report import collect, table
+
+        print()
+        print(table(collect(ctx)))
+        print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
+        return 0
+    except StaleStageError as exc:
+        print(f"sppo-run: {exc}", file=sys.stderr)
+        return EXIT_STALE
+    except (RunError, DataError) as exc:
+        print(f"sppo-run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"sppo-run: the disk is full ({exc.filename or ctx.run_dir}). Finished stages and the partial "
+                  f"work of the current one are kept; free space and rerun the same command to resume.",
+                  file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        print("\nsppo-run: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from sppo_nemo.backends.hf import ModelLoadError
+
+        if isinstance(exc, ModelLoadError):
+            print(f"sppo-run: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

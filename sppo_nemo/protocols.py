@@ -1,0 +1,142 @@
+"""The small interfaces every backend implements, and the records that cross them.
+
+A stage receives one of these objects and never asks which backend it is. Nothing here
+imports a heavy dependency: numpy is the only array type that crosses a boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt x of the data set, with what an offline judge may use to rate answers."""
+
+    id: str
+    text: str
+    reference: str | None = None  # a reference answer, for judges that compare against one
+    answer: str | None = None  # a short checkable final answer (a number, a word), if any
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One response y ~ π(·|x) as the generator returned it."""
+
+    prompt_id: str
+    index: int  # k in 0..K-1
+    text: str
+    num_tokens: int
+    finished: bool  # True when generation stopped on end-of-turn, False when cut at max tokens
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    batch_size: int
+
+
+ProgressFn = Callable[[int], None]  # called with the number of items just finished
+
+
+class Generator(Protocol):
+    """Samples responses from one policy checkpoint (an HF directory)."""
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        num_samples: int,
+        params: SamplingParams,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
+        """Return, for each prompt, ``num_samples`` samples in index order.
+
+        Deterministic for a given (prompts, params): batches are fixed by position and each
+        batch is seeded from ``params.seed`` and its position, so a resumed run that calls this
+        on the remaining prompts of a fixed batch grid reproduces an uninterrupted run.
+        """
+        ...
+
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
+        """log π(y|x) summed over response tokens, one float per (prompt, response) pair."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (a stage loads at most one policy at a time)."""
+        ...
+
+
+class Judge(Protocol):
+    """A general preference oracle P(y ≻ y' | x); not necessarily a Bradley-Terry model."""
+
+    name: str
+
+    def compare(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """P(a_i ≻ b_i | x_i) for each i, shape (n,), with compare(b, a) == 1 - compare(a, b)."""
+        ...
+
+    def preference_matrix(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
+        """The K×K matrix M[i, j] = P(y_i ≻ y_j | x), M + Mᵀ = 1, diagonal ½."""
+        ...
+
+
+@dataclass(frozen=True)
+class PointRow:
+    """A training row of the SPPO square loss (eq. 3.7): (x, y, P̂(y ≻ π_t | x))."""
+
+    prompt_id: str
+    prompt: str
+    response: str
+    finished: bool
+    win_prob: float
+    log_z: float | None = None  # None: the constant η/2 of eq. 3.6
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """A training row of the pairwise losses (eq. B.1, B.2, B.3): (x, y_w, y_l)."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_finished: bool
+    rejected_finished: bool
+    pair_prob: float  # P(y_w ≻ y_l | x)
+
+
+@dataclass
+class TrainResult:
+    metrics: list[dict] = field(default_factory=list)  # one dict per optimizer step
+    summary: dict = field(default_factory=dict)
+
+
+class Trainer(Protocol):
+    """Fits π_{t+1} from π_t on the rows of one iteration, π_t serving as the reference."""
+
+    def train(
+        self,
+        policy_dir: Path,
+        rows: Sequence[PointRow] | Sequence[PairRow],
+        output_dir: Path,
+        progress: ProgressFn | None = None,
+    ) -> TrainResult:
+        """Write π_{t+1} as an HF checkpoint (safetensors, config, tokenizer) into output_dir."""
+        ...
+
+
+def check_preference_matrix(m: np.ndarray, atol: float = 1e-6) -> None:
+    """Raise ValueError unless m is a valid K×K preference matrix (M + Mᵀ = 1, entries in [0,1])."""
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"preference matrix must be square, got shape {m.shape}")
+    if not np.all((m >= -atol) & (m <= 1 + atol)):
+        raise ValueError("preference matrix entries must lie in [0, 1]")
+    if not np.allclose(m + m.T, 1.0, atol=atol):
+        raise ValueError("preference matrix must satisfy P(i≻j) + P(j≻i) = 1")

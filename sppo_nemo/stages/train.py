@@ -1,0 +1,37 @@
+"""Stage 4 (Algorithm 1, line 6): fit π_{t+1} from π_t on the rows, π_t as the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sppo_nemo.artifacts import write_json, write_jsonl
+from sppo_nemo.context import Context
+from sppo_nemo.stages.build import read_rows
+
+
+def fingerprint(ctx: Context, t: int) -> dict:
+    r = ctx.recipe
+    return {
+        "policy": ctx.policy_key(t),
+        "policy.system_prompt": r.policy.system_prompt,
+        "rows": ctx.stage(t, "build").digest(),
+        "trainer": vars(r.trainer).copy(),
+        "loss.type": r.loss.type,
+        "eta": r.eta,
+        "seed": r.seed,
+    }
+
+
+def run(ctx: Context, t: int, workdir: Path) -> dict:
+    from sppo_nemo.backends import make_trainer
+
+    rows = read_rows(ctx.stage(t, "build").path / "rows.jsonl")
+    trainer = make_trainer(ctx.recipe, t)
+    epochs = ctx.recipe.trainer.epochs
+    with ctx.bar(len(rows), f"iter {t} reference log-probs") as ref_bar, \
+            ctx.bar(len(rows) * epochs, f"iter {t} train") as bar:
+        result = trainer.train(Path(ctx.policy(t)), rows, workdir / "policy", progress=bar.update,
+                               ref_progress=ref_bar.update)
+    write_jsonl(workdir / "metrics.jsonl", result.metrics)
+    write_json(workdir / "summary.json", result.summary)
+    return result.summary
