@@ -104,9 +104,20 @@ def digest_files(root: Path, exclude: tuple[str, ...] = (MANIFEST, DONE)) -> str
     return h.hexdigest()[:16]
 
 
-def canonical(value: Any) -> Any:
-    """Fingerprint values as JSON would store them, so that a read-back compares equal."""
-    return json.loads(json.dumps(value, sort_keys=True))
+def canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Flatten nested sections to dotted keys (``trainer.lr``) and normalise values as JSON
+    would store them, so that a read-back compares equal and a change names its exact key."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", fingerprint)
+    return json.loads(json.dumps(flat, sort_keys=True))
 
 
 class Stage:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 
 BUILTIN_PROMPTS = "builtin"
@@ -156,23 +157,63 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
     problems: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             problems.append(f"override {item!r}: expected key=value, e.g. trainer.lr=1e-6")
             continue
-        _set_dotted(raw, key.strip(), OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]))["x"])
-    problems += _check_structure(raw, Recipe, "")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]), resolve=True)["x"]
+        except Exception as exc:
+            problems.append(f"{key.strip()}: the override value {value!r} is not valid YAML "
+                            f"({type(exc).__name__}); quote it, e.g. {key.strip()}='{value}'")
+            continue
+        _set_dotted(raw, key.strip(), parsed)
+    structural = _check_structure(raw, Recipe, "")
+    problems += structural
+    # Check values too, on a copy without the structurally bad entries, so that one run of
+    # --validate reports every problem, not one round at a time.
+    sanitized, placeholders = _sanitize(raw, Recipe)
+    try:
+        recipe: Recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), sanitized))
+    except Exception as exc:  # should not happen after sanitising; never hide a problem
+        raise RecipeError(str(path), problems + [f"<recipe>: {exc}"]) from None
+    problems += [p for p in check(recipe, base_dir=path.parent, check_data=check_data and not structural)
+                 if not p.startswith(placeholders)]
     if problems:
         raise RecipeError(str(path), problems)
-    recipe: Recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), raw))
-    problems = check(recipe, base_dir=path.parent, check_data=check_data)
-    if problems:
-        raise RecipeError(str(path), problems)
-    # Paths are relative to the recipe file; fix them now so stages never guess.
+    # Paths were made absolute relative to the recipe file that wrote them (_read_with_base);
+    # overrides given on the command line are relative to the working directory.
     if recipe.data.prompts != BUILTIN_PROMPTS:
-        recipe.data.prompts = str(resolve_path(recipe.data.prompts, path.parent).resolve())
+        recipe.data.prompts = str(Path(recipe.data.prompts).expanduser().resolve())
     if recipe.policy.model != SHIPPED_SMOLLM2 and _looks_like_path(recipe.policy.model):
-        recipe.policy.model = str(resolve_path(recipe.policy.model, path.parent).resolve())
+        recipe.policy.model = str(Path(recipe.policy.model).expanduser().resolve())
     return recipe
+
+
+_PLACEHOLDERS = {str: "placeholder", int: 1, float: 1.0, bool: False}
+
+
+def _sanitize(raw: dict, schema: type, prefix: str = "") -> tuple[dict, tuple[str, ...]]:
+    """raw without unknown keys and wrongly typed values; required-but-missing values get a
+    placeholder, and the dotted names of the placeholders are returned so their checks are muted."""
+    out: dict = {}
+    muted: list[str] = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp, name = hints[f.name], f.name
+        value = raw.get(name) if isinstance(raw, dict) else None
+        if dataclasses.is_dataclass(tp):
+            sub, sub_muted = _sanitize(value if isinstance(value, dict) else {}, tp, f"{prefix}{name}.")
+            out[name] = sub
+            muted += sub_muted
+        elif isinstance(raw, dict) and name in raw and _type_problem(value, tp) is None:
+            out[name] = value
+        elif f.default is MISSING:
+            base = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+            out[name] = _PLACEHOLDERS[base]
+            muted.append(f"{prefix}{name}:")
+        elif isinstance(raw, dict) and name in raw:
+            muted.append(f"{prefix}{name}:")  # already reported as a type problem
+    return out, tuple(muted)
 
 
 def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
@@ -181,13 +222,19 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
     if path.resolve() in seen:
         raise RecipeError(str(path), [f"base: recipes inherit in a cycle through {path}; remove one `base:`"])
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as exc:  # YAML syntax or interpolation errors
+        plain = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(str(path), ["the recipe must be a mapping of keys to values at its top level"])
+    if plain is None:
+        plain = {}
+    if not isinstance(plain, dict):
+        raise RecipeError(str(path), [f"<top>: the recipe must be a mapping of keys to values, got a "
+                                      f"{type(plain).__name__}; write `name: ...`, `T: ...` etc."])
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+    except Exception as exc:  # interpolations such as ${oc.env:VAR}
+        raise RecipeError(str(path), [f"cannot resolve an interpolation: {exc}".replace("\n", " ")]) from None
+    _anchor_paths(data, path.parent)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -195,6 +242,17 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
     merged = _read_with_base(base_path, seen + (path.resolve(),))
     _deep_update(merged, data)
     return merged
+
+
+def _anchor_paths(data: dict, base_dir: Path) -> None:
+    """Relative paths in a recipe are relative to the file that writes them."""
+    for section, key, keep in (("data", "prompts", BUILTIN_PROMPTS), ("policy", "model", SHIPPED_SMOLLM2)):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] != keep:
+            value = sec[key]
+            if key == "model" and not _looks_like_path(value):
+                continue  # a hub id
+            sec[key] = str(resolve_path(value, base_dir))
 
 
 def _deep_update(dst: dict, src: dict) -> None:
