@@ -233,10 +233,12 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 51
 class HFGenerator:
     """Samples from a policy checkpoint with transformers' generate, batched and seeded."""
 
-    def __init__(self, path: str, system_prompt: str | None, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str, system_prompt: str | None, dtype: torch.dtype = torch.float32,
+                 device: str | None = None):
         self.tok = load_tokenizer(path)
         self.tok.padding_side = "left"
-        self.model = load_causal_lm(path, dtype=dtype).eval()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_causal_lm(path, dtype=dtype).to(device).eval()
         self.fmt = ChatFormat(self.tok, system_prompt)
 
     def generate(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams,
@@ -260,8 +262,10 @@ class HFGenerator:
                 ids[i, width - len(e):] = torch.tensor(e)
                 mask[i, width - len(e):] = 1
             torch.manual_seed(_batch_seed(params.seed, b // params.batch_size))
+            device = self.model.device
             with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                          generation_config=config).cpu()
             for (p, k), row in zip(batch, out[:, width:].tolist()):
                 results[(p.id, k)] = self._sample(p.id, k, row)
             if progress:

@@ -125,21 +125,25 @@ class TorchTrainer:
         total_steps = math.ceil(micro_per_epoch * c.epochs / c.grad_accum)
         warmup = int(round(c.warmup_ratio * total_steps))
         order_rng = random.Random(self.seed)
-        micro_batches = []
-        for _ in range(c.epochs):
+        micro_batches, epoch_of = [], []
+        for epoch in range(c.epochs):
             order = list(range(len(seqs)))
             order_rng.shuffle(order)
-            micro_batches += [order[b:b + c.batch_size] for b in range(0, len(order), c.batch_size)]
+            chunks = [order[b:b + c.batch_size] for b in range(0, len(order), c.batch_size)]
+            micro_batches += chunks
+            epoch_of += [epoch] * len(chunks)
+        epoch_sums = [0.0] * c.epochs
 
         metrics: list[dict] = []
         step, acc, acc_stats = 0, 0, _Stats()
         step_start = time.time()
-        for mb in micro_batches:
+        for mb, epoch in zip(micro_batches, epoch_of):
             batch_rows = [rows[i] for i in mb]
             pol = self._logps(model, [seqs[i] for i in mb], pad)
             ref_mb = reference[mb]
             per_example = self._loss(pol, ref_mb, batch_rows)
             (per_example.mean() / c.grad_accum).backward()
+            epoch_sums[epoch] += per_example.detach().sum().item()
             acc_stats.add(per_example.detach(), (pol.detach().float() - ref_mb), sum(
                 len(e.prompt_ids) + len(e.response_ids) for i in mb for e in seqs[i]))
             acc += 1
@@ -170,6 +174,8 @@ class TorchTrainer:
             "first_loss_scaled": first.get("loss_scaled"),
             "last_loss_scaled": last.get("loss_scaled"),
             "mean_step_seconds": round(sum(m["seconds"] for m in metrics) / max(1, len(metrics)), 3),
+            # mean training loss over each epoch, as seen during the epoch (before its own updates)
+            "epoch_losses": [v / max(1, len(rows)) for v in epoch_sums],
         }
         return TrainResult(metrics=metrics, summary=summary)
 

@@ -31,3 +31,12 @@ def sppo_run(tiny_model: Path, *args, check=True, timeout=300) -> subprocess.Com
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_model, tmp_path_factory) -> Path:
+    """recipes/ci/tiny_sppo.yaml run once, uninterrupted: the reference for the other tests."""
+    out = tmp_path_factory.mktemp("ref")
+    proc = sppo_run(tiny_model, TINY_RECIPE, f"output_dir={out}")
+    assert "| iter |" in proc.stdout  # the per-iteration table
+    return out / "tiny_sppo"

@@ -27,14 +27,6 @@ def digests(run: Path) -> dict[str, str]:
     return {s: digest_files(run / s) for s in STAGES}
 
 
-@pytest.fixture(scope="module")
-def reference_run(tiny_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref")
-    proc = sppo_run(tiny_model, TINY_RECIPE, f"output_dir={out}")
-    assert "| iter |" in proc.stdout  # the per-iteration table
-    return out / "tiny_sppo"
-
-
 def test_two_iterations_write_every_artifact(reference_run: Path):
     run = reference_run
     assert (run / "recipe.resolved.yaml").is_file()

@@ -1,0 +1,58 @@
+"""End-to-end benchmark of the embedded default recipe (the main job on a fresh machine).
+
+Runs `sppo-run recipes/smollm2_sppo_3iter.yaml` in a fresh output directory and prints wall
+time per stage, peak memory, and per iteration the held-out win rates with 95% intervals, the
+KL estimate and response lengths. Goal (issue 2): under 15 minutes on 2 cores, final win rate
+vs π_1 ≥ 0.60 with its interval above 0.5.
+
+    .venv/bin/python benchmarks/bench_default_run.py [--out DIR] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="output_dir (default: a new temporary folder)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="sppo-bench-"))
+    cmd = [sys.executable, "-m", "sppo_nemo", str(RECIPE), f"output_dir={out}", "--no-progress", *args.overrides]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+        return proc.returncode
+    run = out / "smollm2_sppo_3iter"
+    print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); peak RSS: {peak:.2f} GiB; run dir {run}")
+    print("\nseconds per stage:")
+    per_stage: dict[str, list[float]] = {}
+    for manifest in sorted(run.glob("iter_*/*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        per_stage.setdefault(m["stage"].split("/")[1], []).append(m["seconds"])
+        print(f"  {m['stage']:<18} {m['seconds']:7.1f}")
+    print("  totals: " + ", ".join(f"{k} {sum(v):.0f}" for k, v in per_stage.items()))
+    print()
+    print(proc.stdout[proc.stdout.index("| iter |"):].strip())
+    final = json.loads((run / "iter_03" / "evaluate" / "metrics.json").read_text())
+    ok = final["win_rate_vs_base_ci"][0] > 0.5 and final["win_rate_vs_base"] >= 0.6 and wall < 900
+    print(f"\ngoal (win vs π_1 ≥ 0.60 with CI above 0.5, under 15 min): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
