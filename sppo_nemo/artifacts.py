@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 
 MANIFEST = "manifest.json"
 DONE = "_DONE"
+TIMINGS = "timings.jsonl"  # wall-clock figures: kept, but outside the digest (never reproducible)
 
 
 class StaleStageError(Exception):
@@ -90,7 +91,7 @@ def read_jsonl(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
     return rows
 
 
-def digest_files(root: Path, exclude: tuple[str, ...] = (MANIFEST, DONE)) -> str:
+def digest_files(root: Path, exclude: tuple[str, ...] = (MANIFEST, DONE, TIMINGS)) -> str:
     """sha256 over the relative names and contents of every file under root."""
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--restart-from", metavar="ITER/STAGE",
                     help="delete this stage and every later one, then run")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
 
 
 def main(argv=None) -> int:

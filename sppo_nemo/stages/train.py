@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sppo_nemo.artifacts import write_json, write_jsonl
+from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
 from sppo_nemo.context import Context
 from sppo_nemo.stages.build import read_rows
 
@@ -32,6 +32,12 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
             ctx.bar(len(rows) * epochs, f"iter {t} train") as bar:
         result = trainer.train(Path(ctx.policy(t)), rows, workdir / "policy", progress=bar.update,
                                ref_progress=ref_bar.update)
-    write_jsonl(workdir / "metrics.jsonl", result.metrics)
-    write_json(workdir / "summary.json", result.summary)
+    # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
+    # artifacts are byte-identical to an uninterrupted one's.
+    timing_keys = {"seconds", "reference_logps_seconds", "mean_step_seconds"}
+    write_jsonl(workdir / "metrics.jsonl", [{k: v for k, v in m.items() if k not in timing_keys}
+                                            for m in result.metrics])
+    write_json(workdir / "summary.json", {k: v for k, v in result.summary.items() if k not in timing_keys})
+    write_jsonl(workdir / TIMINGS, [{"step": m["step"], "seconds": m["seconds"]} for m in result.metrics]
+                + [{k: v for k, v in result.summary.items() if k in timing_keys}])
     return result.summary
