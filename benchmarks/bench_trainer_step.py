@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--micro-batch", type=int, default=4,
+                    help="pairs per forward/backward; 4 // micro-batch accumulation steps make one step of 4")
     args = ap.parse_args()
 
     import torch
@@ -52,7 +54,9 @@ def main() -> int:
     rows = [json.loads(line) for line in args.data.read_text().splitlines()][: 4 * args.steps]
     pairs = [PairRow(str(r["id"]), r["prompt"], r["chosen"], r["rejected"], True, True, 1.0) for r in rows]
     policy = smollm2_checkpoint()
-    cfg = TrainerConfig(lr=5e-7, warmup_ratio=0.0, batch_size=4, grad_accum=1, epochs=1, precision=args.precision,
+    if 4 % args.micro_batch:
+        ap.error("--micro-batch must divide 4")
+    cfg = TrainerConfig(lr=5e-7, warmup_ratio=0.0, batch_size=args.micro_batch, grad_accum=4 // args.micro_batch, epochs=1, precision=args.precision,
                         max_prompt_length=256, max_length=256, gradient_checkpointing=args.gradient_checkpointing)
     trainer = TorchTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0, device="cpu")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -65,7 +69,8 @@ def main() -> int:
     steady = steps[1:] or steps
     tokens = statistics.mean(m["tokens"] for m in result.metrics)
     step = statistics.median(steady)
-    print(f"workload: {args.data.name}, {len(pairs)} pairs, batch 4, max length 256, {args.precision}, "
+    print(f"workload: {args.data.name}, {len(pairs)} pairs, batch 4 (micro-batch {args.micro_batch}), "
+          f"max length 256, {args.precision}, "
           f"{args.threads} threads, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
     print(f"reference log-probs (once, before step 1): {result.summary['reference_logps_seconds']:.2f} s")
     print(f"step seconds: first {steps[0]:.2f}, median of the rest {step:.2f} "

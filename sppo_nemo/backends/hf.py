@@ -184,7 +184,7 @@ def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, target
     return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 512) -> torch.Tensor:
+def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 128) -> torch.Tensor:
     """log π(y|x) = Σ_h log π(y_h | x, y_<h) for each encoded pair; differentiable.
 
     Runs the decoder once on the right-padded batch, gathers the hidden states that predict

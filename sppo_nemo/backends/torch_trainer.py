@@ -8,6 +8,7 @@ fits π_{t+1} with the recipe's loss, and π_{t+1} is saved as an HF checkpoint 
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -120,6 +121,7 @@ class TorchTrainer:
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=c.lr, betas=(0.9, 0.999), eps=1e-8,
+            fused=True,  # one kernel per step, no foreach temporaries the size of the model
         )
         micro_per_epoch = math.ceil(len(seqs) / c.batch_size)
         total_steps = math.ceil(micro_per_epoch * c.epochs / c.grad_accum)
@@ -161,6 +163,11 @@ class TorchTrainer:
                 step, acc, acc_stats = step + 1, 0, _Stats()
                 step_start = time.time()
 
+        # Free the optimizer state and gradients before serialising: saving builds a byte buffer
+        # the size of the model, which must not stack on top of 3× the model in Adam state.
+        del opt
+        model.zero_grad(set_to_none=True)
+        gc.collect()
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)
         tok.save_pretrained(output_dir)
