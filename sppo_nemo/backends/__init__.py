@@ -18,6 +18,10 @@ def make_generator(recipe: Recipe, policy: str | Path) -> Generator:
             from sppo_nemo.backends.hf import HFGenerator
 
             return HFGenerator(str(policy), recipe.policy.system_prompt)
+        case "game":
+            from sppo_nemo.backends.game import GameGenerator, load_game
+
+            return GameGenerator(load_game(recipe.game), policy)
         case other:
             raise ValueError(f"generation.backend={other!r} is not available")
 
@@ -28,6 +32,10 @@ def make_judge(recipe: Recipe) -> Judge:
             from sppo_nemo.backends.offline_judge import OfflineJudge
 
             return OfflineJudge(batch_size=recipe.judge.batch_size)
+        case "matrix":
+            from sppo_nemo.backends.game import MatrixJudge, load_game
+
+            return MatrixJudge(load_game(recipe.game))
         case other:
             raise ValueError(f"judge.backend={other!r} is not available")
 
@@ -39,11 +47,29 @@ def make_trainer(recipe: Recipe, iteration: int) -> Trainer:
 
             return TorchTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
                                 seed=recipe.seed * 1000 + iteration)
+        case "game":
+            from sppo_nemo.backends.game import GameTrainer, load_game
+
+            return GameTrainer(load_game(recipe.game), recipe.trainer, recipe.loss.type, recipe.eta,
+                               seed=recipe.seed * 1000 + iteration)
         case other:
             raise ValueError(f"trainer.backend={other!r} is not available")
 
 
 def resolve_base_policy(recipe: Recipe) -> str:
+    if recipe.generation.backend == "game":
+        return recipe.policy.model  # "game" (π_1 = game.init) or a game policy directory
     from sppo_nemo.backends.hf import resolve_policy
 
     return resolve_policy(recipe.policy.model)
+
+
+def backend_fingerprint(recipe: Recipe) -> dict:
+    """What the chosen backends add to every stage's fingerprint: nothing for the LM backends;
+    for the game backends the game itself (matrix content, names, π_1), which no other recipe key
+    records, so that changing the game makes every finished stage stale."""
+    if recipe.generation.backend != "game":
+        return {}
+    from sppo_nemo.backends.game import load_game
+
+    return {"game": load_game(recipe.game).identity()}

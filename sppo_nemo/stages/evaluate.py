@@ -7,6 +7,9 @@
 - KL(π_{t+1} ‖ π_1) estimated as the mean of log π_{t+1}(y|x) − log π_1(y|x) over y ~ π_{t+1}.
   This is unbiased for the sampling distribution; it is the KL of the models themselves when
   evaluation samples at temperature 1 and top_p 1 (the paper's sampling setting).
+- with a generator that can evaluate exactly (the game backends, backends/game.py): the exact
+  duality gap of π_{t+1} and of the average policy (π_1 + … + π_{t+1})/(t + 1), and their
+  distance to the Nash equilibrium (sppo_nemo/games.py).
 
 Iteration 0 is the base policy π_1: its samples are the opponents of every later iteration.
 All policies sample the held-out prompts with the same seeds (common random numbers).
@@ -63,6 +66,9 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
         "mean_tokens": float(lengths.mean()),
         "finished_fraction": float(np.mean([s.finished for s in flat])),
     }
+    exact = getattr(generator, "exact_metrics", None)
+    if exact is not None:  # finite games (backends/game.py): exact duality gaps of π_{t+1} and of π̄
+        metrics.update(exact(prompts, [ctx.policy(s) for s in range(1, t + 2)]))
     if t == 0:
         generator.close()
         write_json(workdir / "metrics.json", metrics)
