@@ -86,6 +86,10 @@ class Judge(Protocol):
         """The K×K matrix M[i, j] = P(y_i ≻ y_j | x), M + Mᵀ = 1, diagonal ½."""
         ...
 
+    # Optional: ``preference_matrices(prompts, responses) -> list[np.ndarray]`` scores many prompts
+    # at once (PairRM batches all their ordered pairs by length); the annotate stage uses it when
+    # a judge has it.
+
 
 @dataclass(frozen=True)
 class PointRow:
@@ -127,6 +131,7 @@ class Trainer(Protocol):
         rows: Sequence[PointRow] | Sequence[PairRow],
         output_dir: Path,
         progress: ProgressFn | None = None,
+        ref_progress: ProgressFn | None = None,
     ) -> TrainResult:
         """Write π_{t+1} as an HF checkpoint (safetensors, config, tokenizer) into output_dir."""
         ...

@@ -76,8 +76,15 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    backend: str = "offline"
+    backend: str = "offline"  # offline (built-in) | pairrm (ours, on transformers) | llm_blender | matrix (games)
     batch_size: int = 64
+    # PairRM: a checkpoint directory or hub id; null: llm-blender/PairRM-hf (pairrm), llm-blender/PairRM (llm_blender)
+    model: Optional[str] = None
+    backbone: Optional[str] = None  # encoder config/tokenizer for the original llm-blender/PairRM layout
+    probability: str = "symmetric"  # symmetric: σ((s(i,j) − s(j,i))/2) | score_diff: reference scripts
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    max_batch_tokens: Optional[int] = None  # tokens per forward when batching by length; null: by device
 
 
 @dataclass
@@ -146,7 +153,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.selection": ("all", "best_worst"),
     "loss.winrate": ("average", "score_diff"),
     "generation.backend": ("hf", "game"),
-    "judge.backend": ("offline", "matrix"),
+    "judge.backend": ("offline", "pairrm", "llm_blender", "matrix"),
+    "judge.probability": ("symmetric", "score_diff"),
+    "judge.dtype": ("auto", "fp32", "bf16", "fp16"),
     "trainer.backend": ("torch", "game"),
     "trainer.schedule": ("linear", "constant", "cosine"),
     "trainer.precision": ("fp32", "bf16"),
@@ -397,6 +406,10 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     need(s.max_new_tokens >= 1, f"sampling.max_new_tokens: {s.max_new_tokens}; must be at least 1")
     need(s.batch_size >= 1, f"sampling.batch_size: {s.batch_size}; must be at least 1")
     need(r.judge.batch_size >= 1, f"judge.batch_size: {r.judge.batch_size}; must be at least 1")
+    need(r.judge.max_batch_tokens is None or r.judge.max_batch_tokens >= 1,
+         f"judge.max_batch_tokens: {r.judge.max_batch_tokens}; must be at least 1, or null")
+    need(not (r.judge.backend == "llm_blender" and r.judge.dtype == "bf16"),
+         "judge.dtype: llm-blender does not run PairRM in bf16; use judge.backend=pairrm or judge.dtype=auto")
 
     t = r.trainer
     need(t.lr > 0, f"trainer.lr: {t.lr}; must be > 0")

@@ -32,6 +32,19 @@ def make_judge(recipe: Recipe) -> Judge:
             from sppo_nemo.backends.offline_judge import OfflineJudge
 
             return OfflineJudge(batch_size=recipe.judge.batch_size)
+        case "pairrm":
+            from sppo_nemo.backends.pairrm import PairRMJudge
+
+            j = recipe.judge
+            return PairRMJudge(model=j.model or "llm-blender/PairRM-hf", batch_size=j.batch_size,
+                               max_batch_tokens=j.max_batch_tokens, dtype=j.dtype, device=j.device,
+                               probability=j.probability, backbone=j.backbone)
+        case "llm_blender":
+            from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
+
+            j = recipe.judge
+            return LLMBlenderJudge(model=j.model or "llm-blender/PairRM", batch_size=1, device=j.device,
+                                   dtype=j.dtype, probability=j.probability)
         case "matrix":
             from sppo_nemo.backends.game import MatrixJudge, load_game
 

@@ -11,6 +11,8 @@ from sppo_nemo.context import Context
 from sppo_nemo.protocols import check_preference_matrix
 from sppo_nemo.stages.generate import read_responses
 
+CHUNK_PROMPTS = 64
+
 
 def fingerprint(ctx: Context, t: int) -> dict:
     return {
@@ -26,12 +28,18 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
     samples = read_responses(ctx.stage(t, "generate").path / "responses.jsonl")
     judge = make_judge(ctx.recipe)
     rows = []
+    # A judge that batches across prompts (PairRM: pairs sorted by length) gets chunks of prompts.
+    batched = getattr(judge, "preference_matrices", None)
+    step = CHUNK_PROMPTS if batched else 1
     with ctx.bar(len(prompts), f"iter {t} annotate") as bar:
-        for p, ss in zip(prompts, samples):
-            m = np.asarray(judge.preference_matrix(p, [s.text for s in ss]), dtype=np.float64)
-            check_preference_matrix(m)
-            rows.append({"prompt_id": p.id, "matrix": m.round(8).tolist()})
-            bar.update(1)
+        for c in range(0, len(prompts), step):
+            chunk, texts = prompts[c:c + step], [[s.text for s in ss] for ss in samples[c:c + step]]
+            mats = batched(chunk, texts) if batched else [judge.preference_matrix(chunk[0], texts[0])]
+            for p, m in zip(chunk, mats):
+                m = np.asarray(m, dtype=np.float64)
+                check_preference_matrix(m)
+                rows.append({"prompt_id": p.id, "matrix": m.round(8).tolist()})
+            bar.update(len(chunk))
     write_jsonl(workdir / "matrices.jsonl", rows)
     off = [np.abs(np.asarray(r["matrix"]) - 0.5).mean() for r in rows]
     return {"prompts": len(rows), "judge": judge.name, "mean_abs_margin": float(np.mean(off))}

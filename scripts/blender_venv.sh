@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build, once, the separate virtualenv that runs llm-blender's own PairRM code for the equivalence
+# test and the PairRM benchmark (tests/integration/test_pairrm_equivalence.py,
+# benchmarks/bench_pairrm.py). llm-blender 0.0.2 does not import on transformers 5, so it lives in
+# its own environment next to a transformers 4 it supports; our backend never imports it.
+#
+#   bash scripts/blender_venv.sh          # prints the venv path; a second run only checks
+#   SPPO_BLENDER_VENV=/some/dir bash scripts/blender_venv.sh
+#
+# Contents (all pinned): torch 2.13.0 (the CPU wheel; never unpinned: that pulls gigabytes of
+# CUDA wheels), transformers 4.46.3 with what it pulls, llm-blender 0.0.2 with --no-deps (its
+# declared deps include training and eval extras it does not import for ranking) plus the one
+# package its import needs (dataclasses-json), sentencepiece + protobuf, which transformers 4 needs
+# to turn a bare spm.model into a tokenizer, and omegaconf, so that the test can run our optional
+# llm_blender backend (sppo_nemo from this checkout) there. A finished build leaves a .ready marker
+# holding the pins; a half-built or differently pinned directory is rebuilt from scratch.
+set -euo pipefail
+VENV=${SPPO_BLENDER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sppo-nemo/blender-venv}
+PY=${PYTHON:-python3}
+PINS=("torch==2.13.0" "transformers==4.46.3" "dataclasses-json==0.6.7" "sentencepiece==0.2.0" "protobuf==5.28.3"
+      "omegaconf==2.3.0")
+BLENDER="llm-blender==0.0.2"
+STAMP="${PINS[*]} $BLENDER"
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if [ -f "$VENV/.ready" ] && [ "$(cat "$VENV/.ready")" = "$STAMP" ]; then
+    echo "$VENV"
+    exit 0
+fi
+start=$(date +%s)
+rm -rf "$VENV"
+"$PY" -m venv "$VENV" >&2
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# torch first and alone, so that nothing later can ask for another build of it.
+"${PIP[@]}" install -q "${PINS[0]}" >&2
+"${PIP[@]}" install -q "${PINS[@]}" >&2
+"${PIP[@]}" install -q --no-deps "$BLENDER" >&2
+"$VENV/bin/python" -c "import llm_blender, transformers, torch; print('llm-blender venv: transformers', transformers.__version__, 'torch', torch.__version__)" >&2
+echo "$STAMP" > "$VENV/.ready"
+echo "blender venv built in $(( $(date +%s) - start ))s" >&2
+echo "$VENV"

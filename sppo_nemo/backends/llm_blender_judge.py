@@ -1,0 +1,124 @@
+"""llm-blender itself as a Judge (``judge.backend: llm_blender``), for users who install it.
+
+llm-blender 0.0.2 needs a transformers it supports (4.x: it imports ``TRANSFORMERS_CACHE``, gone in
+transformers 5), so it usually lives in its own environment; this module imports it only when the
+judge first scores something, never at ``import sppo_nemo``. Our own ``pairrm`` backend gives the
+same logits (tests/integration/test_pairrm_equivalence.py) on the transformers this project uses.
+
+It runs exactly what ``Blender.rank`` runs: the ranker's collator on each group of prompts and
+``CrossCompareReranker._full_predict``, which scores every ordered pair of a prompt's K responses,
+and turns the K×K logits into probabilities with the same two conventions as the ``pairrm``
+backend (:mod:`sppo_nemo.backends.pairrm`): ``symmetric`` σ((C[i, j] − C[j, i]) / 2) (default) or
+``score_diff`` σ(s_i − s_j) with llm-blender's aggregated scores s. Note that llm-blender's
+collator sets the candidate budget from the longest source of a batch, so with ``batch_size`` > 1
+a prompt's logits can depend on its batch neighbours; ``batch_size = 1`` (the default, as in the
+reference SPPO scripts) scores each prompt on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from sppo_nemo.protocols import Prompt
+
+
+class LLMBlenderJudge:
+    name = "llm_blender"
+
+    def __init__(self, model: str = "llm-blender/PairRM", batch_size: int = 1, device: str = "auto",
+                 dtype: str = "auto", probability: str = "symmetric", progress: bool | None = None):
+        from sppo_nemo.backends.pairrm import PROBABILITIES
+
+        if probability not in PROBABILITIES:
+            raise ValueError(f"probability={probability!r}; use one of {PROBABILITIES}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if dtype not in ("auto", "fp32", "fp16"):
+            raise ValueError(f"dtype={dtype!r}; llm-blender runs auto (fp16 on CUDA, fp32 on CPU), fp32 or fp16")
+        self.model_name = model
+        self.batch_size = batch_size
+        self.device_name = device
+        self.dtype_name = dtype
+        self.probability = probability
+        self.progress = progress
+        self._blender = None
+
+    def _load(self):
+        if self._blender is not None:
+            return self._blender
+        try:
+            import llm_blender
+        except ImportError as e:
+            raise ImportError(
+                "judge.backend=llm_blender needs the llm-blender package and a transformers it supports "
+                f"(transformers < 5): {e}. Install it in its own environment (see scripts/blender_venv.sh), "
+                "or use judge.backend=pairrm, which loads the same checkpoints on current transformers.") from e
+        import torch
+
+        device = self.device_name
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        blender = llm_blender.Blender(blender_config=llm_blender.BlenderConfig(
+            device=device, use_tqdm=self.progress is not False))
+        blender.loadranker(self.model_name, device=device, fp16=self.dtype_name != "fp32")
+        if blender.ranker_config.ranker_type != "pairranker":
+            raise ValueError(f"{self.model_name}: ranker_type {blender.ranker_config.ranker_type!r}; "
+                             "only PairRM-style pairwise rankers give a preference matrix")
+        self._blender = blender
+        return blender
+
+    def logit_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """C[i, j] = PairRM's logit for (y_i, y_j) of each prompt, as ``Blender.rank`` computes it."""
+        import torch
+
+        from sppo_nemo.backends.pairrm import _check_prompts, _check_texts
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(responses)} response lists")
+        _check_prompts(prompts)
+        for n, rs in enumerate(responses):
+            if isinstance(rs, str):
+                raise TypeError(f"responses[{n}] must be a list of str, got a str")
+            _check_texts(rs, f"responses[{n}]")
+        out = [np.zeros((len(rs), len(rs))) for rs in responses]
+        # the collator needs the same K within a batch: group prompts by K, keep order inside a group
+        by_k: dict[int, list[int]] = {}
+        for n, rs in enumerate(responses):
+            if len(rs) >= 2:
+                by_k.setdefault(len(rs), []).append(n)
+        if not by_k:
+            return out
+        blender = self._load()
+        device = blender.ranker_config.device
+        for idx in by_k.values():
+            for start in range(0, len(idx), self.batch_size):
+                group = idx[start:start + self.batch_size]
+                items = [{"index": i, "source": prompts[n].text, "candidates": list(responses[n])}
+                         for i, n in enumerate(group)]
+                batch = blender.ranker_collator(items)
+                batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+                with torch.no_grad():
+                    logits = blender.ranker._full_predict(**batch)["logits"].float().cpu().numpy()
+                for n, c in zip(group, logits):
+                    out[n] = c.astype(np.float64)
+        return out
+
+    def preference_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        from sppo_nemo.backends.pairrm import probabilities
+
+        return [np.full(c.shape, 0.5) if c.shape[0] <= 1 else probabilities(c, self.probability)
+                for c in self.logit_matrices(prompts, responses)]
+
+    def preference_matrix(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
+        return self.preference_matrices([prompt], [responses])[0]
+
+    def compare(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        if not len(prompts) == len(a) == len(b):
+            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+        mats = self.preference_matrices(prompts, [[x, y] for x, y in zip(a, b)])
+        return np.array([m[0, 1] for m in mats])
+
+    def close(self) -> None:
+        self._blender = None
