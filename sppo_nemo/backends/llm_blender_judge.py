@@ -73,15 +73,9 @@ class LLMBlenderJudge:
         """C[i, j] = PairRM's logit for (y_i, y_j) of each prompt, as ``Blender.rank`` computes it."""
         import torch
 
-        from sppo_nemo.backends.pairrm import _check_prompts, _check_texts
+        from sppo_nemo.backends.pairrm import check_inputs
 
-        if len(prompts) != len(responses):
-            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(responses)} response lists")
-        _check_prompts(prompts)
-        for n, rs in enumerate(responses):
-            if isinstance(rs, str):
-                raise TypeError(f"responses[{n}] must be a list of str, got a str")
-            _check_texts(rs, f"responses[{n}]")
+        check_inputs(prompts, responses)
         out = [np.zeros((len(rs), len(rs))) for rs in responses]
         # the collator needs the same K within a batch: group prompts by K, keep order inside a group
         by_k: dict[int, list[int]] = {}

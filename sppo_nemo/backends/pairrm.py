@@ -659,6 +659,17 @@ def _check_texts(texts: Sequence[Any], label: str) -> None:
             raise TypeError(f"{label}[{i}] must be str, got {type(t).__name__}")
 
 
+def check_inputs(prompts: Sequence[Any], responses: Sequence[Sequence[Any]]) -> None:
+    """Equal lengths, Prompt records, and a list of str per prompt, or a clear error naming the index."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(responses)} response lists")
+    _check_prompts(prompts)
+    for n, rs in enumerate(responses):
+        if isinstance(rs, str):
+            raise TypeError(f"responses[{n}] must be a list of str, got a str")
+        _check_texts(rs, f"responses[{n}]")
+
+
 def _check_prompts(prompts: Sequence[Any]) -> None:
     for i, p in enumerate(prompts):
         if not isinstance(getattr(p, "text", None), str):
@@ -913,13 +924,7 @@ class PairRMJudge:
     def logit_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """C[i, j] = s(y_i, y_j | x) for every ordered pair i ≠ j of each prompt (C[i, i] = 0),
         all prompts' pairs batched together."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(responses)} response lists")
-        _check_prompts(prompts)
-        for n, rs in enumerate(responses):
-            if isinstance(rs, str):
-                raise TypeError(f"responses[{n}] must be a list of str, got a str")
-            _check_texts(rs, f"responses[{n}]")
+        check_inputs(prompts, responses)
         mats = [np.zeros((len(rs), len(rs))) for rs in responses]
         todo = [n for n, rs in enumerate(responses) if len(rs) >= 2]
         if not todo:
