@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 MANIFEST = "manifest.json"
 DONE = "_DONE"
@@ -194,7 +194,3 @@ class Stage:
         for p in (self.path, self.partial):
             if p.exists():
                 shutil.rmtree(p)
-
-
-def iter_dirs(run_dir: Path) -> Iterator[Path]:
-    yield from sorted(run_dir.glob("iter_*"))

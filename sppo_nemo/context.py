@@ -55,7 +55,9 @@ class Context:
             return f"model:{self.recipe.policy.model}"
         return f"iter_{t - 1:02d}/train:{self.stage(t - 1, 'train').digest()}"
 
-    def sampling(self, seed: int, evaluation: bool = False) -> SamplingParams:
+    def sampling(self, evaluation: bool = False) -> SamplingParams:
+        """Sampling parameters; the seed is set per chunk by generate.sample_resumable."""
+        seed = 0
         s, e = self.recipe.sampling, self.recipe.evaluation
         if not evaluation:
             return SamplingParams(s.temperature, s.top_p, s.max_new_tokens, seed, s.batch_size)

@@ -13,7 +13,6 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from sppo_nemo.protocols import Prompt
 from sppo_nemo.recipe import BUILTIN_PROMPTS, DataConfig, resolve_path
@@ -128,7 +127,3 @@ def prompts_digest(prompts: list[Prompt]) -> str:
     for p in prompts:
         h.update(json.dumps([p.id, p.text, p.reference, p.answer], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
-
-
-def prompt_to_json(p: Prompt) -> dict[str, Any]:
-    return {"id": p.id, "text": p.text, "reference": p.reference, "answer": p.answer}

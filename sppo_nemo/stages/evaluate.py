@@ -54,7 +54,7 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
     policy = ctx.policy(t + 1) if t >= 1 else ctx.policy(1)
     generator = make_generator(r, policy)
     with ctx.bar(len(prompts) * n, f"iter {t} evaluate: sample") as bar:
-        samples = sample_resumable(generator, prompts, n, ctx.sampling(0, evaluation=True),
+        samples = sample_resumable(generator, prompts, n, ctx.sampling(evaluation=True),
                                    workdir / "samples.log.jsonl", f"{r.seed}:evaluate", bar.update)
     write_responses(workdir / "responses.jsonl", prompts, samples)
     (workdir / "samples.log.jsonl").unlink()

@@ -61,7 +61,7 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
     r = ctx.recipe
     prompts = ctx.splits.train[t - 1]
     generator = make_generator(r, ctx.policy(t))
-    params = ctx.sampling(seed=0)
+    params = ctx.sampling()
     with ctx.bar(len(prompts) * r.K, f"iter {t} generate") as bar:
         samples = sample_resumable(generator, prompts, r.K, params, workdir / "samples.log.jsonl",
                                    f"{r.seed}:generate:{t}", bar.update)
