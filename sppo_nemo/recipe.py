@@ -10,6 +10,7 @@ the dataclasses (unknown keys, wrong types, missing values) → typed config →
 from __future__ import annotations
 
 import dataclasses
+import json
 import difflib
 import types
 import typing
@@ -88,8 +89,31 @@ class JudgeConfig:
 
 
 @dataclass
+class MegatronConfig:
+    """trainer.backend=megatron (sppo_nemo/backends/megatron.py): parallel layout and kernels.
+
+    World size = nnodes · nproc_per_node = tensor_parallel · pipeline_parallel · data_parallel.
+    trainer.batch_size is the micro-batch (rows per data-parallel rank and pass), and an optimizer
+    step takes global_batch_size = batch_size · grad_accum · data_parallel rows.
+    """
+
+    tensor_parallel: int = 1  # must divide the attention heads, the key/value heads and the MLP width
+    pipeline_parallel: int = 1  # must divide the layers
+    data_parallel: Optional[int] = None  # null: derived, nnodes·nproc_per_node / (TP·PP)
+    nproc_per_node: Optional[int] = None  # null: TP·PP·(data_parallel or 1), on one node
+    nnodes: int = 1
+    launcher: str = "torchrun"  # torchrun (one node) | srun (every node of a Slurm allocation)
+    global_batch_size: Optional[int] = None  # null: batch_size·grad_accum·DP; set: grad_accum derived from it
+    distributed_optimizer: bool = True  # shard Adam state over data-parallel ranks
+    overlap_grad_reduce: bool = False
+    recompute: str = "none"  # none | selective (attention core) | full (every layer)
+    sequence_parallel: bool = False
+    transformer_engine: str = "auto"  # auto (when importable, on CUDA) | on | off
+
+
+@dataclass
 class TrainerConfig:
-    backend: str = "torch"
+    backend: str = "torch"  # torch | megatron | game
     lr: float = 5.0e-7
     schedule: str = "linear"  # linear | constant | cosine, after warmup
     warmup_ratio: float = 0.1
@@ -102,6 +126,7 @@ class TrainerConfig:
     max_prompt_length: int = 512
     max_length: int = 1024
     gradient_checkpointing: bool = False
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
 
 
 @dataclass
@@ -156,7 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "judge.backend": ("offline", "pairrm", "llm_blender", "matrix"),
     "judge.probability": ("symmetric", "score_diff"),
     "judge.dtype": ("auto", "fp32", "bf16", "fp16"),
-    "trainer.backend": ("torch", "game"),
+    "trainer.backend": ("torch", "megatron", "game"),
     "trainer.schedule": ("linear", "constant", "cosine"),
     "trainer.precision": ("fp32", "bf16"),
 }
@@ -426,6 +451,9 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
         f"trainer.max_prompt_length={t.max_prompt_length}; raise max_length",
     )
 
+    if t.backend == "megatron":
+        p += _check_megatron(r, base_dir)
+
     e = r.evaluation
     need(e.samples_per_prompt >= 1, f"evaluation.samples_per_prompt: {e.samples_per_prompt}; must be at least 1")
     need(e.temperature is None or e.temperature > 0, f"evaluation.temperature: {e.temperature}; must be > 0")
@@ -457,6 +485,95 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     if check_data and d.split_size >= 1 and d.eval_size >= 0:
         p += _check_data(r, base_dir)
     return p
+
+
+MEGATRON_CHOICES = {"launcher": ("torchrun", "srun"), "recompute": ("none", "selective", "full"),
+                    "transformer_engine": ("auto", "on", "off")}
+
+# The shape of policy.model=smollm2 (SmolLM2-135M-Instruct), for checking a parallel layout before
+# the gguf is converted; tests/unit/test_megatron_convert.py compares it with the converted config.
+SMOLLM2_CONFIG = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
+                  "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                  "tie_word_embeddings": True}
+
+
+def megatron_layout(t: TrainerConfig) -> tuple[int, int, int, int, int]:
+    """(TP, PP, DP, world size, grad_accum) of a checked recipe's megatron trainer."""
+    m = t.megatron
+    tp, pp = m.tensor_parallel, m.pipeline_parallel
+    if m.data_parallel is not None:
+        dp = m.data_parallel
+    elif m.nproc_per_node is not None:
+        dp = max(1, m.nnodes * m.nproc_per_node // (tp * pp))
+    else:
+        dp = max(1, m.nnodes)
+    accum = t.grad_accum
+    if m.global_batch_size is not None:
+        accum = max(1, m.global_batch_size // (t.batch_size * dp))
+    return tp, pp, dp, tp * pp * dp, accum
+
+
+def _check_megatron(r: Recipe, base_dir: Path) -> list[str]:
+    t, m = r.trainer, r.trainer.megatron
+    p: list[str] = []
+    for key, choices in MEGATRON_CHOICES.items():
+        if getattr(m, key) not in choices:
+            p.append(f"trainer.megatron.{key}: {getattr(m, key)!r} is not one of {', '.join(choices)}")
+    for key in ("tensor_parallel", "pipeline_parallel", "nnodes"):
+        if getattr(m, key) < 1:
+            p.append(f"trainer.megatron.{key}: {getattr(m, key)}; must be at least 1")
+    for key in ("data_parallel", "nproc_per_node", "global_batch_size"):
+        if getattr(m, key) is not None and getattr(m, key) < 1:
+            p.append(f"trainer.megatron.{key}: {getattr(m, key)}; must be at least 1 (or null)")
+    if p:
+        return p
+    tp, pp, dp, world, accum = megatron_layout(t)
+    if m.nproc_per_node is not None:
+        procs = m.nnodes * m.nproc_per_node
+        if procs % (tp * pp):
+            p.append(f"trainer.megatron: {m.nnodes} node(s) × {m.nproc_per_node} processes = {procs} is not a "
+                     f"multiple of tensor_parallel·pipeline_parallel = {tp * pp}; world size must be TP·PP·DP")
+        elif procs != world:
+            p.append(f"trainer.megatron.data_parallel: {m.data_parallel} but {procs} processes / (TP·PP = {tp * pp}) "
+                     f"gives {procs // (tp * pp)}; world size must be TP·PP·DP, so drop data_parallel or fix it")
+    elif m.nnodes > 1:
+        p.append("trainer.megatron.nproc_per_node: needed when nnodes > 1 (processes, usually GPUs, per node)")
+    if m.nnodes > 1 and m.launcher != "srun":
+        p.append(f"trainer.megatron.launcher: torchrun starts one node; with nnodes={m.nnodes} use launcher=srun "
+                 f"inside a Slurm allocation")
+    if m.global_batch_size is not None:
+        per = t.batch_size * dp
+        if m.global_batch_size % per:
+            p.append(f"trainer.megatron.global_batch_size: {m.global_batch_size} is not a multiple of "
+                     f"batch_size·DP = {t.batch_size}·{dp}; make it one")
+        elif t.grad_accum not in (1, m.global_batch_size // per):
+            p.append(f"trainer.grad_accum: {t.grad_accum} contradicts global_batch_size {m.global_batch_size} "
+                     f"(= batch_size·DP·{m.global_batch_size // per}); set only one of them")
+    if m.sequence_parallel and tp == 1:
+        p.append("trainer.megatron.sequence_parallel: needs tensor_parallel > 1; set it false")
+    p += [f"trainer.megatron: {e}; choose a layout that splits the model evenly"
+          for e in _megatron_shape_errors(r, base_dir, tp, pp)]
+    return p
+
+
+def _megatron_shape_errors(r: Recipe, base_dir: Path, tp: int, pp: int) -> list[str]:
+    """The policy's shape against TP/PP, when its config.json can be read without the network."""
+    from sppo_nemo.backends.megatron_convert import UnsupportedModel, arch_from_hf_config
+
+    model = r.policy.model
+    if model == SHIPPED_SMOLLM2:
+        cfg = SMOLLM2_CONFIG
+    elif _looks_like_path(model) and (resolve_path(model, base_dir) / "config.json").is_file():
+        try:
+            cfg = json.loads((resolve_path(model, base_dir) / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            return [f"cannot read {model}/config.json ({e})"]
+    else:
+        return []
+    try:
+        return arch_from_hf_config(cfg).parallel_errors(tp, pp)
+    except UnsupportedModel as e:
+        return [str(e)]
 
 
 _GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())

@@ -60,6 +60,11 @@ def make_trainer(recipe: Recipe, iteration: int) -> Trainer:
 
             return TorchTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
                                 seed=recipe.seed * 1000 + iteration)
+        case "megatron":
+            from sppo_nemo.backends.megatron_launch import MegatronTrainer
+
+            return MegatronTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
+                                   seed=recipe.seed * 1000 + iteration, threads=recipe.threads)
         case "game":
             from sppo_nemo.backends.game import GameTrainer, load_game
 

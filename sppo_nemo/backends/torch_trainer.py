@@ -42,6 +42,23 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def batch_loss(loss_type: str, eta: float, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
+    """Per-row loss of a micro-batch: ``pol`` and ``ref`` are (rows, 1) for SPPO (eq. 3.7) and
+    (rows, 2) = (chosen, rejected) for the pairwise losses (eq. B.1, B.2, B.3)."""
+    if loss_type == "sppo":
+        p = torch.tensor([r.win_prob for r in rows], dtype=torch.float32, device=pol.device)
+        lz = None
+        if any(r.log_z is not None for r in rows):
+            lz = torch.tensor([r.log_z if r.log_z is not None else eta / 2 for r in rows],
+                              dtype=torch.float32, device=pol.device)
+        return losses.sppo_loss(pol[:, 0], ref[:, 0], p, eta, lz)
+    if loss_type == "sppo_pair":
+        p = torch.tensor([r.pair_prob for r in rows], dtype=torch.float32, device=pol.device)
+        return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], p, eta)
+    fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[loss_type]
+    return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], eta)
+
+
 class TorchTrainer:
     def __init__(self, cfg: TrainerConfig, loss_type: str, eta: float, system_prompt: str | None,
                  seed: int, device: str | None = None):
@@ -70,21 +87,6 @@ class TorchTrainer:
         """(rows, 1 or 2) sequence log-probs for a micro-batch of rows."""
         flat = [e for row in seqs for e in row]
         return sequence_logps(model, flat, pad_id).view(len(seqs), -1)
-
-    def _loss(self, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
-        t = self.loss_type
-        if t == "sppo":
-            p = torch.tensor([r.win_prob for r in rows], dtype=torch.float32, device=pol.device)
-            lz = None
-            if any(r.log_z is not None for r in rows):
-                lz = torch.tensor([r.log_z if r.log_z is not None else self.eta / 2 for r in rows],
-                                  dtype=torch.float32, device=pol.device)
-            return losses.sppo_loss(pol[:, 0], ref[:, 0], p, self.eta, lz)
-        if t == "sppo_pair":
-            p = torch.tensor([r.pair_prob for r in rows], dtype=torch.float32, device=pol.device)
-            return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], p, self.eta)
-        fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[t]
-        return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], self.eta)
 
     # -- the loop -------------------------------------------------------------------------
     def train(self, policy_dir: Path, rows: Sequence[PointRow] | Sequence[PairRow], output_dir: Path,
@@ -137,13 +139,13 @@ class TorchTrainer:
         epoch_sums = [0.0] * c.epochs
 
         metrics: list[dict] = []
-        step, acc, acc_stats = 0, 0, _Stats()
+        step, acc, acc_stats = 0, 0, StepStats()
         step_start = time.time()
         for mb, epoch in zip(micro_batches, epoch_of):
             batch_rows = [rows[i] for i in mb]
             pol = self._logps(model, [seqs[i] for i in mb], pad)
             ref_mb = reference[mb]
-            per_example = self._loss(pol, ref_mb, batch_rows)
+            per_example = batch_loss(self.loss_type, self.eta, pol, ref_mb, batch_rows)
             (per_example.mean() / c.grad_accum).backward()
             epoch_sums[epoch] += per_example.detach().sum().item()
             acc_stats.add(per_example.detach(), (pol.detach().float() - ref_mb), sum(
@@ -160,7 +162,7 @@ class TorchTrainer:
                 opt.zero_grad(set_to_none=True)
                 metrics.append(acc_stats.summary(step, c.lr * factor, float(grad_norm), self.loss_type,
                                                  self.eta, time.time() - step_start))
-                step, acc, acc_stats = step + 1, 0, _Stats()
+                step, acc, acc_stats = step + 1, 0, StepStats()
                 step_start = time.time()
 
         # Free the optimizer state and gradients before serialising: saving builds a byte buffer
@@ -187,8 +189,9 @@ class TorchTrainer:
         return TrainResult(metrics=metrics, summary=summary)
 
 
-class _Stats:
-    """Accumulates what one optimizer step saw, over its micro-batches."""
+class StepStats:
+    """Accumulates what one optimizer step saw, over its micro-batches (and, reduced, over
+    data-parallel ranks)."""
 
     def __init__(self):
         self.losses: list[torch.Tensor] = []
@@ -196,24 +199,49 @@ class _Stats:
         self.tokens = 0
 
     def add(self, per_example: torch.Tensor, log_ratio: torch.Tensor, tokens: int) -> None:
-        self.losses.append(per_example)
-        self.ratios.append(log_ratio.reshape(-1))
+        self.losses.append(per_example.float().reshape(-1))
+        self.ratios.append(log_ratio.float().reshape(-1))
         self.tokens += tokens
 
-    def summary(self, step: int, lr: float, grad_norm: float, loss_type: str, eta: float, seconds: float) -> dict:
-        loss = torch.cat(self.losses).mean().item()
-        ratio = torch.cat(self.ratios)
+    def totals(self, device=None) -> torch.Tensor:
+        """[Σ loss, rows, Σ log-ratio, log-ratios, max |log-ratio|, tokens] in float64."""
+        if not self.losses:
+            return torch.zeros(6, dtype=torch.float64, device=device)
+        loss, ratio = torch.cat(self.losses).double(), torch.cat(self.ratios).double()
+        return torch.stack([loss.sum(), torch.tensor(float(loss.numel()), dtype=torch.float64, device=loss.device),
+                            ratio.sum(), torch.tensor(float(ratio.numel()), dtype=torch.float64, device=loss.device),
+                            ratio.abs().max(),
+                            torch.tensor(float(self.tokens), dtype=torch.float64, device=loss.device)]).to(device)
+
+    def reduce(self, group, device) -> torch.Tensor:
+        """:meth:`totals` summed (max for the max) over a process group."""
+        import torch.distributed as dist
+
+        t = self.totals(device)
+        m = t[4:5].clone()
+        dist.all_reduce(t, group=group)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+        t[4] = m[0]
+        return t
+
+    @staticmethod
+    def summary_of(t: torch.Tensor, step: int, lr: float, grad_norm: float, loss_type: str, eta: float,
+                   seconds: float) -> dict:
+        t = t.tolist()
         out = {
             "step": step,
-            "loss": loss,
+            "loss": t[0] / max(1.0, t[1]),
             "lr": lr,
             "grad_norm": grad_norm,
-            "log_ratio_mean": ratio.mean().item(),
-            "log_ratio_abs_max": ratio.abs().max().item(),
-            "tokens": self.tokens,
+            "log_ratio_mean": t[2] / max(1.0, t[3]),
+            "log_ratio_abs_max": t[4],
+            "tokens": int(t[5]),
             "seconds": round(seconds, 4),
         }
         if loss_type in ("sppo", "sppo_pair"):
             # Appendix B units: (β·log-ratio − (P̂ − ½))², β = 1/η; 0.25 at π = π_t for P̂ ∈ {0, 1}.
-            out["loss_scaled"] = losses.sppo_loss_scaled(loss, eta)
+            out["loss_scaled"] = losses.sppo_loss_scaled(out["loss"], eta)
         return out
+
+    def summary(self, step: int, lr: float, grad_norm: float, loss_type: str, eta: float, seconds: float) -> dict:
+        return self.summary_of(self.totals(), step, lr, grad_norm, loss_type, eta, seconds)

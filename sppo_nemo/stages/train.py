@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
@@ -15,11 +16,20 @@ def fingerprint(ctx: Context, t: int) -> dict:
         "policy": ctx.policy_key(t),
         "policy.system_prompt": r.policy.system_prompt,
         "rows": ctx.stage(t, "build").digest(),
-        "trainer": vars(r.trainer).copy(),
+        "trainer": _trainer_keys(r.trainer),
         "loss.type": r.loss.type,
         "eta": r.eta,
         "seed": r.seed,
     }
+
+
+def _trainer_keys(trainer) -> dict:
+    """The trainer section; the megatron subsection only counts when that backend is chosen, so
+    torch-backend runs keep their fingerprints."""
+    keys = dataclasses.asdict(trainer)
+    if trainer.backend != "megatron":
+        keys.pop("megatron")
+    return keys
 
 
 def run(ctx: Context, t: int, workdir: Path) -> dict:
