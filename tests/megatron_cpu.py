@@ -5,8 +5,8 @@ megatron-core assumes CUDA in a few places:
 - its RNG tracker keeps CUDA generator states: replaced by one over CPU generator states;
 - ``torch.cuda.current_device()``, which its DDP buffers pass as ``device=``: answers the CPU;
 - its schedules, optimizer, gradient clipping and grad scaler allocate small tensors with a
-  literal ``device="cuda"``: those modules see a ``torch`` whose factory functions map "cuda" to
-  the CPU;
+  literal ``device="cuda"`` (and pipeline p2p calls ``torch.cuda.synchronize``): those modules
+  see a ``torch`` whose factory functions map "cuda" to the CPU and whose synchronize is a no-op;
 - its optimizers sort parameters by ``param.type()`` ('torch.cuda.FloatTensor'): CPU parameters
   answer the CUDA type name;
 - gradient clipping asserts ``grad.type() == 'torch.cuda.FloatTensor'``: replaced by the same
@@ -111,8 +111,21 @@ class _CPUTorch:
             fn = getattr(torch, name)
             setattr(self, name, lambda *a, _fn=fn, **k: _fn(*a, **_cpu_device(k)))
 
+        self.cuda = _CPUCuda()
+
     def __getattr__(self, name):
         return getattr(torch, name)
+
+
+class _CPUCuda:
+    """``torch.cuda`` for those modules: synchronize is a no-op (nothing runs asynchronously)."""
+
+    @staticmethod
+    def synchronize(*args, **kwargs) -> None:
+        return None
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
 
 
 def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
@@ -143,6 +156,7 @@ PATCHES = {
     "megatron.core.optimizer.grad_scaler": _patch_factories,
     "megatron.core.optimizer.distrib_optimizer": _patch_factories,
     "megatron.core.utils": _patch_factories,
+    "megatron.core.pipeline_parallel.p2p_communication": _patch_factories,
 }
 
 

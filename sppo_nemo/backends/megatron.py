@@ -126,7 +126,9 @@ def transformer_config(arch: conv.Arch, opts: ModelOptions) -> TransformerConfig
         add_qkv_bias=arch.qkv_bias, hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=opts.sequence_parallel and tp > 1,
         bf16=bf16, params_dtype=dtype, pipeline_dtype=dtype, autocast_dtype=dtype,
-        variable_seq_lengths=pp > 1,
+        # micro-batches differ in length: pipeline stages then exchange shapes before activations
+        # (0.16 refuses that with its default MoE dispatcher, irrelevant to a dense model)
+        variable_seq_lengths=pp > 1, moe_token_dispatcher_type="alltoall",
         use_cpu_initialization=not cuda, perform_initialization=False,  # weights come from the HF checkpoint
         bias_activation_fusion=te and arch.gated, bias_dropout_fusion=te, masked_softmax_fusion=te,
         apply_rope_fusion=False, persist_layer_norm=te, gradient_accumulation_fusion=False,
@@ -154,7 +156,24 @@ def build_model(arch: conv.Arch, opts: ModelOptions) -> tuple[GPTModel, Transfor
         parallel_output=True, share_embeddings_and_output_weights=arch.tied,
         position_embedding_type=arch.position_embedding, rotary_base=int(arch.rotary_base),
     )
+    _mark_tensor_parallel(model, arch)
     return model, cfg
+
+
+def _mark_tensor_parallel(model: GPTModel, arch: conv.Arch) -> None:
+    """Megatron sets its tensor-parallel parameter attributes inside weight initialisation, which
+    is skipped here (the weights come from the checkpoint). Without them the optimizer would take
+    every sharded parameter for a TP duplicate and count only rank 0's shard in the gradient
+    norm, so they are set from the converter's own split table."""
+    for name, p in model.named_parameters():
+        if getattr(p, "tensor_model_parallel", None) is not None:
+            continue
+        dim = conv.tp_split_dim(name)
+        if dim is None:
+            tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(p)
+        else:
+            stride = 2 if arch.gated and conv.local_name(name).endswith("linear_fc1.weight") else 1
+            tensor_parallel.set_tensor_model_parallel_attributes(p, is_parallel=True, dim=dim, stride=stride)
 
 
 def _global_name(model: GPTModel, name: str) -> str:
@@ -207,9 +226,11 @@ def load_hf_weights(model: GPTModel, arch: conv.Arch, policy_dir: Path) -> None:
             p.copy_(part.to(p.dtype))
 
 
-def gather_full_state(model: torch.nn.Module, arch: conv.Arch) -> dict[str, torch.Tensor] | None:
+def gather_full_state(model: torch.nn.Module, arch: conv.Arch, of=lambda p: p.detach()
+                      ) -> dict[str, torch.Tensor] | None:
     """The full Megatron state (local-spec names, global layers, fp32, CPU) on global rank 0, None
-    elsewhere. Collective over the whole world: every rank must call it."""
+    elsewhere; ``of(param)`` picks what is gathered (the weights, or e.g. ``main_grad``).
+    Collective over the whole world: every rank must call it."""
     inner = unwrap(model)
     tp_group = ps.get_tensor_model_parallel_group()
     tp = ps.get_tensor_model_parallel_world_size()
@@ -218,7 +239,7 @@ def gather_full_state(model: torch.nn.Module, arch: conv.Arch) -> dict[str, torc
         g = _global_name(inner, name)
         if g == "output_layer.weight" and arch.tied:
             continue  # the copy of the word embedding kept by the last pipeline stage
-        t = p.detach().float().contiguous()
+        t = of(p).float().contiguous()
         if conv.tp_split_dim(g) is not None and tp > 1:
             parts = [torch.empty_like(t) for _ in range(tp)]
             dist.all_gather(parts, t, group=tp_group)
@@ -304,6 +325,30 @@ def sequence_logps(token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
     """(rows, per_row) summed response log-probs from (n_seq, L) token log-probs."""
     s = (token_logps * mb.resp_mask.to(token_logps.device)).sum(dim=1)
     return s.view(-1, mb.per_row)
+
+
+def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only: bool, on_logps,
+                  device: torch.device, te: bool, vocab_size: int) -> None:
+    """One pass of megatron's schedule (1F1B when pipelined) over this rank's micro-batches.
+    On the last pipeline stage ``on_logps(mb, seq_logps, token_logps)`` runs for every
+    micro-batch and returns the loss to back-propagate (its mean over rows: the schedule divides
+    by the number of micro-batches)."""
+
+    def step_fn(it, mdl):
+        mb = next(it)
+        out = forward_logits(mdl, mb, device, te)
+
+        def loss_fn(logits):
+            tok_lp = vocab_parallel_token_logps(logits, mb.targets.to(device), vocab_size)
+            return on_logps(mb, sequence_logps(tok_lp, mb), tok_lp), {}
+
+        return out, loss_fn
+
+    width = max(x.ids.shape[1] for x in micro)
+    rows_per = max(x.ids.shape[0] for x in micro)
+    get_forward_backward_func()(forward_step_func=step_fn, data_iterator=iter(micro), model=[model],
+                                num_microbatches=len(micro), seq_length=width, micro_batch_size=rows_per,
+                                forward_only=forward_only)
 
 
 # -- the training job ------------------------------------------------------------------------
@@ -398,27 +443,9 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
     per_row = len(seqs[0]) if seqs else 1
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     multiple = ps.get_tensor_model_parallel_world_size() if cfg.sequence_parallel else 1
-    fwd_bwd = get_forward_backward_func()
 
     def run(micro: list[MicroBatch], forward_only: bool, on_logps) -> None:
-        """One pass of the pipeline schedule over ``micro``; ``on_logps(mb, pol_logps)`` runs on the
-        last stage for every micro-batch and returns the loss to back-propagate."""
-
-        def step_fn(it, mdl):
-            mb = next(it)
-            out = forward_logits(mdl, mb, device, te)
-
-            def loss_fn(logits):
-                tok_lp = vocab_parallel_token_logps(logits, mb.targets.to(device), arch.vocab_size)
-                loss = on_logps(mb, sequence_logps(tok_lp, mb))
-                return loss, {}
-
-            return out, loss_fn
-
-        width = max(x.ids.shape[1] for x in micro)
-        rows_per = max(x.ids.shape[0] for x in micro)
-        fwd_bwd(forward_step_func=step_fn, data_iterator=iter(micro), model=[model], num_microbatches=len(micro),
-                seq_length=width, micro_batch_size=rows_per, forward_only=forward_only)
+        schedule_pass(model, micro, forward_only, on_logps, device, te, arch.vocab_size)
 
     # 1. Reference log-probs of π_t, rows split over data-parallel ranks, then all-gathered.
     t0 = time.time()
@@ -430,7 +457,7 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
     dist.all_reduce(n_chunks, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
     chunks += [[]] * (int(n_chunks.item()) - len(chunks))  # equal pass counts keep DDP/pipeline in step
 
-    def keep_ref(mb: MicroBatch, lp: torch.Tensor) -> torch.Tensor:
+    def keep_ref(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
         for j, i in enumerate(mb.row_ids):
             ref_local[(i - dp_rank) // dp] = lp[j].detach().float()
             reporter.emit("ref", n=dp)
@@ -471,7 +498,7 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
         micro = [make_micro_batch(ids, seqs, pad, per_row, multiple, epoch=max(ep, 0)) for ids, ep in mine_slots]
         stats = StepStats()
 
-        def train_loss(mb: MicroBatch, lp: torch.Tensor) -> torch.Tensor:
+        def train_loss(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
             if not mb.row_ids:
                 return lp.sum() * 0.0
             ref_mb = reference[mb.row_ids]

@@ -114,7 +114,8 @@ def arch_from_hf_config(cfg: Mapping) -> Arch:
                     num_attention_heads=cfg["n_head"], num_query_groups=cfg["n_head"],
                     kv_channels=h // cfg["n_head"], ffn_hidden_size=cfg.get("n_inner") or 4 * h,
                     vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["n_positions"],
-                    norm_eps=cfg.get("layer_norm_epsilon", 1e-5), tied=True, qkv_bias=True)
+                    norm_eps=cfg.get("layer_norm_epsilon", 1e-5), tied=bool(cfg.get("tie_word_embeddings", True)),
+                    qkv_bias=True)
     problems = []
     if cfg.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {cfg.get('hidden_act')!r} (only silu)")
@@ -253,6 +254,8 @@ def _gpt2_to_megatron(name: str, get, arch: Arch) -> torch.Tensor:
         return get("transformer.wte.weight")
     if name == "embedding.position_embeddings.weight":
         return get("transformer.wpe.weight")
+    if name == "output_layer.weight":
+        return get("lm_head.weight")
     if name.startswith("decoder.final_layernorm."):
         return get("transformer.ln_f." + name.rsplit(".", 1)[1])
     i, rest = _layer(name)
@@ -339,6 +342,9 @@ def _gpt2_pieces(name: str, t: torch.Tensor, arch: Arch) -> Iterable[tuple[str, 
         return
     if name == "embedding.position_embeddings.weight":
         yield "transformer.wpe.weight", t
+        return
+    if name == "output_layer.weight":
+        yield "lm_head.weight", t
         return
     if name.startswith("decoder.final_layernorm."):
         yield "transformer.ln_f." + name.rsplit(".", 1)[1], t

@@ -76,6 +76,7 @@ class MegatronTrainer:
                 f.write(json.dumps(dataclasses.asdict(r)) + "\n")
         cmd, env = self.command(job_dir)
         tail: deque[str] = deque(maxlen=40)
+        worker_tail: deque[str] = deque(maxlen=25)  # the workers' own lines ("[rankN]: ..."), not torchrun's
         counts = _Progress(progress, ref_progress, len(rows), len(rows) * self.cfg.epochs)
         with open(job_dir / "train.log", "w", encoding="utf-8") as log:
             try:
@@ -91,6 +92,8 @@ class MegatronTrainer:
                         continue
                     log.write(line)
                     tail.append(line.rstrip("\n"))
+                    if line.startswith("[rank"):
+                        worker_tail.append(line.rstrip("\n"))
                 rc = proc.wait()
             except BaseException:
                 proc.kill()
@@ -99,7 +102,7 @@ class MegatronTrainer:
         result_file = job_dir / "result.json"
         if rc != 0 or not result_file.is_file():
             hint = ""
-            text = "\n".join(tail)
+            text = "\n".join(worker_tail or tail)
             if "Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text:
                 hint = ("\nmegatron-core's optimizer and RNG tracker need CUDA; on a CPU-only machine use "
                         "trainer.backend=torch.")

@@ -117,8 +117,25 @@ BAD = [
         ("max_prompt_length=320", "raise max_length")),
     Bad("unknown_loss_type", BASE + "loss:\n  type: kto\n", "loss.type:",
         ("'kto'", "sppo, sppo_pair, dpo, ipo")),
-    Bad("unknown_trainer_backend", BASE + "trainer:\n  backend: megatron\n", "trainer.backend:",
-        ("'megatron'", "torch")),
+    Bad("unknown_trainer_backend", BASE + "trainer:\n  backend: deepspeed\n", "trainer.backend:",
+        ("'deepspeed'", "torch, megatron")),
+    # SmolLM2-135M has 9 heads and 3 key/value heads, 30 layers
+    Bad("megatron_tp_splits_no_kv_heads", BASE + "trainer:\n  backend: megatron\n  megatron:\n    tensor_parallel: 2\n",
+        "trainer.megatron:", ("9 attention heads", "not divisible by tensor parallel 2")),
+    Bad("megatron_pp_splits_no_layers", BASE + "trainer:\n  backend: megatron\n  megatron:\n    pipeline_parallel: 4\n",
+        "trainer.megatron:", ("30 layers", "pipeline parallel 4")),
+    Bad("megatron_world_size", BASE + "trainer:\n  backend: megatron\n  megatron:\n    tensor_parallel: 3\n"
+        "    nproc_per_node: 8\n", "trainer.megatron:", ("8 is not a multiple", "TP·PP·DP")),
+    Bad("megatron_dp_contradicts_procs", BASE + "trainer:\n  backend: megatron\n  megatron:\n    data_parallel: 2\n"
+        "    nproc_per_node: 4\n", "trainer.megatron.data_parallel:", ("gives 4", "world size must be")),
+    Bad("megatron_multinode_needs_srun", BASE + "trainer:\n  backend: megatron\n  megatron:\n    nnodes: 2\n"
+        "    nproc_per_node: 8\n", "trainer.megatron.launcher:", ("launcher=srun",)),
+    Bad("megatron_global_batch", BASE + "trainer:\n  backend: megatron\n  batch_size: 8\n  megatron:\n"
+        "    global_batch_size: 12\n", "trainer.megatron.global_batch_size:", ("not a multiple", "batch_size·DP")),
+    Bad("megatron_recompute_choice", BASE + "trainer:\n  backend: megatron\n  megatron:\n    recompute: some\n",
+        "trainer.megatron.recompute:", ("'some'", "selective")),
+    Bad("megatron_unknown_key", BASE + "trainer:\n  megatron:\n    tensor_paralel: 2\n",
+        "trainer.megatron.tensor_paralel", ("tensor_parallel",)),
     Bad("unknown_generation_backend", BASE + "generation:\n  backend: vllm\n", "generation.backend:",
         ("'vllm'", "hf")),
     # --- the file itself

@@ -1,0 +1,123 @@
+"""torchrun worker for the megatron tests: per-token log-probs and gradients of one SPPO batch.
+
+    torchrun --nproc-per-node N tests/integration/megatron_probe.py MODEL_DIR ROWS_JSONL OUT.pt \\
+        --tp T --pp P [--micro ROWS]
+
+Runs the product's own pieces (build_model, load_hf_weights, DDP, schedule_pass, gather) on 8 rows
+split into micro-batches of ``--micro`` rows over the data-parallel ranks, with the SPPO loss
+(eq. 3.7) against a reference of π_t's log-probs minus 0.25 (so the loss has a gradient), and
+writes on rank 0: the per-token log-probs of every row (response positions, row order) and the
+full, unsharded gradient of every parameter after megatron's gradient all-reduce. Needs the CPU
+patches of tests/megatron_cpu_site on PYTHONPATH when run without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("rows")
+    ap.add_argument("out")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--micro", type=int, default=4)
+    ap.add_argument("--eta", type=float, default=10.0)
+    ap.add_argument("--convert", metavar="HF_OUT", help="instead: save the logits of fixed ids (vocab gathered "
+                    "over TP) to OUT.pt and export the loaded model back to an HF checkpoint in HF_OUT")
+    a = ap.parse_args()
+
+    import json
+
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+    from sppo_nemo.backends import megatron as mg
+    from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
+    from sppo_nemo.backends.megatron_convert import arch_from_hf_config
+    from sppo_nemo.loss import sppo_loss
+
+    device = mg.init_parallel(a.tp, a.pp, seed=0)
+    model_dir = Path(a.model)
+    arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()))
+    model, cfg = mg.build_model(arch, mg.ModelOptions())
+    mg.load_hf_weights(model, arch, model_dir)
+    if a.convert:
+        convert(model, arch, model_dir, Path(a.convert), a.out, device)
+        return
+    model = DistributedDataParallel(cfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+    cfg.finalize_model_grads_func = finalize_model_grads
+    cfg.no_sync_func = model.no_sync
+
+    tok = load_tokenizer(str(model_dir))
+    fmt = ChatFormat(tok, None)
+    rows = mg.read_rows(Path(a.rows))
+    seqs = mg._encode(fmt, rows, 96, 128)
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    chunks = [list(range(b, min(b + a.micro, len(rows)))) for b in range(0, len(rows), a.micro)]
+    mine = chunks[dp_rank::dp]
+    micro = [mg.make_micro_batch(ids, seqs, tok.pad_token_id, 1) for ids in mine]
+
+    tokens: dict[int, torch.Tensor] = {}
+    ref: dict[int, torch.Tensor] = {}
+
+    def keep(mb, lp, tok_lp):
+        for j, i in enumerate(mb.row_ids):
+            tokens[i] = tok_lp[j][mb.resp_mask[j] > 0].detach().cpu()
+            ref[i] = lp[j, 0].detach() - 0.25
+        return lp.sum() * 0.0
+
+    model.eval()
+    with torch.no_grad():
+        mg.schedule_pass(model, micro, True, keep, device, False, arch.vocab_size)
+
+    def loss(mb, lp, tok_lp):
+        p = torch.tensor([rows[i].win_prob for i in mb.row_ids])
+        r = torch.stack([ref[i] for i in mb.row_ids])
+        return sppo_loss(lp[:, 0], r, p, a.eta).mean()
+
+    model.train()
+    model.zero_grad_buffer()
+    mg.schedule_pass(model, micro, False, loss, device, False, arch.vocab_size)
+    grads = mg.gather_full_state(model, arch, of=lambda p: p.main_grad)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tokens)
+    if dist.get_rank() == 0:
+        all_tokens = {}
+        for t in gathered:
+            all_tokens.update(t or {})
+        torch.save({"tokens": [all_tokens[i] for i in range(len(rows))], "grads": grads}, a.out)
+    dist.barrier()
+    mg.destroy_parallel()
+
+
+def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device) -> None:
+    from megatron.core import parallel_state as ps
+
+    from sppo_nemo.backends import megatron as mg
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, arch.vocab_size, (2, 12), generator=g)
+    mb = mg.MicroBatch(row_ids=[0, 1], ids=ids, targets=ids, resp_mask=torch.ones_like(ids, dtype=torch.float),
+                       per_row=1)
+    model.eval()
+    with torch.no_grad():
+        logits = mg.forward_logits(model, mb, device, te=False)
+    parts = [torch.empty_like(logits) for _ in range(ps.get_tensor_model_parallel_world_size())]
+    dist.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
+    full = mg.gather_full_state(model, arch)
+    if dist.get_rank() == 0:
+        mg.save_hf(full, arch, model_dir, hf_out, "fp32")
+        torch.save({"ids": ids, "logits": torch.cat(parts, dim=-1)[..., : arch.vocab_size]}, out)
+    dist.barrier()
+    mg.destroy_parallel()
+
+
+if __name__ == "__main__":
+    main()
