@@ -109,6 +109,7 @@ class MegatronConfig:
     recompute: str = "none"  # none | selective (attention core) | full (every layer)
     sequence_parallel: bool = False
     transformer_engine: str = "auto"  # auto (when importable, on CUDA) | on | off
+    attention: str = "sdpa"  # without Transformer Engine: sdpa (torch's fused kernels) | local (megatron's own)
 
 
 @dataclass
@@ -488,7 +489,7 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
 
 
 MEGATRON_CHOICES = {"launcher": ("torchrun", "srun"), "recompute": ("none", "selective", "full"),
-                    "transformer_engine": ("auto", "on", "off")}
+                    "transformer_engine": ("auto", "on", "off"), "attention": ("sdpa", "local")}
 
 # The shape of policy.model=smollm2 (SmolLM2-135M-Instruct), for checking a parallel layout before
 # the gguf is converted; tests/unit/test_megatron_convert.py compares it with the converted config.

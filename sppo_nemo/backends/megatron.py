@@ -43,6 +43,8 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -100,6 +102,7 @@ class ModelOptions:
     transformer_engine: str = "auto"  # auto | on | off
     recompute: str = "none"  # none | selective | full
     sequence_parallel: bool = False
+    attention: str = "sdpa"  # without Transformer Engine: sdpa (torch's fused kernels) | local (megatron's)
 
 
 def use_te(opts: ModelOptions) -> bool:
@@ -141,6 +144,24 @@ def transformer_config(arch: conv.Arch, opts: ModelOptions) -> TransformerConfig
     return TransformerConfig(**kw)
 
 
+class SDPAttention(DotProductAttention):
+    """Megatron's core attention computed by ``torch.nn.functional.scaled_dot_product_attention``
+    (flash / memory-efficient kernels on GPU) instead of materialising the (b, h, s, s) scores:
+    the local layer spec's attention when Transformer Engine is absent. Causal only, which is all a
+    right-padded decoder batch needs (padding comes after every real token)."""
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        if packed_seq_params is not None or attention_bias is not None or mask_type != AttnMaskType.causal:
+            raise NotImplementedError("SDPAttention handles causal, unpacked, bias-free attention only")
+        # [s, b, heads, d] → [b, heads, s, d]
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                             enable_gqa=k.shape[1] != q.shape[1])
+        return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
+
+
 def build_model(arch: conv.Arch, opts: ModelOptions) -> tuple[GPTModel, TransformerConfig]:
     """This rank's shard of the GPTModel (weights uninitialised; see :func:`load_hf_weights`)."""
     cfg = transformer_config(arch, opts)
@@ -148,6 +169,8 @@ def build_model(arch: conv.Arch, opts: ModelOptions) -> tuple[GPTModel, Transfor
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization=arch.normalization)
+        if opts.attention == "sdpa":
+            spec.submodules.self_attention.submodules.core_attention = SDPAttention
     tp = ps.get_tensor_model_parallel_world_size()
     model = GPTModel(
         cfg, spec, vocab_size=arch.padded_vocab(tp, VOCAB_MULTIPLE),
@@ -313,10 +336,12 @@ def vocab_parallel_token_logps(logits: torch.Tensor, targets: torch.Tensor, voca
     return -tensor_parallel.vocab_parallel_cross_entropy(x, targets)
 
 
-def forward_logits(model: torch.nn.Module, mb: MicroBatch, device: torch.device, te: bool) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, mb: MicroBatch, device: torch.device, causal_mask: bool) -> torch.Tensor:
+    """Logits (n_seq, L, V/TP) on the last stage. ``causal_mask``: pass an explicit causal mask (the
+    local attention needs one; TE and SDPA attention are causal by themselves)."""
     ids = mb.ids.to(device)
     pos = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
-    mask = None if te else torch.triu(torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=device),
+    mask = None if not causal_mask else torch.triu(torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=device),
                                       diagonal=1)[None, None]
     return model(ids, pos, mask)
 
@@ -328,7 +353,7 @@ def sequence_logps(token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
 
 
 def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only: bool, on_logps,
-                  device: torch.device, te: bool, vocab_size: int) -> None:
+                  device: torch.device, causal_mask: bool, vocab_size: int) -> None:
     """One pass of megatron's schedule (1F1B when pipelined) over this rank's micro-batches.
     On the last pipeline stage ``on_logps(mb, seq_logps, token_logps)`` runs for every
     micro-batch and returns the loss to back-propagate (its mean over rows: the schedule divides
@@ -336,7 +361,7 @@ def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only:
 
     def step_fn(it, mdl):
         mb = next(it)
-        out = forward_logits(mdl, mb, device, te)
+        out = forward_logits(mdl, mb, device, causal_mask)
 
         def loss_fn(logits):
             tok_lp = vocab_parallel_token_logps(logits, mb.targets.to(device), vocab_size)
@@ -422,8 +447,10 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
 
     arch = conv.arch_from_hf_config(json.loads((policy_dir / "config.json").read_text()))
     opts = ModelOptions(precision=c["precision"], transformer_engine=m["transformer_engine"],
-                        recompute=m["recompute"], sequence_parallel=m["sequence_parallel"])
+                        recompute=m["recompute"], sequence_parallel=m["sequence_parallel"],
+                        attention=m.get("attention", "sdpa"))
     te = use_te(opts)
+    causal_mask = not te and opts.attention == "local"
     model, cfg = build_model(arch, opts)
     if device.type == "cuda":
         model.cuda(device)
@@ -445,7 +472,7 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
     multiple = ps.get_tensor_model_parallel_world_size() if cfg.sequence_parallel else 1
 
     def run(micro: list[MicroBatch], forward_only: bool, on_logps) -> None:
-        schedule_pass(model, micro, forward_only, on_logps, device, te, arch.vocab_size)
+        schedule_pass(model, micro, forward_only, on_logps, device, causal_mask, arch.vocab_size)
 
     # 1. Reference log-probs of π_t, rows split over data-parallel ranks, then all-gathered.
     t0 = time.time()
@@ -545,6 +572,7 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
             "parallel": {"tensor": ps.get_tensor_model_parallel_world_size(),
                          "pipeline": ps.get_pipeline_model_parallel_world_size(), "data": dp},
             "transformer_engine": te,
+            "attention": "te" if te else opts.attention,
         }}
         tmp = job_dir / "result.json.tmp"
         tmp.write_text(json.dumps(result))

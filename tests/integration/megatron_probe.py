@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--eta", type=float, default=10.0)
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "local"])
     ap.add_argument("--convert", metavar="HF_OUT", help="instead: save the logits of fixed ids (vocab gathered "
                     "over TP) to OUT.pt and export the loaded model back to an HF checkpoint in HF_OUT")
     a = ap.parse_args()
@@ -46,10 +47,10 @@ def main() -> None:
     device = mg.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)
     arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()))
-    model, cfg = mg.build_model(arch, mg.ModelOptions())
+    model, cfg = mg.build_model(arch, mg.ModelOptions(attention=a.attention))
     mg.load_hf_weights(model, arch, model_dir)
     if a.convert:
-        convert(model, arch, model_dir, Path(a.convert), a.out, device)
+        convert(model, arch, model_dir, Path(a.convert), a.out, device, a.attention == "local")
         return
     model = DistributedDataParallel(cfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
     cfg.finalize_model_grads_func = finalize_model_grads
@@ -75,7 +76,7 @@ def main() -> None:
 
     model.eval()
     with torch.no_grad():
-        mg.schedule_pass(model, micro, True, keep, device, False, arch.vocab_size)
+        mg.schedule_pass(model, micro, True, keep, device, a.attention == "local", arch.vocab_size)
 
     def loss(mb, lp, tok_lp):
         p = torch.tensor([rows[i].win_prob for i in mb.row_ids])
@@ -84,7 +85,7 @@ def main() -> None:
 
     model.train()
     model.zero_grad_buffer()
-    mg.schedule_pass(model, micro, False, loss, device, False, arch.vocab_size)
+    mg.schedule_pass(model, micro, False, loss, device, a.attention == "local", arch.vocab_size)
     grads = mg.gather_full_state(model, arch, of=lambda p: p.main_grad)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, tokens)
@@ -97,7 +98,7 @@ def main() -> None:
     mg.destroy_parallel()
 
 
-def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device) -> None:
+def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device, causal_mask: bool) -> None:
     from megatron.core import parallel_state as ps
 
     from sppo_nemo.backends import megatron as mg
@@ -108,7 +109,7 @@ def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device) -> Non
                        per_row=1)
     model.eval()
     with torch.no_grad():
-        logits = mg.forward_logits(model, mb, device, te=False)
+        logits = mg.forward_logits(model, mb, device, causal_mask)
     parts = [torch.empty_like(logits) for _ in range(ps.get_tensor_model_parallel_world_size())]
     dist.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
     full = mg.gather_full_state(model, arch)

@@ -90,10 +90,14 @@ def _tiny_hf(kind: str, out: Path) -> tuple[Path, torch.nn.Module]:
     return out, model
 
 
-@pytest.mark.parametrize("kind,tp", [("llama_gqa", 1), ("llama_gqa", 2), ("qwen2_tied", 2), ("gpt2", 1)])
-def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind,tp,attention", [("llama_gqa", 1, "sdpa"), ("llama_gqa", 2, "sdpa"),
+                                               ("llama_gqa", 1, "local"), ("qwen2_tied", 2, "sdpa"),
+                                               ("gpt2", 1, "sdpa")])
+def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, attention: str, tmp_path: Path) -> None:
+    """Both attention paths of the local spec (torch SDPA, megatron's own) reproduce HF's logits."""
     src, hf = _tiny_hf(kind, tmp_path / "src")
-    torchrun(tp, src, "-", tmp_path / "logits.pt", "--tp", tp, "--convert", tmp_path / "back")
+    torchrun(tp, src, "-", tmp_path / "logits.pt", "--tp", tp, "--attention", attention,
+             "--convert", tmp_path / "back")
     got = torch.load(tmp_path / "logits.pt")
     with torch.no_grad():
         want = hf(input_ids=got["ids"]).logits

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU check of the megatron backend in one go, for a bare GPU machine with no network:
+# the gpu test tier, then the 1B-parameter SPPO step benchmark. Wheels the machine lacks
+# (megatron-core, omegaconf) are expected in .whl/ (see README "GPU checks"). Results go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, megatron.core as m; print('torch', torch.__version__, 'megatron-core', m.__version__)"
+python3 -c "import transformer_engine" 2>/dev/null && TE=1 || TE=0
+echo "transformer_engine importable: $TE"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn | tail -25
+bench() {  # name, args...
+    local name=$1; shift
+    timeout 100 python3 benchmarks/bench_megatron_step.py --json "$OUT/bench.jsonl" "$@" >"$OUT/bench_$name.log" 2>&1
+    grep '^{' "$OUT/bench_$name.log" || { echo "bench $name failed:"; grep -v -i warn "$OUT/bench_$name.log" | tail -15; }
+}
+bench sdpa_m4 --attention sdpa --micro 4 --accum 2
+bench sdpa_m8 --attention sdpa --micro 8 --accum 1
+bench local_m4 --attention local --micro 4 --accum 2
+[ "$TE" = 1 ] && bench te_m4 --attention te --micro 4 --accum 2
+bench sdpa_sel --attention sdpa --micro 4 --accum 2 --recompute selective
+exit 0
