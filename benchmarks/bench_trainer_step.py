@@ -7,7 +7,11 @@ P(y_w ≻ y_l) = 1, what TRL calls `sppo_hard`). It runs our TorchTrainer end to
 --steps × 4 rows and reads the per-step wall time from the trainer's own metrics; peak memory
 is this process's maximum resident set size.
 
-    .venv/bin/python benchmarks/bench_trainer_step.py [--steps 6] [--threads 2]
+    .venv/bin/python benchmarks/bench_trainer_step.py [--steps 6] [--threads 2] [--backend megatron]
+
+--backend megatron runs the same rows through the megatron trainer (TP=1, one torchrun worker;
+without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and
+peak RSS are the worker's (the largest child process).
 
 Reference (TRL 1.16 DPOTrainer(loss_type=["sppo_hard"]), same machine class): 15.3 s per step,
 7.8 GiB peak RSS. Targets: time ≤ 1.0× and memory ≤ 0.4× of that.
@@ -36,6 +40,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--backend", default="torch", choices=["torch", "megatron"])
     ap.add_argument("--micro-batch", type=int, default=4,
                     help="pairs per forward/backward; 4 // micro-batch accumulation steps make one step of 4")
     args = ap.parse_args()
@@ -58,18 +63,31 @@ def main() -> int:
         ap.error("--micro-batch must divide 4")
     cfg = TrainerConfig(lr=5e-7, warmup_ratio=0.0, batch_size=args.micro_batch, grad_accum=4 // args.micro_batch, epochs=1, precision=args.precision,
                         max_prompt_length=256, max_length=256, gradient_checkpointing=args.gradient_checkpointing)
-    trainer = TorchTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0, device="cpu")
+    if args.backend == "megatron":
+        import os
+
+        from sppo_nemo.backends.megatron_launch import MegatronTrainer
+
+        cfg.backend = "megatron"
+        if not torch.cuda.is_available():
+            site = Path(__file__).resolve().parents[1] / "tests" / "megatron_cpu_site"
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        trainer = MegatronTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0)
+    else:
+        trainer = TorchTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0, device="cpu")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.time()
     with tempfile.TemporaryDirectory() as out:
         result = trainer.train(policy, pairs, Path(out) / "policy")
     total = time.time() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    who = resource.RUSAGE_CHILDREN if args.backend == "megatron" else resource.RUSAGE_SELF
+    peak = resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
     steps = [m["seconds"] for m in result.metrics]
     steady = steps[1:] or steps
     tokens = statistics.mean(m["tokens"] for m in result.metrics)
     step = statistics.median(steady)
-    print(f"workload: {args.data.name}, {len(pairs)} pairs, batch 4 (micro-batch {args.micro_batch}), "
+    print(f"backend: {args.backend}; workload: {args.data.name}, {len(pairs)} pairs, batch 4 (micro-batch {args.micro_batch}), "
           f"max length 256, {args.precision}, "
           f"{args.threads} threads, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
     print(f"reference log-probs (once, before step 1): {result.summary['reference_logps_seconds']:.2f} s")

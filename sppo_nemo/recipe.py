@@ -103,6 +103,7 @@ class MegatronConfig:
     nproc_per_node: Optional[int] = None  # null: TP·PP·(data_parallel or 1), on one node
     nnodes: int = 1
     launcher: str = "torchrun"  # torchrun (one node) | srun (every node of a Slurm allocation)
+    srun_args: list[str] = field(default_factory=list)  # extra srun flags, e.g. --container-image=...
     global_batch_size: Optional[int] = None  # null: batch_size·grad_accum·DP; set: grad_accum derived from it
     distributed_optimizer: bool = True  # shard Adam state over data-parallel ranks
     overlap_grad_reduce: bool = False

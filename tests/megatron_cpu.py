@@ -2,11 +2,13 @@
 
 megatron-core assumes CUDA in a few places:
 
-- its RNG tracker keeps CUDA generator states: replaced by one over CPU generator states;
+- its RNG tracker keeps CUDA generator states: replaced by one over CPU generator states, and
+  activation recomputation's save/restore of the CUDA RNG state becomes a no-op;
 - ``torch.cuda.current_device()``, which its DDP buffers pass as ``device=``: answers the CPU;
 - its schedules, optimizer, gradient clipping and grad scaler allocate small tensors with a
   literal ``device="cuda"`` (and pipeline p2p calls ``torch.cuda.synchronize``): those modules
   see a ``torch`` whose factory functions map "cuda" to the CPU and whose synchronize is a no-op;
+- ``tensor.cuda()`` (the last pipeline stage's copy of a tied embedding): the identity;
 - its optimizers sort parameters by ``param.type()`` ('torch.cuda.FloatTensor'): CPU parameters
   answer the CUDA type name;
 - gradient clipping asserts ``grad.type() == 'torch.cuda.FloatTensor'``: replaced by the same
@@ -14,8 +16,7 @@ megatron-core assumes CUDA in a few places:
 
 :func:`apply` patches in-process; ``tests/megatron_cpu_site/sitecustomize.py`` patches torchrun
 workers (the tests put that folder on PYTHONPATH) through an import hook that patches each module
-the moment it is imported. Only fp32 training runs on CPU this way (megatron's bf16 optimizer
-checks for CUDA tensor types); bf16 is covered by the gpu tier.
+the moment it is imported. fp32 and bf16 (mixed precision, fp32 main weights) both run this way.
 """
 
 from __future__ import annotations
@@ -78,10 +79,16 @@ def _patch_random(module) -> None:
         module._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
     module.initialize_rng_tracker = initialize_rng_tracker
+    # activation recomputation saves and restores "the CUDA RNG state" around each checkpoint; on
+    # CPU there is none (the CPU state is saved alongside by megatron itself)
+    module._get_cuda_rng_state = lambda *args, **kwargs: torch.zeros(1, dtype=torch.uint8)
+    module._set_cuda_rng_state = lambda *args, **kwargs: None
 
 
 def _patch_torch() -> None:
     torch.cuda.current_device = lambda: torch.device("cpu")
+    if not torch.cuda.is_available():  # e.g. the tied embedding's copy on the last pipeline stage
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
     # megatron's optimizers sort parameters by their CUDA type names
     if not getattr(torch.nn.Parameter.type, "_sppo_cpu", False):
         tensor_type = torch.Tensor.type

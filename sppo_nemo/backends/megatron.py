@@ -121,6 +121,9 @@ def transformer_config(arch: conv.Arch, opts: ModelOptions) -> TransformerConfig
     dtype = torch.bfloat16 if bf16 else torch.float32
     cuda = torch.cuda.is_available()
     te = use_te(opts)
+    if opts.sequence_parallel and tp > 1 and not te:
+        raise ValueError("trainer.megatron.sequence_parallel needs Transformer Engine's norms (megatron's local "
+                         "layer spec refuses it); install transformer_engine or set sequence_parallel=false")
     kw = dict(
         num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_attention_heads,
         num_query_groups=arch.num_query_groups, kv_channels=arch.kv_channels, ffn_hidden_size=arch.ffn_hidden_size,

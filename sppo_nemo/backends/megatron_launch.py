@@ -58,10 +58,12 @@ class MegatronTrainer:
         worker = ["-m", "sppo_nemo.backends.megatron", str(job_dir)]
         if m.launcher == "srun":
             per_node = m.nproc_per_node or world // m.nnodes
-            env.setdefault("MASTER_ADDR", _first_slurm_host())
+            if "MASTER_ADDR" not in env:
+                env["MASTER_ADDR"] = _first_slurm_host()
             env.setdefault("MASTER_PORT", "29517")
+            python = "python" if m.srun_args else sys.executable  # inside a container: its own python
             return ["srun", f"--nodes={m.nnodes}", f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1",
-                    sys.executable, *worker], env
+                    *m.srun_args, python, *worker], env
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                 *worker], env
 

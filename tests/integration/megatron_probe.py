@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--eta", type=float, default=10.0)
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "local"])
+    ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    ap.add_argument("--sequence-parallel", action="store_true")
     ap.add_argument("--convert", metavar="HF_OUT", help="instead: save the logits of fixed ids (vocab gathered "
                     "over TP) to OUT.pt and export the loaded model back to an HF checkpoint in HF_OUT")
     a = ap.parse_args()
@@ -47,7 +49,8 @@ def main() -> None:
     device = mg.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)
     arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()))
-    model, cfg = mg.build_model(arch, mg.ModelOptions(attention=a.attention))
+    model, cfg = mg.build_model(arch, mg.ModelOptions(attention=a.attention, recompute=a.recompute,
+                                                   sequence_parallel=a.sequence_parallel))
     mg.load_hf_weights(model, arch, model_dir)
     if a.convert:
         convert(model, arch, model_dir, Path(a.convert), a.out, device, a.attention == "local")
@@ -63,7 +66,8 @@ def main() -> None:
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     chunks = [list(range(b, min(b + a.micro, len(rows)))) for b in range(0, len(rows), a.micro)]
     mine = chunks[dp_rank::dp]
-    micro = [mg.make_micro_batch(ids, seqs, tok.pad_token_id, 1) for ids in mine]
+    multiple = a.tp if a.sequence_parallel else 1
+    micro = [mg.make_micro_batch(ids, seqs, tok.pad_token_id, 1, multiple) for ids in mine]
 
     tokens: dict[int, torch.Tensor] = {}
     ref: dict[int, torch.Tensor] = {}
