@@ -424,7 +424,7 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
         need(sel == "best_worst", f"loss.selection: {lt} trains on pairs; set loss.selection=best_worst")
     need(
         r.loss.log_z == "constant" or lt == "sppo",
-        f"loss.log_z: 'estimated' applies to the square loss only; use loss.type=sppo or loss.log_z=constant",
+        "loss.log_z: 'estimated' applies to the square loss only; use loss.type=sppo or loss.log_z=constant",
     )
 
     s = r.sampling
@@ -460,7 +460,7 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     need(e.samples_per_prompt >= 1, f"evaluation.samples_per_prompt: {e.samples_per_prompt}; must be at least 1")
     need(e.temperature is None or e.temperature > 0, f"evaluation.temperature: {e.temperature}; must be > 0")
     need(e.top_p is None or 0 < e.top_p <= 1, f"evaluation.top_p: {e.top_p}; must be in (0, 1]")
-    need(e.max_new_tokens is None or e.max_new_tokens >= 1, f"evaluation.max_new_tokens: must be at least 1")
+    need(e.max_new_tokens is None or e.max_new_tokens >= 1, "evaluation.max_new_tokens: must be at least 1")
 
     game = [dotted for dotted, choice in GAME_BACKENDS.items()
             if getattr(getattr(r, dotted.split(".")[0]), dotted.split(".")[1]) == choice]

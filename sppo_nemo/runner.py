@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path

@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn

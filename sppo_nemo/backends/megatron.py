@@ -28,7 +28,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -50,14 +49,15 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sppo_nemo.backends import megatron_convert as conv
 from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
-from sppo_nemo.backends.torch_trainer import StepStats, batch_loss, lr_factor
+from sppo_nemo.backends.torch_trainer import StepStats, batch_loss, encode_rows, lr_factor
 from sppo_nemo.protocols import PairRow, PointRow
 
-try:  # Transformer Engine: fused kernels, flash attention; optional
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-    import transformer_engine  # noqa: F401
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-    HAVE_TE = True
+try:  # Transformer Engine: fused kernels, flash attention; optional
+    import transformer_engine.pytorch as _te_pytorch
+
+    HAVE_TE = _te_pytorch is not None
 except ImportError:
     HAVE_TE = False
 
@@ -265,13 +265,15 @@ def gather_full_state(model: torch.nn.Module, arch: conv.Arch, of=lambda p: p.de
         g = _global_name(inner, name)
         if g == "output_layer.weight" and arch.tied:
             continue  # the copy of the word embedding kept by the last pipeline stage
-        t = of(p).float().contiguous()
+        # a copy with storage of its own: with the distributed optimizer a parameter is a view into
+        # one flat buffer, and pickling a view (all_gather_object below) writes the whole buffer
+        t = of(p).detach().float().clone(memory_format=torch.contiguous_format)
         if conv.tp_split_dim(g) is not None and tp > 1:
             parts = [torch.empty_like(t) for _ in range(tp)]
             dist.all_gather(parts, t, group=tp_group)
         else:
             parts = [t]
-        mine[g] = conv.unshard(g, [x.cpu() for x in parts], arch)
+        mine[g] = conv.unshard(g, [x.cpu() for x in parts], arch).clone()
     lead = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine if lead else None)
@@ -381,17 +383,6 @@ def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only:
 
 # -- the training job ------------------------------------------------------------------------
 
-def _encode(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
-    out = []
-    for r in rows:
-        if isinstance(r, PointRow):
-            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
-        else:
-            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
-                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
-    return out
-
-
 def read_rows(path: Path) -> list[PointRow] | list[PairRow]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -431,7 +422,7 @@ class Reporter:
 
 def run_job(job_dir: Path) -> None:
     job = json.loads((job_dir / "job.json").read_text())
-    c, m = job["trainer"], job["megatron"]
+    m = job["megatron"]
     tp, pp = m["tensor_parallel"], m["pipeline_parallel"]
     device = init_parallel(tp, pp, job["seed"])
     try:
@@ -469,7 +460,7 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
     tok = load_tokenizer(str(policy_dir))
     fmt = ChatFormat(tok, job["system_prompt"])
     rows = read_rows(job_dir / "rows.jsonl")
-    seqs = _encode(fmt, rows, c["max_prompt_length"], c["max_length"])
+    seqs = encode_rows(fmt, rows, c["max_prompt_length"], c["max_length"])
     per_row = len(seqs[0]) if seqs else 1
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     multiple = ps.get_tensor_model_parallel_world_size() if cfg.sequence_parallel else 1

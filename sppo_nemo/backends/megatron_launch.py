@@ -105,7 +105,10 @@ class MegatronTrainer:
         if rc != 0 or not result_file.is_file():
             hint = ""
             text = "\n".join(worker_tail or tail)
-            if "Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text:
+            if "Signal 9 (SIGKILL)" in "\n".join(tail) or "exitcode: -9" in "\n".join(tail):
+                hint = ("\na worker was killed by SIGKILL, most often the kernel's out-of-memory killer: lower "
+                        "trainer.batch_size or trainer.max_length, or set trainer.megatron.recompute=full.")
+            elif "Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text:
                 hint = ("\nmegatron-core's optimizer and RNG tracker need CUDA; on a CPU-only machine use "
                         "trainer.backend=torch.")
             raise MegatronJobError(f"megatron training failed (exit {rc}); full log: {job_dir / 'train.log'}\n"

@@ -42,6 +42,18 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
+    """Token ids of each training row: [response] for a PointRow, [chosen, rejected] for a PairRow."""
+    out = []
+    for r in rows:
+        if isinstance(r, PointRow):
+            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
+        else:
+            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
+                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
+    return out
+
+
 def batch_loss(loss_type: str, eta: float, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
     """Per-row loss of a micro-batch: ``pol`` and ``ref`` are (rows, 1) for SPPO (eq. 3.7) and
     (rows, 2) = (chosen, rejected) for the pairwise losses (eq. B.1, B.2, B.3)."""
@@ -71,17 +83,7 @@ class TorchTrainer:
 
     # -- encoding -------------------------------------------------------------------------
     def _encode(self, fmt: ChatFormat, rows) -> list[list[Encoded]]:
-        c = self.cfg
-        out = []
-        for r in rows:
-            if isinstance(r, PointRow):
-                out.append([fmt.encode(r.prompt, r.response, r.finished, c.max_prompt_length, c.max_length)])
-            else:
-                out.append([
-                    fmt.encode(r.prompt, r.chosen, r.chosen_finished, c.max_prompt_length, c.max_length),
-                    fmt.encode(r.prompt, r.rejected, r.rejected_finished, c.max_prompt_length, c.max_length),
-                ])
-        return out
+        return encode_rows(fmt, rows, self.cfg.max_prompt_length, self.cfg.max_length)
 
     def _logps(self, model, seqs: list[list[Encoded]], pad_id: int) -> torch.Tensor:
         """(rows, 1 or 2) sequence log-probs for a micro-batch of rows."""

@@ -44,6 +44,7 @@ def main() -> None:
     from sppo_nemo.backends import megatron as mg
     from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
     from sppo_nemo.backends.megatron_convert import arch_from_hf_config
+    from sppo_nemo.backends.torch_trainer import encode_rows
     from sppo_nemo.loss import sppo_loss
 
     device = mg.init_parallel(a.tp, a.pp, seed=0)
@@ -62,7 +63,7 @@ def main() -> None:
     tok = load_tokenizer(str(model_dir))
     fmt = ChatFormat(tok, None)
     rows = mg.read_rows(Path(a.rows))
-    seqs = mg._encode(fmt, rows, 96, 128)
+    seqs = encode_rows(fmt, rows, 96, 128)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     chunks = [list(range(b, min(b + a.micro, len(rows)))) for b in range(0, len(rows), a.micro)]
     mine = chunks[dp_rank::dp]
@@ -94,6 +95,10 @@ def main() -> None:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, tokens)
     if dist.get_rank() == 0:
+        # main_grad is a view into DDP's flat gradient buffer: each gathered tensor must own just its
+        # own bytes (pickling a view writes the whole buffer; that once multiplied memory by ~300)
+        for k, v in grads.items():
+            assert v.untyped_storage().nbytes() == v.numel() * v.element_size(), k
         all_tokens = {}
         for t in gathered:
             all_tokens.update(t or {})

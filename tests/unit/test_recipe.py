@@ -348,7 +348,7 @@ def test_child_inherits_everything_but_what_it_changes(relative: bool, tmp_path:
 
 
 def test_inheritance_merges_sections_key_by_key_and_chains(tmp_path: Path) -> None:
-    mid = write(tmp_path / "mid.yaml", BASE + "name: mid\ntrainer:\n  lr: 1.0e-6\n")
+    write(tmp_path / "mid.yaml", BASE + "name: mid\ntrainer:\n  lr: 1.0e-6\n")
     leaf = write(tmp_path / "leaf.yaml", "base: mid.yaml\nname: leaf\ntrainer:\n  epochs: 2\n")
     r = recipe_mod.load(leaf)
     shipped = recipe_mod.load(SHIPPED)
