@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the megatron backend in one go, for a bare GPU machine with no network:
 # the gpu test tier, then the 1B-parameter SPPO step benchmark. Wheels the machine lacks
-# (megatron-core, omegaconf) are expected in .whl/ (see README "GPU checks"). Results go to $OUT.
+# (megatron-core, omegaconf) are expected in .whl/ (benchmarks/fetch_gpu_wheels.sh). Results go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
