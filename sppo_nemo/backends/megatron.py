@@ -181,6 +181,7 @@ def build_model(arch: conv.Arch, opts: ModelOptions) -> tuple[GPTModel, Transfor
         pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
         parallel_output=True, share_embeddings_and_output_weights=arch.tied,
         position_embedding_type=arch.position_embedding, rotary_base=int(arch.rotary_base),
+        rope_scaling=arch.rope_scaling_factor is not None, rope_scaling_factor=arch.rope_scaling_factor or 8.0,
     )
     _mark_tensor_parallel(model, arch)
     return model, cfg

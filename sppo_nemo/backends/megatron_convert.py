@@ -53,6 +53,7 @@ class Arch:
     tied: bool
     qkv_bias: bool
     rotary_base: float = 10000.0
+    rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling (megatron's rope_scaling)
 
     @property
     def gated(self) -> bool:
@@ -122,9 +123,14 @@ def arch_from_hf_config(cfg: Mapping) -> Arch:
     # transformers ≥ 5 writes rope_parameters {rope_theta, rope_type, ...}; 4.x rope_theta + rope_scaling
     rope = dict(cfg.get("rope_parameters") or {})
     rope.update(cfg.get("rope_scaling") or {})
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    if (rope.get("rope_type") or rope.get("type")) not in (None, "default"):
-        problems.append(f"rope scaling {rope!r} (only unscaled RoPE)")
+    theta = rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+    rope_type = rope.get("rope_type") or rope.get("type")
+    scaling = None
+    if rope_type == "llama3" and _megatron_llama3(rope):
+        scaling = float(rope["factor"])
+    elif rope_type not in (None, "default"):
+        problems.append(f"rope scaling {rope!r} (only unscaled RoPE, or Llama 3.1's with low/high frequency "
+                        f"factors 1/4 and original context 8192, which megatron hard-codes)")
     if mt in ("llama", "mistral") and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         problems.append("attention_bias/mlp_bias")
     if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
@@ -141,7 +147,14 @@ def arch_from_hf_config(cfg: Mapping) -> Arch:
                 ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
                 max_position_embeddings=cfg.get("max_position_embeddings", 4096),
                 norm_eps=cfg.get("rms_norm_eps", 1e-6), tied=bool(cfg.get("tie_word_embeddings", False)),
-                qkv_bias=(mt == "qwen2"), rotary_base=float(theta))
+                qkv_bias=(mt == "qwen2"), rotary_base=float(theta), rope_scaling_factor=scaling)
+
+
+def _megatron_llama3(rope: Mapping) -> bool:
+    """Llama 3.1 RoPE scaling with the constants megatron's RotaryEmbedding hard-codes."""
+    return (rope.get("factor") is not None and float(rope.get("low_freq_factor", 1.0)) == 1.0
+            and float(rope.get("high_freq_factor", 4.0)) == 4.0
+            and int(rope.get("original_max_position_embeddings", 8192)) == 8192)
 
 
 # -- names -----------------------------------------------------------------------------------

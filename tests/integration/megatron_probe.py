@@ -113,7 +113,7 @@ def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device, causal
     from sppo_nemo.backends import megatron as mg
 
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, arch.vocab_size, (2, 12), generator=g)
+    ids = torch.randint(0, arch.vocab_size, (2, min(48, arch.max_position_embeddings)), generator=g)
     mb = mg.MicroBatch(row_ids=[0, 1], ids=ids, targets=ids, resp_mask=torch.ones_like(ids, dtype=torch.float),
                        per_row=1)
     model.eval()

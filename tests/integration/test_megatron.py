@@ -69,6 +69,13 @@ def _tiny_hf(kind: str, out: Path) -> tuple[Path, torch.nn.Module]:
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                              tie_word_embeddings=False, rope_theta=10000.0)
         model = tf.LlamaForCausalLM(cfg)
+    elif kind == "llama31_scaled":  # Llama 3.1 RoPE scaling; head_dim 32 puts frequencies in all three bands
+        cfg = tf.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                             rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                "original_max_position_embeddings": 8192})
+        model = tf.LlamaForCausalLM(cfg)
     elif kind == "qwen2_tied":
         cfg = tf.Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -92,7 +99,7 @@ def _tiny_hf(kind: str, out: Path) -> tuple[Path, torch.nn.Module]:
 
 @pytest.mark.parametrize("kind,tp,attention", [("llama_gqa", 1, "sdpa"), ("llama_gqa", 2, "sdpa"),
                                                ("llama_gqa", 1, "local"), ("qwen2_tied", 2, "sdpa"),
-                                               ("gpt2", 1, "sdpa")])
+                                               ("gpt2", 1, "sdpa"), ("llama31_scaled", 1, "sdpa")])
 def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, attention: str, tmp_path: Path) -> None:
     """Both attention paths of the local spec (torch SDPA, megatron's own) reproduce HF's logits."""
     src, hf = _tiny_hf(kind, tmp_path / "src")

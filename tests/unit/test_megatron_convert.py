@@ -372,7 +372,8 @@ def test_unsupported_model_type():
 
 
 @pytest.mark.parametrize("rope", [
-    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    # Llama 3.1 scaling with constants other than the ones megatron hard-codes (1, 4, 8192)
+    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,
                       "original_max_position_embeddings": 8192}},
     {"rope_scaling": {"type": "linear", "factor": 2.0}},  # transformers-4 legacy key
     {"rope_parameters": {"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0}},  # transformers 5
@@ -492,3 +493,15 @@ def test_untied_gpt2_keeps_its_own_output_head() -> None:
     back = megatron_to_hf(mg, arch)
     assert set(back) == set(sd)
     assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("style", ["v4", "v5"])
+def test_llama31_rope_scaling_with_megatrons_constants_is_accepted(style):
+    base = {k: v for k, v in _llama_cfg().items() if k not in ("rope_scaling", "rope_parameters", "rope_theta")}
+    rope = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    cfg = ({**base, "rope_theta": 500000.0, "rope_scaling": rope} if style == "v4"
+           else {**base, "rope_parameters": {**rope, "rope_theta": 500000.0}})
+    arch = arch_from_hf_config(cfg)
+    assert arch.rope_scaling_factor == 32.0 and arch.rotary_base == 500000.0
+    assert arch_from_hf_config(base).rope_scaling_factor is None
