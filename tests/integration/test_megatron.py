@@ -229,7 +229,8 @@ def torch_losses(tiny_model, tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.parametrize("layout", [dict(), dict(tensor_parallel=2), dict(pipeline_parallel=2),
-                                    dict(nproc_per_node=2)], ids=["tp1", "tp2", "pp2", "dp2"])
+                                    dict(nproc_per_node=2), dict(nproc_per_node=2, overlap_grad_reduce=True)],
+                         ids=["tp1", "tp2", "pp2", "dp2", "dp2_overlap"])
 def test_megatron_training_matches_torch_backend(layout, tiny_model, torch_losses, tmp_path: Path) -> None:
     losses = _train("megatron", tiny_model, tmp_path, **layout)
     rel = max(abs(a - b) / abs(b) for a, b in zip(losses, torch_losses))
@@ -238,6 +239,45 @@ def test_megatron_training_matches_torch_backend(layout, tiny_model, torch_losse
     import transformers as tf
 
     tf.AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+
+
+FAKE_SRUN = """#!{python}
+# srun as the megatron launcher calls it, on one machine: N nodes × M tasks become N·M local
+# processes with Slurm's task variables; flags other than --nodes/--ntasks-per-node are ignored.
+import os, subprocess, sys
+args = sys.argv[1:]
+opts = {{}}
+while args and args[0].startswith("--"):
+    key, _, value = args.pop(0)[2:].partition("=")
+    opts[key] = value
+nodes, per_node = int(opts["nodes"]), int(opts["ntasks-per-node"])
+procs = []
+for rank in range(nodes * per_node):
+    env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_NTASKS=str(nodes * per_node),
+               SLURM_LOCALID=str(rank % per_node), SLURM_NODEID=str(rank // per_node))
+    procs.append(subprocess.Popen(args, env=env))
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
+def test_srun_launcher_runs_the_workers_as_slurm_tasks(tiny_model, torch_losses, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """launcher=srun across 2 "nodes" of 1 task (a local stand-in for srun that sets SLURM_PROCID,
+    SLURM_NTASKS, SLURM_LOCALID): the workers join through MASTER_ADDR/PORT and train as DP=2."""
+    import socket
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "srun").chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    losses = _train("megatron", tiny_model, tmp_path / "run", launcher="srun", nnodes=2, nproc_per_node=1)
+    assert max(abs(a - b) / abs(b) for a, b in zip(losses, torch_losses)) < 2e-4
 
 
 def test_megatron_pairwise_loss_matches_torch_backend(tiny_model, tmp_path: Path) -> None:
@@ -295,3 +335,16 @@ def test_cli_tiny_recipe_runs_end_to_end_with_megatron_tp2(tiny_model, reference
     ref = [json.loads(x)["loss"] for x in (reference_run / "iter_01/train/metrics.jsonl").read_text().splitlines()]
     assert len(mine) == len(ref) > 0
     assert max(abs(a - b) / abs(b) for a, b in zip(mine, ref)) < 2e-4
+
+
+def test_without_cuda_or_the_test_patches_the_error_points_to_the_torch_backend(tiny_model, tmp_path: Path) -> None:
+    """megatron-core needs CUDA: on a CPU-only machine the failed job says so and names the fix."""
+    from sppo_nemo.backends.megatron_launch import MegatronJobError, MegatronTrainer
+    from sppo_nemo.recipe import TrainerConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so megatron runs unpatched")
+    cfg = TrainerConfig(backend="megatron", batch_size=4, max_prompt_length=96, max_length=128)
+    with pytest.raises(MegatronJobError) as e:
+        MegatronTrainer(cfg, "sppo", 10.0, None, seed=0).train(tiny_model, point_rows(4), tmp_path / "policy")
+    assert "use trainer.backend=torch" in str(e.value) and "train.log" in str(e.value)
