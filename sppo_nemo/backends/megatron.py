@@ -358,20 +358,60 @@ def sequence_logps(token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
     return s.view(-1, mb.per_row)
 
 
+class ResponseRows:
+    """Forward pre-hook on the output layer: keep only the hidden states that predict response
+    tokens, so the vocabulary projection, its logits and the cross entropy cover the responses
+    alone (as the torch trainer does) instead of every position. The logits then come out
+    (1, n_response_tokens, V/TP), in (sequence, position) order."""
+
+    def __init__(self, mb: MicroBatch, device: torch.device):
+        flat = mb.resp_mask.flatten()
+        index = flat.nonzero().squeeze(1)
+        self.weight = torch.ones(len(index))
+        if len(index) == 0:  # a padding micro-batch: one position, weighted 0
+            index, self.weight = torch.zeros(1, dtype=torch.long), torch.zeros(1)
+        self.width = mb.ids.shape[1]
+        self.index = index.to(device)
+        self.seq_of = (index // self.width).to(device)
+        self.targets = mb.targets.flatten()[index].unsqueeze(0).to(device)
+        self.weight = self.weight.to(device)
+
+    def __call__(self, module, args, kwargs):
+        h = args[0]  # [s, b, hidden]
+        rows = h.transpose(0, 1).reshape(-1, h.shape[-1]).index_select(0, self.index)
+        return (rows.unsqueeze(1), *args[1:]), kwargs
+
+    def sequence_logps(self, token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        seq = torch.zeros(mb.ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+        return seq.index_add(0, self.seq_of, token_logps * self.weight).view(-1, mb.per_row)
+
+
 def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only: bool, on_logps,
                   device: torch.device, causal_mask: bool, vocab_size: int) -> None:
     """One pass of megatron's schedule (1F1B when pipelined) over this rank's micro-batches.
-    On the last pipeline stage ``on_logps(mb, seq_logps, token_logps)`` runs for every
+    On the last pipeline stage ``on_logps(mb, seq_logps, response_token_logps)`` runs for every
     micro-batch and returns the loss to back-propagate (its mean over rows: the schedule divides
-    by the number of micro-batches)."""
+    by the number of micro-batches); ``response_token_logps`` is flat, in (sequence, position)
+    order. With sequence parallelism (hidden states split along the sequence at the output
+    layer) the logits of every position are computed and masked instead."""
 
     def step_fn(it, mdl):
         mb = next(it)
-        out = forward_logits(mdl, mb, device, causal_mask)
+        inner = unwrap(mdl)
+        select = ResponseRows(mb, device) if inner.post_process and not inner.config.sequence_parallel else None
+        hook = inner.output_layer.register_forward_pre_hook(select, with_kwargs=True) if select else None
+        try:
+            out = forward_logits(mdl, mb, device, causal_mask)
+        finally:
+            if hook:
+                hook.remove()
 
         def loss_fn(logits):
+            if select:
+                tok_lp = vocab_parallel_token_logps(logits, select.targets, vocab_size)[0]
+                return on_logps(mb, select.sequence_logps(tok_lp, mb), tok_lp[select.weight > 0]), {}
             tok_lp = vocab_parallel_token_logps(logits, mb.targets.to(device), vocab_size)
-            return on_logps(mb, sequence_logps(tok_lp, mb), tok_lp), {}
+            return on_logps(mb, sequence_logps(tok_lp, mb), tok_lp[mb.resp_mask.to(device) > 0]), {}
 
         return out, loss_fn
 

@@ -74,8 +74,9 @@ def main() -> None:
     ref: dict[int, torch.Tensor] = {}
 
     def keep(mb, lp, tok_lp):
-        for j, i in enumerate(mb.row_ids):
-            tokens[i] = tok_lp[j][mb.resp_mask[j] > 0].detach().cpu()
+        counts = mb.resp_mask.sum(dim=1).long().tolist()  # response tokens of each sequence (= row here)
+        for j, (i, part) in enumerate(zip(mb.row_ids, tok_lp.detach().cpu().split(counts))):
+            tokens[i] = part
             ref[i] = lp[j, 0].detach() - 0.25
         return lp.sum() * 0.0
 
