@@ -90,6 +90,24 @@ def resolve_policy(model: str) -> str:
     return model
 
 
+def local_checkpoint(model: str) -> Path:
+    """A local directory holding the checkpoint ``model`` names: the directory itself, or a hub
+    id's snapshot (from the HF cache, or downloaded when the network allows). For consumers that
+    read the files themselves rather than through ``from_pretrained`` (the megatron trainer)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                             "*.jinja", "*.tiktoken"]))
+    except Exception as exc:  # offline without a cached snapshot, unknown repo, bad id...
+        raise ModelLoadError(
+            f"{model!r} is neither a local checkpoint directory nor a hub id whose snapshot is cached or can be "
+            f"downloaded ({type(exc).__name__}: {exc}); download it first (huggingface-cli download {model}) "
+            f"or point policy.model at the directory") from None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

@@ -69,6 +69,9 @@ class MegatronTrainer:
 
     def train(self, policy_dir: Path, rows: Sequence[PointRow] | Sequence[PairRow], output_dir: Path,
               progress: ProgressFn | None = None, ref_progress: ProgressFn | None = None) -> TrainResult:
+        from sppo_nemo.backends.hf import local_checkpoint
+
+        policy_dir = local_checkpoint(str(policy_dir))  # the workers read its files directly
         job_dir = Path(output_dir).parent / "megatron-job"
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)

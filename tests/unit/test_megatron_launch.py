@@ -85,6 +85,7 @@ def test_failed_job_quotes_the_workers_traceback_and_keeps_its_folder(tmp_path: 
     t = MegatronTrainer(cfg(), "sppo", 1.0, None, 0)
     monkeypatch.setattr(t, "command", lambda job_dir: ([sys.executable, "-c", script], {}))
     rows = [PointRow("a", "q?", "r.", True, 0.7)]
+    (tmp_path / "pi_t").mkdir()
     with pytest.raises(MegatronJobError) as e:
         t.train(tmp_path / "pi_t", rows, tmp_path / "train" / "policy")
     msg = str(e.value)
@@ -93,3 +94,14 @@ def test_failed_job_quotes_the_workers_traceback_and_keeps_its_folder(tmp_path: 
     assert str(job / "train.log") in msg
     assert "torchrun noise" in (job / "train.log").read_text()
     assert json.loads((job / "rows.jsonl").read_text())["win_prob"] == 0.7
+
+
+def test_policy_must_be_a_local_directory_or_an_obtainable_hub_snapshot(tmp_path: Path, monkeypatch) -> None:
+    from sppo_nemo.backends.hf import ModelLoadError, local_checkpoint
+
+    assert local_checkpoint(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(ModelLoadError, match="neither a local checkpoint directory nor a hub id") as e:
+        local_checkpoint("nobody/no-such-model")
+    assert "huggingface-cli download nobody/no-such-model" in str(e.value)
