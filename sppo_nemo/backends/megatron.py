@@ -21,6 +21,7 @@ the end is padded with empty ones that contribute nothing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -38,7 +39,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
+                                                      get_gpt_layer_with_transformer_engine_spec)
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -49,15 +51,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sppo_nemo.backends import megatron_convert as conv
 from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
-from sppo_nemo.backends.torch_trainer import StepStats, batch_loss, encode_rows, lr_factor
+from sppo_nemo.backends.torch_trainer import StepStats, batch_loss, encode_rows, lr_factor, train_summary
 from sppo_nemo.protocols import PairRow, PointRow
 
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-
 try:  # Transformer Engine: fused kernels, flash attention; optional
-    import transformer_engine.pytorch as _te_pytorch
-
-    HAVE_TE = _te_pytorch is not None
+    importlib.import_module("transformer_engine.pytorch")
+    HAVE_TE = True
 except ImportError:
     HAVE_TE = False
 
@@ -266,14 +265,14 @@ def gather_full_state(model: torch.nn.Module, arch: conv.Arch, of=lambda p: p.de
         g = _global_name(inner, name)
         if g == "output_layer.weight" and arch.tied:
             continue  # the copy of the word embedding kept by the last pipeline stage
-        # a copy with storage of its own: with the distributed optimizer a parameter is a view into
-        # one flat buffer, and pickling a view (all_gather_object below) writes the whole buffer
-        t = of(p).detach().float().clone(memory_format=torch.contiguous_format)
+        t = of(p).detach().float().contiguous()
         if conv.tp_split_dim(g) is not None and tp > 1:
             parts = [torch.empty_like(t) for _ in range(tp)]
             dist.all_gather(parts, t, group=tp_group)
         else:
             parts = [t]
+        # a copy with storage of its own: with the distributed optimizer a parameter is a view into
+        # one flat buffer, and pickling a view (all_gather_object below) writes the whole buffer
         mine[g] = conv.unshard(g, [x.cpu() for x in parts], arch).clone()
     lead = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     gathered = [None] * dist.get_world_size()
@@ -370,9 +369,8 @@ class ResponseRows:
         self.weight = torch.ones(len(index))
         if len(index) == 0:  # a padding micro-batch: one position, weighted 0
             index, self.weight = torch.zeros(1, dtype=torch.long), torch.zeros(1)
-        self.width = mb.ids.shape[1]
         self.index = index.to(device)
-        self.seq_of = (index // self.width).to(device)
+        self.seq_of = (index // mb.ids.shape[1]).to(device)
         self.targets = mb.targets.flatten()[index].unsqueeze(0).to(device)
         self.weight = self.weight.to(device)
 
@@ -597,18 +595,14 @@ def _train(job: dict, job_dir: Path, device: torch.device) -> None:
     if dist.get_rank() == 0:
         save_hf(full, arch, policy_dir, output_dir, opts.precision)
     if reporter.active:
-        first, lastm = (metrics[0], metrics[-1]) if metrics else ({}, {})
-        result = {"metrics": metrics, "summary": {
-            "steps": len(metrics), "rows": len(rows), "reference_logps_seconds": round(ref_seconds, 3),
-            "first_loss": first.get("loss"), "last_loss": lastm.get("loss"),
-            "first_loss_scaled": first.get("loss_scaled"), "last_loss_scaled": lastm.get("loss_scaled"),
-            "mean_step_seconds": round(sum(x["seconds"] for x in metrics) / max(1, len(metrics)), 3),
-            "epoch_losses": [float(v) / max(1, len(rows)) for v in epoch_sums],
+        summary = train_summary(metrics, len(rows), ref_seconds, epoch_sums)
+        summary.update({
             "parallel": {"tensor": ps.get_tensor_model_parallel_world_size(),
                          "pipeline": ps.get_pipeline_model_parallel_world_size(), "data": dp},
             "transformer_engine": te,
             "attention": "te" if te else opts.attention,
-        }}
+        })
+        result = {"metrics": metrics, "summary": summary}
         tmp = job_dir / "result.json.tmp"
         tmp.write_text(json.dumps(result))
         tmp.replace(job_dir / "result.json")

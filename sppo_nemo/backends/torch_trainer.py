@@ -175,20 +175,25 @@ class TorchTrainer:
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)
         tok.save_pretrained(output_dir)
-        first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
-        summary = {
-            "steps": len(metrics),
-            "rows": len(rows),
-            "reference_logps_seconds": round(ref_seconds, 3),
-            "first_loss": first.get("loss"),
-            "last_loss": last.get("loss"),
-            "first_loss_scaled": first.get("loss_scaled"),
-            "last_loss_scaled": last.get("loss_scaled"),
-            "mean_step_seconds": round(sum(m["seconds"] for m in metrics) / max(1, len(metrics)), 3),
-            # mean training loss over each epoch, as seen during the epoch (before its own updates)
-            "epoch_losses": [v / max(1, len(rows)) for v in epoch_sums],
-        }
+        summary = train_summary(metrics, len(rows), ref_seconds, epoch_sums)
         return TrainResult(metrics=metrics, summary=summary)
+
+
+def train_summary(metrics: list[dict], n_rows: int, ref_seconds: float, epoch_sums) -> dict:
+    """The train stage's summary.json, from the per-step metrics (both LM trainers)."""
+    first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
+    return {
+        "steps": len(metrics),
+        "rows": n_rows,
+        "reference_logps_seconds": round(ref_seconds, 3),
+        "first_loss": first.get("loss"),
+        "last_loss": last.get("loss"),
+        "first_loss_scaled": first.get("loss_scaled"),
+        "last_loss_scaled": last.get("loss_scaled"),
+        "mean_step_seconds": round(sum(m["seconds"] for m in metrics) / max(1, len(metrics)), 3),
+        # mean training loss over each epoch, as seen during the epoch (before its own updates)
+        "epoch_losses": [float(v) / max(1, n_rows) for v in epoch_sums],
+    }
 
 
 class StepStats:
