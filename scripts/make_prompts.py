@@ -1,4 +1,4 @@
-"""Generate sppo_nemo/data/prompts.jsonl, the built-in prompt set: ``python scripts/make_prompts.py``.
+"""Generate sppo_nemo/assets/prompts.jsonl, the built-in prompt set: ``python scripts/make_prompts.py``.
 
 Deterministic (standard library, one ``random.Random(1234)``): reruns write the same bytes. Each row
 is a question answerable in one or two sentences, with a concise ideal ``reference`` reply (for the
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 SEED = 1234
-OUT = Path(__file__).resolve().parent.parent / "sppo_nemo" / "data" / "prompts.jsonl"
+OUT = Path(__file__).resolve().parent.parent / "sppo_nemo" / "assets" / "prompts.jsonl"
 
 NAMES = ["Tom", "Anna", "Maria", "Sam", "Lily", "Ben", "Omar", "Priya", "Jack", "Emma", "Leo", "Mia"]
 ITEMS = ["apples", "pencils", "marbles", "stickers", "cookies", "books", "oranges", "stamps",

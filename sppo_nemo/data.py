@@ -23,7 +23,7 @@ class DataError(Exception):
 
 
 def builtin_prompts_path() -> Path:
-    return Path(str(resources.files("sppo_nemo") / "data" / "prompts.jsonl"))
+    return Path(str(resources.files("sppo_nemo") / "assets" / "prompts.jsonl"))
 
 
 def prompts_path(cfg: DataConfig, base_dir: Path = Path(".")) -> Path:

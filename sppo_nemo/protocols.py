@@ -82,13 +82,18 @@ class Judge(Protocol):
         """P(a_i ≻ b_i | x_i) for each i, shape (n,), with compare(b, a) == 1 - compare(a, b)."""
         ...
 
-    def preference_matrix(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
-        """The K×K matrix M[i, j] = P(y_i ≻ y_j | x), M + Mᵀ = 1, diagonal ½."""
+    def preference_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                            progress: ProgressFn | None = None) -> list[np.ndarray]:
+        """For each prompt the K×K matrix M[i, j] = P(y_i ≻ y_j | x), M + Mᵀ = 1, diagonal ½.
+
+        The annotate stage calls this on chunks of prompts (its chunk log makes it resumable);
+        a judge batches and places the work on its devices as it sees fit. ``progress`` is told
+        the number of prompts finished."""
         ...
 
-    # Optional: ``preference_matrices(prompts, responses) -> list[np.ndarray]`` scores many prompts
-    # at once (PairRM batches all their ordered pairs by length); the annotate stage uses it when
-    # a judge has it.
+    def close(self) -> None:
+        """Free the model and any worker processes."""
+        ...
 
 
 @dataclass(frozen=True)

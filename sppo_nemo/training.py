@@ -1,0 +1,219 @@
+"""The one trainer core: schedule, micro-batch plan, loss dispatch, step metrics and summary.
+
+Every trainer backend (torch, megatron, game) drives the same :class:`Fit`, so "same steps, same
+losses across backends" holds by construction rather than by copying:
+
+- the plan: each epoch shuffles the rows with one seeded ``random.Random``, cuts them into
+  micro-batches of ``batch_size`` rows, and consecutive micro-batches form an optimizer step of
+  ``grad_accum × dp`` of them (data-parallel rank r takes slots r·grad_accum … (r+1)·grad_accum − 1);
+  steps span epoch boundaries, and a short last step is padded with empty slots;
+- each micro-batch contributes ``mean(per-row loss) / grad_accum`` to the gradient (a backend whose
+  schedule divides by the micro-batch count itself, as megatron's does, passes the mean);
+- the learning rate: linear warm-up over ``round(warmup_ratio · steps)`` steps, then constant,
+  linear or cosine decay to 0 at the last step;
+- the loss of a micro-batch: :func:`batch_loss`, eq. 3.7 or B.1–B.3 (``sppo_nemo/loss.py``);
+- the metrics of a step (:class:`StepStats`, reducible over data-parallel ranks) and the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from sppo_nemo import loss as losses
+from sppo_nemo.config import TrainerConfig
+from sppo_nemo.protocols import PointRow
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One micro-batch of an optimizer step: row indices and their epoch (-1: padding, no rows)."""
+
+    rows: tuple[int, ...]
+    epoch: int
+
+
+def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: int, seed: int) -> list[list[Slot]]:
+    """Optimizer steps, each ``grad_accum × dp`` slots. Hand-worked: 5 rows, batch 2, accum 2,
+    dp 1, 1 epoch → 3 micro-batches → steps [[mb0, mb1], [mb2, padding]]."""
+    rng = random.Random(seed)
+    micro: list[Slot] = []
+    for epoch in range(epochs):
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        micro += [Slot(tuple(order[b:b + batch_size]), epoch) for b in range(0, n_rows, batch_size)]
+    per_step = grad_accum * dp
+    steps = []
+    for s in range(0, len(micro), per_step):
+        step = micro[s:s + per_step]
+        steps.append(step + [Slot((), -1)] * (per_step - len(step)))
+    return steps
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+
+    Linear warm-up over ``warmup`` steps from 1/(warmup+1), then constant, linear decay to 0 at
+    ``total``, or cosine decay to 0. Hand-worked: total 10, warmup 2, linear: steps 0..3 →
+    1/3, 2/3, 1.0, 0.875.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_loss(loss_type: str, eta: float, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
+    """Per-row loss of a micro-batch: ``pol`` and ``ref`` are (rows, 1) for SPPO (eq. 3.7) and
+    (rows, 2) = (chosen, rejected) for the pairwise losses (eq. B.1, B.2, B.3)."""
+    dtype = torch.promote_types(pol.dtype, torch.float32)
+    if loss_type == "sppo":
+        p = torch.tensor([r.win_prob for r in rows], dtype=dtype, device=pol.device)
+        lz = None
+        if any(r.log_z is not None for r in rows):
+            lz = torch.tensor([r.log_z if r.log_z is not None else eta / 2 for r in rows],
+                              dtype=dtype, device=pol.device)
+        return losses.sppo_loss(pol[:, 0], ref[:, 0], p, eta, lz)
+    if loss_type == "sppo_pair":
+        p = torch.tensor([r.pair_prob for r in rows], dtype=dtype, device=pol.device)
+        return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], p, eta)
+    fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[loss_type]
+    return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], eta)
+
+
+def sequences_per_row(rows: Sequence) -> int:
+    """1 for the square loss's point rows, 2 (chosen, rejected) for pair rows."""
+    return 1 if not rows or isinstance(rows[0], PointRow) else 2
+
+
+class StepStats:
+    """What one optimizer step saw, over its micro-batches (and, reduced, over data-parallel ranks)."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.ratios: list[torch.Tensor] = []
+        self.tokens = 0
+
+    def add(self, per_example: torch.Tensor, log_ratio: torch.Tensor, tokens: int) -> None:
+        self.losses.append(per_example.detach().double().reshape(-1))
+        self.ratios.append(log_ratio.detach().double().reshape(-1))
+        self.tokens += tokens
+
+    def totals(self, device=None) -> torch.Tensor:
+        """[Σ loss, rows, Σ log-ratio, log-ratios, max |log-ratio|, tokens] in float64."""
+        if not self.losses:
+            return torch.zeros(6, dtype=torch.float64, device=device)
+        loss, ratio = torch.cat(self.losses), torch.cat(self.ratios)
+        return torch.stack([loss.sum(), torch.tensor(float(loss.numel()), dtype=torch.float64, device=loss.device),
+                            ratio.sum(), torch.tensor(float(ratio.numel()), dtype=torch.float64, device=loss.device),
+                            ratio.abs().max(),
+                            torch.tensor(float(self.tokens), dtype=torch.float64, device=loss.device)]).to(device)
+
+    def reduce(self, group, device) -> torch.Tensor:
+        """:meth:`totals` summed (max for the max) over a process group."""
+        import torch.distributed as dist
+
+        t = self.totals(device)
+        m = t[4:5].clone()
+        dist.all_reduce(t, group=group)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+        t[4] = m[0]
+        return t
+
+
+def step_metrics(totals: torch.Tensor, step: int, lr: float, grad_norm: float, loss_type: str, eta: float,
+                 seconds: float) -> dict:
+    """One line of metrics.jsonl from a step's (reduced) :meth:`StepStats.totals`."""
+    t = totals.tolist()
+    out = {
+        "step": step,
+        "loss": t[0] / max(1.0, t[1]),
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "log_ratio_mean": t[2] / max(1.0, t[3]),
+        "log_ratio_abs_max": t[4],
+        "tokens": int(t[5]),
+        "seconds": round(seconds, 4),
+    }
+    if loss_type in ("sppo", "sppo_pair"):
+        # Appendix B units: (β·log-ratio − (P̂ − ½))², β = 1/η; 0.25 at π = π_t for P̂ ∈ {0, 1}.
+        out["loss_scaled"] = losses.sppo_loss_scaled(out["loss"], eta)
+    return out
+
+
+class Fit:
+    """The loop state a trainer backend drives, step by step::
+
+        fit = Fit(rows, cfg, loss_type, eta, seed, dp=dp, grad_accum=accum)
+        for step, slots in enumerate(fit.steps):
+            lr = fit.lr(step)                      # set it on the optimizer
+            stats = StepStats()
+            for slot in fit.local_slots(slots, dp_rank):
+                pol = ...                          # (rows, 1 or 2) log π_θ of slot.rows
+                per_row = fit.micro_loss(slot, pol, reference[list(slot.rows)], stats, tokens)
+                (per_row.mean() / fit.grad_accum).backward()
+            ... clip, optimizer step ...
+            fit.end_step(step, lr, grad_norm, seconds, stats.totals())
+        summary = fit.summary(ref_seconds)
+    """
+
+    def __init__(self, rows: Sequence, cfg: TrainerConfig, loss_type: str, eta: float, seed: int,
+                 dp: int = 1, grad_accum: int | None = None):
+        self.rows = rows
+        self.cfg = cfg
+        self.loss_type = loss_type
+        self.eta = eta
+        self.dp = dp
+        self.grad_accum = grad_accum or cfg.grad_accum
+        self.steps = plan_steps(len(rows), cfg.batch_size, self.grad_accum, dp, cfg.epochs, seed)
+        self.warmup = int(round(cfg.warmup_ratio * len(self.steps)))
+        self.epoch_sums = torch.zeros(cfg.epochs, dtype=torch.float64)
+        self.metrics: list[dict] = []
+
+    def lr(self, step: int) -> float:
+        return self.cfg.lr * lr_factor(step, len(self.steps), self.warmup, self.cfg.schedule)
+
+    def local_slots(self, slots: list[Slot], dp_rank: int = 0) -> list[Slot]:
+        """The slots data-parallel rank ``dp_rank`` computes in this step."""
+        g = self.grad_accum
+        return slots[dp_rank * g:(dp_rank + 1) * g]
+
+    def micro_loss(self, slot: Slot, pol: torch.Tensor, ref: torch.Tensor, stats: StepStats,
+                   tokens: int) -> torch.Tensor:
+        """Per-row loss of one slot (``pol``, ``ref``: its rows' sequence log-probs), recorded in the
+        step's stats and its epoch's sum."""
+        per_row = batch_loss(self.loss_type, self.eta, pol, ref, [self.rows[i] for i in slot.rows])
+        self.epoch_sums[slot.epoch] += per_row.detach().double().sum().cpu()
+        stats.add(per_row, pol.detach().to(ref.dtype) - ref, tokens)
+        return per_row
+
+    def end_step(self, step: int, lr: float, grad_norm: float, seconds: float, totals: torch.Tensor) -> dict:
+        m = step_metrics(totals, step, lr, grad_norm, self.loss_type, self.eta, seconds)
+        self.metrics.append(m)
+        return m
+
+    def summary(self, ref_seconds: float, **extra) -> dict:
+        """The train stage's summary.json (timing keys are moved out of the digest by the stage)."""
+        first, last = (self.metrics[0], self.metrics[-1]) if self.metrics else ({}, {})
+        n = max(1, len(self.rows))
+        return {
+            "steps": len(self.metrics),
+            "rows": len(self.rows),
+            "reference_logps_seconds": round(ref_seconds, 3),
+            "first_loss": first.get("loss"),
+            "last_loss": last.get("loss"),
+            "first_loss_scaled": first.get("loss_scaled"),
+            "last_loss_scaled": last.get("loss_scaled"),
+            "mean_step_seconds": round(sum(m["seconds"] for m in self.metrics) / max(1, len(self.metrics)), 3),
+            # mean training loss over each epoch, as seen during the epoch (before its own updates)
+            "epoch_losses": [float(v) / n for v in self.epoch_sums],
+            **extra,
+        }
