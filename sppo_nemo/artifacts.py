@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from sppo_nemo.errors import StaleStageError
+
 MANIFEST = "manifest.json"
 DONE = "_DONE"
 TIMINGS = "timings.jsonl"  # wall-clock figures: kept, but outside the digest (never reproducible)
-
-
-class StaleStageError(Exception):
-    """A finished stage was made from a different recipe or different inputs."""
 
 
 def fsync_dir(path: Path) -> None:

@@ -8,9 +8,7 @@ import sys
 import time
 
 from sppo_nemo import recipe as recipe_mod
-
-EXIT_RECIPE = 2
-EXIT_STALE = 3
+from sppo_nemo.errors import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,48 +29,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Exit 0 done; 1 a run-time problem; 2 a bad recipe or command line; 3 a stale stage; 130
+    interrupted. Every problem a user can cause is a UserError: its message, never a traceback."""
     args = parse_args(argv)
     try:
-        r = recipe_mod.load(args.recipe, args.overrides)
-    except recipe_mod.RecipeError as exc:
+        return _main(args)
+    except UserError as exc:
         print(f"sppo-run: {exc}", file=sys.stderr)
-        return EXIT_RECIPE
-    if args.validate:
-        print(recipe_mod.to_yaml(r), end="")
-        print(f"# {args.recipe}: valid", file=sys.stderr)
-        return 0
-
-    from sppo_nemo.artifacts import StaleStageError
-    from sppo_nemo.context import Context
-    from sppo_nemo.data import DataError
-    from sppo_nemo.runner import RunError, execute, parse_stage, run_dir_for, status
-
-    ctx = Context(r, run_dir_for(r), progress=not args.no_progress)
-    try:
-        if args.dry_run:
-            print(f"run directory: {ctx.run_dir}")
-            for t, name, state in status(ctx):
-                print(f"  iter_{t:02d}/{name:<9} {state}")
-            return 0
-        only = parse_stage(args.stage, r) if args.stage else None
-        restart = parse_stage(args.restart_from, r) if args.restart_from else None
-        started = time.time()
-        timings = execute(ctx, only=only, restart_from=restart)
-        from sppo_nemo.report import collect, table
-
-        print()
-        print(table(collect(ctx)))
-        print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
-        return 0
-    except StaleStageError as exc:
-        print(f"sppo-run: {exc}", file=sys.stderr)
-        return EXIT_STALE
-    except (RunError, DataError) as exc:
-        print(f"sppo-run: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            print(f"sppo-run: the disk is full ({exc.filename or ctx.run_dir}). Finished stages and the partial "
+            print(f"sppo-run: the disk is full ({exc.filename or 'while writing'}). Finished stages and the partial "
                   f"work of the current one are kept; free space and rerun the same command to resume.",
                   file=sys.stderr)
             return 1
@@ -80,13 +47,33 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nsppo-run: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from sppo_nemo.backends.hf import ModelLoadError
 
-        if isinstance(exc, ModelLoadError):
-            print(f"sppo-run: {exc}", file=sys.stderr)
-            return 1
-        raise
+
+def _main(args: argparse.Namespace) -> int:
+    r = recipe_mod.load(args.recipe, args.overrides)
+    if args.validate:
+        print(recipe_mod.to_yaml(r), end="")
+        print(f"# {args.recipe}: valid", file=sys.stderr)
+        return 0
+
+    from sppo_nemo.context import Context
+    from sppo_nemo.report import collect, table
+    from sppo_nemo.runner import execute, parse_stage, run_dir_for, status
+
+    ctx = Context(r, run_dir_for(r), progress=not args.no_progress)
+    if args.dry_run:
+        print(f"run directory: {ctx.run_dir}")
+        for t, name, state in status(ctx):
+            print(f"  iter_{t:02d}/{name:<9} {state}")
+        return 0
+    only = parse_stage(args.stage, r) if args.stage else None
+    restart = parse_stage(args.restart_from, r) if args.restart_from else None
+    started = time.time()
+    timings = execute(ctx, only=only, restart_from=restart)
+    print()
+    print(table(collect(ctx)))
+    print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from importlib import resources
 from pathlib import Path
 
 from sppo_nemo.protocols import Prompt
-from sppo_nemo.recipe import BUILTIN_PROMPTS, DataConfig, resolve_path
+from sppo_nemo.config import BUILTIN_PROMPTS, DataConfig, Recipe, resolve_path
+from sppo_nemo.errors import UserError
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A prompt file that cannot be used, with the place and the fix."""
 
 
@@ -127,3 +128,22 @@ def prompts_digest(prompts: list[Prompt]) -> str:
     for p in prompts:
         h.update(json.dumps([p.id, p.text, p.reference, p.answer], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
+
+
+def check(r: Recipe, base_dir: Path) -> list[str]:
+    """The recipe's data section against the prompt file: readable, and enough prompts for T splits."""
+    d = r.data
+    try:
+        n = count_prompts(d, base_dir)
+    except DataError as exc:
+        return [f"data.prompts: {exc}"]
+    held_out = d.eval_size if r.evaluation.enabled else 0  # as the run splits them (context.Context.splits)
+    usable = n - held_out
+    if usable < d.split_size:
+        return [f"data.split_size: {d.split_size} prompts per split, but {d.prompts} has {n} prompts "
+                f"and {held_out} are held out (data.eval_size); lower data.split_size or data.eval_size"]
+    splits = usable // d.split_size
+    if r.T > splits:
+        return [f"T: {r.T} iterations, but the data gives only {splits} split(s) of {d.split_size} prompts "
+                f"({n} prompts, {held_out} held out); lower T or data.split_size"]
+    return []

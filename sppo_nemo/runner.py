@@ -7,47 +7,38 @@ A finished stage with a different fingerprint stops the run with the keys that c
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.artifacts import StaleStageError
-from sppo_nemo.context import Context, plan
+from sppo_nemo.config import Recipe
+from sppo_nemo.context import Context
+from sppo_nemo.errors import StaleStageError, UsageError, UserError
+from sppo_nemo.report import write_report
+from sppo_nemo.stages import fingerprint, plan
 
 
-class RunError(Exception):
+class RunError(UserError):
     pass
 
 
-def stage_module(name: str):
-    return importlib.import_module(f"sppo_nemo.stages.{name}")
-
-
-def fingerprint(ctx: Context, t: int, name: str) -> dict:
-    """The stage's fingerprint, plus what the chosen backends add (the game, for the game backends)."""
-    from sppo_nemo.backends import backend_fingerprint
-
-    return {**stage_module(name).fingerprint(ctx, t), **backend_fingerprint(ctx.recipe)}
-
-
-def run_dir_for(r: recipe_mod.Recipe) -> Path:
+def run_dir_for(r: Recipe) -> Path:
     return Path(r.output_dir) / r.name
 
 
-def parse_stage(label: str, r: recipe_mod.Recipe) -> tuple[int, str]:
-    """'iter_02/train' or '2/train' → (2, 'train'), checked against the plan."""
+def parse_stage(label: str, r: Recipe) -> tuple[int, str]:
+    """'iter_02/train' or '2/train' → (2, 'train'), checked against the plan; a usage error if unknown."""
     it, sep, name = label.partition("/")
     try:
         t = int(it.removeprefix("iter_"))
     except ValueError:
         t = -1
-    steps = list(plan(r))
+    steps = [(i, m.NAME) for i, m in plan(r)]
     if not sep or (t, name) not in steps:
         valid = ", ".join(f"iter_{i:02d}/{n}" for i, n in steps[:6])
-        raise RunError(f"unknown stage {label!r}; stages look like {valid}, ...")
+        raise UsageError(f"unknown stage {label!r}; stages look like {valid}, ...")
     return t, name
 
 
@@ -72,19 +63,19 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
     """(iteration, stage, state) for the dry run: done, stale (with why), partial, todo."""
     out = []
     upstream_done = True
-    for t, name in plan(ctx.recipe):
-        stage = ctx.stage(t, name)
+    for t, module in plan(ctx.recipe):
+        stage = ctx.stage(t, module.NAME)
         if stage.done():
             state = "done"
             if upstream_done:
                 try:
-                    stage.check(fingerprint(ctx, t, name), ctx.run_dir)
+                    stage.check(fingerprint(module.inputs(ctx, t)), ctx.run_dir)
                 except StaleStageError as exc:
                     state = "STALE: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
         else:
             state = "partial (will resume)" if stage.partial.exists() else "todo"
             upstream_done = False
-        out.append((t, name, state))
+        out.append((t, module.NAME, state))
     return out
 
 
@@ -92,9 +83,10 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             log=print) -> list[dict]:
     r = ctx.recipe
     steps = list(plan(r))
+    labels = [(t, m.NAME) for t, m in steps]
     with run_lock(ctx.run_dir):
         if restart_from is not None:
-            for t, name in steps[steps.index(restart_from):]:
+            for t, name in labels[labels.index(restart_from):]:
                 stage = ctx.stage(t, name)
                 if stage.path.exists() or stage.partial.exists():
                     log(f"removing {stage.label} (--restart-from)")
@@ -105,16 +97,16 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
 
             torch.set_num_threads(r.threads)
         timings = []
-        for t, name in steps:
-            if only is not None and (t, name) != only:
+        for t, module in steps:
+            if only is not None and (t, module.NAME) != only:
                 continue
-            stage = ctx.stage(t, name)
-            module = stage_module(name)
+            stage = ctx.stage(t, module.NAME)
             try:
-                fp = fingerprint(ctx, t, name)
+                inputs = module.inputs(ctx, t)
             except FileNotFoundError as exc:
                 raise RunError(f"{stage.label} needs an earlier stage that is not finished ({exc.filename}); "
                                f"run without --stage first") from None
+            fp = fingerprint(inputs)
             if stage.done():
                 stage.check(fp, ctx.run_dir)
                 log(f"{stage.label}: done, skipped")
@@ -122,11 +114,10 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             started = time.time()
             workdir = stage.begin(fp)
             log(f"{stage.label}: running")
-            extra = module.run(ctx, t, workdir)
+            extra = module.run(inputs, workdir, ctx.bar)
             manifest = stage.commit(fp, started, {"result": extra})
             log(f"{stage.label}: finished in {manifest['seconds']:.1f}s")
             timings.append({"stage": stage.label, "seconds": manifest["seconds"]})
-        from sppo_nemo.report import write_report
-
         write_report(ctx)
     return timings
+

@@ -1,93 +1,151 @@
-"""Backend choice: one plain `match` per role on the recipe, no registry.
+"""Backend choice: one plain `match` per role, no registry.
 
-Each backend module is imported only when chosen, so `import sppo_nemo` and the CPU path work
-without the optional GPU packages.
+A stage's inputs hold a *spec* per backend role (:class:`GeneratorSpec`, :class:`JudgeSpec`,
+:class:`TrainerSpec`): everything the chosen backend reads from the recipe, and nothing else. The
+spec's fingerprint is what enters the stage's manifest, so a key a backend reads cannot be missing
+from the fingerprint. Each backend module is imported only when chosen, so `import sppo_nemo` and
+the CPU path work without the optional GPU packages.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+from sppo_nemo.config import SHIPPED_SMOLLM2, JudgeConfig, Recipe, TrainerConfig, uses_games
 from sppo_nemo.protocols import Generator, Judge, Trainer
-from sppo_nemo.recipe import Recipe
+from sppo_nemo.seeds import derive_seed
 
 
-def make_generator(recipe: Recipe, policy: str | Path) -> Generator:
-    match recipe.generation.backend:
+@dataclass(frozen=True)
+class GameRef:
+    """The game file of the game backends, identified by its content (names, matrix, π_1)."""
+
+    path: str
+
+    def fingerprint(self) -> dict:
+        from sppo_nemo.backends.game import load_game
+
+        return load_game(self.path).identity()
+
+
+def game_ref(r: Recipe) -> GameRef | None:
+    return GameRef(r.game) if uses_games(r) and r.game is not None else None
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    backend: str
+    system_prompt: str | None
+    game: GameRef | None
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.backend, "system_prompt": self.system_prompt,
+                "game": self.game.fingerprint() if self.game else None}
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    judge: JudgeConfig
+    game: GameRef | None
+
+    def fingerprint(self) -> dict:
+        return {**dataclasses.asdict(self.judge), "game": self.game.fingerprint() if self.game else None}
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    trainer: TrainerConfig
+    loss_type: str
+    eta: float
+    system_prompt: str | None
+    seed: int  # derive_seed(run seed, "train", t)
+    game: GameRef | None
+
+    def fingerprint(self) -> dict:
+        keys = dataclasses.asdict(self.trainer)
+        if self.trainer.backend != "megatron":
+            keys.pop("megatron")  # the megatron subsection counts only when that backend trains
+        return {"trainer": keys, "loss.type": self.loss_type, "eta": self.eta, "system_prompt": self.system_prompt,
+                "seed": self.seed, "game": self.game.fingerprint() if self.game else None}
+
+
+def generator_spec(r: Recipe) -> GeneratorSpec:
+    return GeneratorSpec(r.generation.backend, r.policy.system_prompt, game_ref(r))
+
+
+def judge_spec(r: Recipe) -> JudgeSpec:
+    return JudgeSpec(r.judge, game_ref(r))
+
+
+def trainer_spec(r: Recipe, t: int) -> TrainerSpec:
+    return TrainerSpec(r.trainer, r.loss.type, r.eta, r.policy.system_prompt, derive_seed(r.seed, "train", t),
+                       game_ref(r))
+
+
+def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
+    match spec.backend:
         case "hf":
             from sppo_nemo.backends.hf import HFGenerator
 
-            return HFGenerator(str(policy), recipe.policy.system_prompt)
+            return HFGenerator(policy_location(policy), spec.system_prompt)
         case "game":
             from sppo_nemo.backends.game import GameGenerator, load_game
 
-            return GameGenerator(load_game(recipe.game), policy)
-        case other:
-            raise ValueError(f"generation.backend={other!r} is not available")
+            return GameGenerator(load_game(spec.game.path), policy)
+    raise ValueError(f"generation.backend={spec.backend!r} is not available")
 
 
-def make_judge(recipe: Recipe) -> Judge:
-    match recipe.judge.backend:
+def make_judge(spec: JudgeSpec) -> Judge:
+    j = spec.judge
+    match j.backend:
         case "offline":
             from sppo_nemo.backends.offline_judge import OfflineJudge
 
-            return OfflineJudge(batch_size=recipe.judge.batch_size)
+            return OfflineJudge(batch_size=j.batch_size)
         case "pairrm":
-            from sppo_nemo.backends.pairrm import PairRMJudge
+            from sppo_nemo.backends.pairrm.judge import PairRMJudge
 
-            j = recipe.judge
             return PairRMJudge(model=j.model or "llm-blender/PairRM-hf", batch_size=j.batch_size,
                                max_batch_tokens=j.max_batch_tokens, dtype=j.dtype, device=j.device,
                                probability=j.probability, backbone=j.backbone)
         case "llm_blender":
             from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
 
-            j = recipe.judge
             return LLMBlenderJudge(model=j.model or "llm-blender/PairRM", batch_size=1, device=j.device,
                                    dtype=j.dtype, probability=j.probability)
         case "matrix":
             from sppo_nemo.backends.game import MatrixJudge, load_game
 
-            return MatrixJudge(load_game(recipe.game))
-        case other:
-            raise ValueError(f"judge.backend={other!r} is not available")
+            return MatrixJudge(load_game(spec.game.path))
+    raise ValueError(f"judge.backend={j.backend!r} is not available")
 
 
-def make_trainer(recipe: Recipe, iteration: int) -> Trainer:
-    match recipe.trainer.backend:
+def make_trainer(spec: TrainerSpec) -> Trainer:
+    c = spec.trainer
+    match c.backend:
         case "torch":
             from sppo_nemo.backends.torch_trainer import TorchTrainer
 
-            return TorchTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
-                                seed=recipe.seed * 1000 + iteration)
+            return TorchTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed)
         case "megatron":
-            from sppo_nemo.backends.megatron_launch import MegatronTrainer
+            from sppo_nemo.backends.megatron.controller import MegatronTrainer
 
-            return MegatronTrainer(recipe.trainer, recipe.loss.type, recipe.eta, recipe.policy.system_prompt,
-                                   seed=recipe.seed * 1000 + iteration, threads=recipe.threads)
+            return MegatronTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed)
         case "game":
             from sppo_nemo.backends.game import GameTrainer, load_game
 
-            return GameTrainer(load_game(recipe.game), recipe.trainer, recipe.loss.type, recipe.eta,
-                               seed=recipe.seed * 1000 + iteration)
-        case other:
-            raise ValueError(f"trainer.backend={other!r} is not available")
+            return GameTrainer(load_game(spec.game.path), c, spec.loss_type, spec.eta, seed=spec.seed)
+    raise ValueError(f"trainer.backend={c.backend!r} is not available")
 
 
-def resolve_base_policy(recipe: Recipe) -> str:
-    if recipe.generation.backend == "game":
-        return recipe.policy.model  # "game" (π_1 = game.init) or a game policy directory
-    from sppo_nemo.backends.hf import resolve_policy
+def policy_location(model: str) -> str:
+    """A loadable location for a policy string: the shipped SmolLM2 (converted once into the cache),
+    a game's π_1 or policy directory (as it is), a checkpoint directory or a hub id (as it is)."""
+    if model == SHIPPED_SMOLLM2:
+        from sppo_nemo.backends.hf import smollm2_checkpoint
 
-    return resolve_policy(recipe.policy.model)
+        return str(smollm2_checkpoint())
+    return model
 
-
-def backend_fingerprint(recipe: Recipe) -> dict:
-    """What the chosen backends add to every stage's fingerprint: nothing for the LM backends;
-    for the game backends the game itself (matrix content, names, π_1), which no other recipe key
-    records, so that changing the game makes every finished stage stale."""
-    if recipe.generation.backend != "game":
-        return {}
-    from sppo_nemo.backends.game import load_game
-
-    return {"game": load_game(recipe.game).identity()}

@@ -27,12 +27,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
-from sppo_nemo.recipe import SHIPPED_SMOLLM2
+from sppo_nemo.errors import UserError
+from sppo_nemo.seeds import derive_seed
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(UserError):
     pass
 
 
@@ -81,31 +82,6 @@ def smollm2_checkpoint() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return out
-
-
-def resolve_policy(model: str) -> str:
-    """A loadable name for the recipe's policy.model."""
-    if model == SHIPPED_SMOLLM2:
-        return str(smollm2_checkpoint())
-    return model
-
-
-def local_checkpoint(model: str) -> Path:
-    """A local directory holding the checkpoint ``model`` names: the directory itself, or a hub
-    id's snapshot (from the HF cache, or downloaded when the network allows). For consumers that
-    read the files themselves rather than through ``from_pretrained`` (the megatron trainer)."""
-    if Path(model).is_dir():
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                             "*.jinja", "*.tiktoken"]))
-    except Exception as exc:  # offline without a cached snapshot, unknown repo, bad id...
-        raise ModelLoadError(
-            f"{model!r} is neither a local checkpoint directory nor a hub id whose snapshot is cached or can be "
-            f"downloaded ({type(exc).__name__}: {exc}); download it first (huggingface-cli download {model}) "
-            f"or point policy.model at the directory") from None
 
 
 def load_tokenizer(path: str):
@@ -278,7 +254,7 @@ class HFGenerator:
             for i, e in enumerate(enc):
                 ids[i, width - len(e):] = torch.tensor(e)
                 mask[i, width - len(e):] = 1
-            torch.manual_seed(_batch_seed(params.seed, b // params.batch_size))
+            torch.manual_seed(derive_seed(params.seed, b // params.batch_size))
             device = self.model.device
             with torch.no_grad():
                 out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -309,7 +285,3 @@ class HFGenerator:
     def close(self) -> None:
         del self.model
         self.model = None
-
-
-def _batch_seed(seed: int, batch_index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:4], "little")

@@ -1,5 +1,44 @@
 """One module per stage of an iteration (paper, Algorithm 1): generate → annotate → build →
-train → evaluate. Each exposes ``fingerprint(ctx, t)`` (what it depends on) and
-``run(ctx, t, workdir)`` (do the work inside the stage's partial folder)."""
+train → evaluate. Each has ``NAME``, ``inputs(ctx, t)`` — one frozen object holding everything the
+stage reads (recipe values, backend specs, references to π_t and to the upstream stages it reads) —
+and ``run(inputs, workdir, bar)``, which reads nothing else. The stage's fingerprint is derived
+from that object (:func:`fingerprint`), so a key that ``run`` uses cannot be missing from it."""
 
-STAGES = ("generate", "annotate", "build", "train", "evaluate")
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any, Iterator
+
+from sppo_nemo.config import Recipe
+from sppo_nemo.stages import annotate, build, evaluate, generate, train
+
+STAGES: tuple[ModuleType, ...] = (generate, annotate, build, train, evaluate)
+BY_NAME = {m.NAME: m for m in STAGES}
+
+
+def plan(recipe: Recipe) -> Iterator[tuple[int, ModuleType]]:
+    """(iteration, stage module) in execution order; iteration 0 evaluates the base policy π_1."""
+    if recipe.evaluation.enabled:
+        yield 0, evaluate
+    for t in range(1, recipe.T + 1):
+        for stage in STAGES:
+            if stage is evaluate and not recipe.evaluation.enabled:
+                continue
+            yield t, stage
+
+
+def fingerprint(inputs: Any) -> dict:
+    """A stage's fingerprint from its inputs: references and backend specs by their own
+    ``fingerprint()`` (a digest, a model key, the keys a backend reads), config sections as dicts."""
+    return {f.name: _value(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)}
+
+
+def _value(v: Any) -> Any:
+    if hasattr(v, "fingerprint"):
+        return v.fingerprint()
+    if dataclasses.is_dataclass(v):
+        return dataclasses.asdict(v)
+    if isinstance(v, (list, tuple)):
+        return [_value(x) for x in v]
+    return v

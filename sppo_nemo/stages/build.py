@@ -9,22 +9,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sppo_nemo import preference
-from sppo_nemo.artifacts import read_jsonl, write_jsonl
-from sppo_nemo.context import Context
+from sppo_nemo.config import LossConfig
+from sppo_nemo.context import Context, PromptSet, Upstream
 from sppo_nemo.protocols import PairRow, PointRow
+from sppo_nemo.rows import write_rows
 from sppo_nemo.stages.annotate import read_matrices
 from sppo_nemo.stages.generate import read_responses
 
+NAME = "build"
 
-def fingerprint(ctx: Context, t: int) -> dict:
+
+@dataclass(frozen=True)
+class Inputs:
+    prompts: PromptSet
+    responses: Upstream  # iter_t/generate
+    matrices: Upstream  # iter_t/annotate
+    loss: LossConfig
+    eta: float
+
+
+def inputs(ctx: Context, t: int) -> Inputs:
     r = ctx.recipe
-    return {"matrices": ctx.stage(t, "annotate").digest(), "loss": vars(r.loss).copy(), "eta": r.eta}
+    return Inputs(ctx.train_prompts(t), ctx.upstream(t, "generate"), ctx.upstream(t, "annotate"), r.loss, r.eta)
 
 
 def build_rows(prompts, samples, matrices, loss_type: str, selection: str, winrate_method: str,
@@ -46,22 +58,15 @@ def build_rows(prompts, samples, matrices, loss_type: str, selection: str, winra
     return rows
 
 
-def run(ctx: Context, t: int, workdir: Path) -> dict:
-    r = ctx.recipe
-    prompts = ctx.splits.train[t - 1]
-    samples = read_responses(ctx.stage(t, "generate").path / "responses.jsonl")
-    matrices = read_matrices(ctx.stage(t, "annotate").path / "matrices.jsonl")
-    rows = build_rows(prompts, samples, matrices, r.loss.type, r.loss.selection, r.loss.winrate,
-                      r.loss.log_z, r.eta)
-    write_jsonl(workdir / "rows.jsonl", ({"kind": type(row).__name__, **asdict(row)} for row in rows))
+def run(inp: Inputs, workdir: Path, bar) -> dict:
+    samples = read_responses(inp.responses.path / "responses.jsonl")
+    matrices = read_matrices(inp.matrices.path / "matrices.jsonl")
+    lo = inp.loss
+    rows = build_rows(inp.prompts.prompts, samples, matrices, lo.type, lo.selection, lo.winrate, lo.log_z, inp.eta)
+    write_rows(workdir / "rows.jsonl", rows)
     if rows and isinstance(rows[0], PointRow):
         probs = np.array([row.win_prob for row in rows])
         return {"rows": len(rows), "kind": "point", "win_prob_mean": float(probs.mean()),
                 "win_prob_std": float(probs.std())}
     probs = np.array([row.pair_prob for row in rows])
     return {"rows": len(rows), "kind": "pair", "pair_prob_mean": float(probs.mean())}
-
-
-def read_rows(path: Path) -> list[PointRow | PairRow]:
-    kinds = {"PointRow": PointRow, "PairRow": PairRow}
-    return [kinds[row.pop("kind")](**row) for row in read_jsonl(path)]

@@ -17,47 +17,52 @@ All policies sample the held-out prompts with the same seeds (common random numb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sppo_nemo.artifacts import read_json, write_json, write_jsonl
-from sppo_nemo.context import Context
-from sppo_nemo.data import prompts_digest
+from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
+from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
+from sppo_nemo.protocols import SamplingParams
 from sppo_nemo.stages.generate import read_responses, sample_resumable, write_responses
 from sppo_nemo.stats import mean_interval
 
+NAME = "evaluate"
+LOG = "samples.log.jsonl"
 
-def fingerprint(ctx: Context, t: int) -> dict:
+
+@dataclass(frozen=True)
+class Inputs:
+    iteration: int  # 0: the base policy π_1 alone, sampled once as every later iteration's opponent
+    policies: tuple[PolicyRef, ...]  # π_1 … π_{t+1}: the last is evaluated, the first is the KL's base
+    prompts: PromptSet  # the held-out prompts
+    samples_per_prompt: int
+    sampling: SamplingParams  # seed 0: each chunk's seed is derived from its position
+    seed: int
+    generation: GeneratorSpec
+    judge: JudgeSpec | None  # None at iteration 0
+    opponents: tuple[Upstream, ...]  # iter_00/evaluate and iter_{t-1}/evaluate; empty at iteration 0
+
+
+def inputs(ctx: Context, t: int) -> Inputs:
     r = ctx.recipe
-    fp = {
-        "policy": ctx.policy_key(t + 1) if t >= 1 else ctx.policy_key(1),
-        "policy.system_prompt": r.policy.system_prompt,
-        "prompts": prompts_digest(ctx.splits.eval),
-        "evaluation": vars(r.evaluation).copy(),
-        "sampling": vars(r.sampling).copy(),
-        "seed": r.seed,
-    }
-    if t >= 1:
-        fp["judge"] = vars(r.judge).copy()
-        fp["opponent.base"] = ctx.stage(0, "evaluate").digest()
-        fp["opponent.previous"] = ctx.stage(t - 1, "evaluate").digest()
-    return fp
+    policies = tuple(ctx.policy(s) for s in range(1, t + 2))
+    opponents = (ctx.upstream(0, NAME), ctx.upstream(t - 1, NAME)) if t >= 1 else ()
+    return Inputs(t, policies, ctx.eval_prompts(), r.evaluation.samples_per_prompt, ctx.sampling(evaluation=True),
+                  r.seed, generator_spec(r), judge_spec(r) if t >= 1 else None, opponents)
 
 
-def run(ctx: Context, t: int, workdir: Path) -> dict:
-    from sppo_nemo.backends import make_generator, make_judge
-
-    r = ctx.recipe
-    prompts = ctx.splits.eval
-    n = r.evaluation.samples_per_prompt
-    policy = ctx.policy(t + 1) if t >= 1 else ctx.policy(1)
-    generator = make_generator(r, policy)
-    with ctx.bar(len(prompts) * n, f"iter {t} evaluate: sample") as bar:
-        samples = sample_resumable(generator, prompts, n, ctx.sampling(evaluation=True),
-                                   workdir / "samples.log.jsonl", f"{r.seed}:evaluate", bar.update)
+def run(inp: Inputs, workdir: Path, bar) -> dict:
+    t, n = inp.iteration, inp.samples_per_prompt
+    prompts = list(inp.prompts.prompts)
+    generator = make_generator(inp.generation, inp.policies[-1].location)
+    with bar(len(prompts) * n, f"iter {t} evaluate: sample") as b:
+        # the same seeds for every policy (common random numbers): the tag has no iteration
+        samples = sample_resumable(generator, prompts, n, inp.sampling, workdir / LOG, (inp.seed, NAME), b.update)
     write_responses(workdir / "responses.jsonl", prompts, samples)
-    (workdir / "samples.log.jsonl").unlink()
+    (workdir / LOG).unlink()
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [s for ss in samples for s in ss]
     lengths = np.array([s.num_tokens for s in flat], dtype=np.float64)
@@ -66,9 +71,8 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
         "mean_tokens": float(lengths.mean()),
         "finished_fraction": float(np.mean([s.finished for s in flat])),
     }
-    exact = getattr(generator, "exact_metrics", None)
-    if exact is not None:  # finite games (backends/game.py): exact duality gaps of π_{t+1} and of π̄
-        metrics.update(exact(prompts, [ctx.policy(s) for s in range(1, t + 2)]))
+    if inp.generation.backend == "game":  # finite games: exact duality gaps of π_{t+1} and of π̄
+        metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))
     if t == 0:
         generator.close()
         write_json(workdir / "metrics.json", metrics)
@@ -76,28 +80,29 @@ def run(ctx: Context, t: int, workdir: Path) -> dict:
 
     own = generator.sequence_logprobs(flat_prompts, flat)
     generator.close()
-    base = make_generator(r, ctx.policy(1))
+    base = make_generator(inp.generation, inp.policies[0].location)
     base_logps = base.sequence_logprobs(flat_prompts, flat)
     base.close()
     log_ratio = (own - base_logps).reshape(len(prompts), n).mean(axis=1)
-    kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=r.seed)
+    kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=inp.seed)
     metrics.update({"kl_to_base": kl, "kl_to_base_ci": [kl_lo, kl_hi]})
 
-    judge = make_judge(r)
+    judge = make_judge(inp.judge)
     rows = []
-    for label, opponent in (("base", 0), ("previous", t - 1)):
-        theirs = [s for ss in read_responses(ctx.stage(opponent, "evaluate").path / "responses.jsonl") for s in ss]
+    for label, opponent in zip(("base", "previous"), inp.opponents):
+        theirs = [s for ss in read_responses(opponent.path / "responses.jsonl") for s in ss]
         p = judge.compare(flat_prompts, [s.text for s in flat], [s.text for s in theirs])
         per_prompt = np.asarray(p, dtype=np.float64).reshape(len(prompts), n).mean(axis=1)
-        mean, lo, hi = mean_interval(per_prompt, seed=r.seed)
+        mean, lo, hi = mean_interval(per_prompt, seed=inp.seed)
         metrics[f"win_rate_vs_{label}"] = mean
         metrics[f"win_rate_vs_{label}_ci"] = [lo, hi]
         rows += [{"opponent": label, "prompt_id": q.id, "win_prob": float(v)} for q, v in zip(prompts, per_prompt)]
+    judge.close()
     write_jsonl(workdir / "judgements.jsonl", rows)
     write_json(workdir / "metrics.json", metrics)
     return metrics
 
 
 def read_metrics(ctx: Context, t: int) -> dict | None:
-    stage = ctx.stage(t, "evaluate")
+    stage = ctx.stage(t, NAME)
     return read_json(stage.path / "metrics.json") if stage.done() else None

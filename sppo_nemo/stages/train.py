@@ -2,52 +2,43 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
-from sppo_nemo.context import Context
-from sppo_nemo.stages.build import read_rows
+from sppo_nemo.backends import TrainerSpec, make_trainer, policy_location, trainer_spec
+from sppo_nemo.context import Context, PolicyRef, Upstream
+from sppo_nemo.rows import read_rows
+
+NAME = "train"
+# Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
+# artifacts are byte-identical to an uninterrupted one's.
+TIMING_KEYS = {"seconds", "reference_logps_seconds", "mean_step_seconds"}
 
 
-def fingerprint(ctx: Context, t: int) -> dict:
-    r = ctx.recipe
-    return {
-        "policy": ctx.policy_key(t),
-        "policy.system_prompt": r.policy.system_prompt,
-        "rows": ctx.stage(t, "build").digest(),
-        "trainer": _trainer_keys(r.trainer),
-        "loss.type": r.loss.type,
-        "eta": r.eta,
-        "seed": r.seed,
-    }
+@dataclass(frozen=True)
+class Inputs:
+    policy: PolicyRef
+    rows: Upstream  # iter_t/build
+    trainer: TrainerSpec
+    iteration: int
 
 
-def _trainer_keys(trainer) -> dict:
-    """The trainer section; the megatron subsection only counts when that backend is chosen, so
-    torch-backend runs keep their fingerprints."""
-    keys = dataclasses.asdict(trainer)
-    if trainer.backend != "megatron":
-        keys.pop("megatron")
-    return keys
+def inputs(ctx: Context, t: int) -> Inputs:
+    return Inputs(ctx.policy(t), ctx.upstream(t, "build"), trainer_spec(ctx.recipe, t), t)
 
 
-def run(ctx: Context, t: int, workdir: Path) -> dict:
-    from sppo_nemo.backends import make_trainer
-
-    rows = read_rows(ctx.stage(t, "build").path / "rows.jsonl")
-    trainer = make_trainer(ctx.recipe, t)
-    epochs = ctx.recipe.trainer.epochs
-    with ctx.bar(len(rows), f"iter {t} reference log-probs") as ref_bar, \
-            ctx.bar(len(rows) * epochs, f"iter {t} train") as bar:
-        result = trainer.train(Path(ctx.policy(t)), rows, workdir / "policy", progress=bar.update,
-                               ref_progress=ref_bar.update)
-    # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
-    # artifacts are byte-identical to an uninterrupted one's.
-    timing_keys = {"seconds", "reference_logps_seconds", "mean_step_seconds"}
-    write_jsonl(workdir / "metrics.jsonl", [{k: v for k, v in m.items() if k not in timing_keys}
+def run(inp: Inputs, workdir: Path, bar) -> dict:
+    rows_file = inp.rows.path / "rows.jsonl"
+    n_rows = len(read_rows(rows_file))
+    trainer = make_trainer(inp.trainer)
+    t, epochs = inp.iteration, inp.trainer.trainer.epochs
+    with bar(n_rows, f"iter {t} reference log-probs") as ref_bar, bar(n_rows * epochs, f"iter {t} train") as b:
+        result = trainer.train(Path(policy_location(inp.policy.location)), rows_file, workdir / "policy",
+                               progress=b.update, ref_progress=ref_bar.update)
+    write_jsonl(workdir / "metrics.jsonl", [{k: v for k, v in m.items() if k not in TIMING_KEYS}
                                             for m in result.metrics])
-    write_json(workdir / "summary.json", {k: v for k, v in result.summary.items() if k not in timing_keys})
+    write_json(workdir / "summary.json", {k: v for k, v in result.summary.items() if k not in TIMING_KEYS})
     write_jsonl(workdir / TIMINGS, [{"step": m["step"], "seconds": m["seconds"]} for m in result.metrics]
-                + [{k: v for k, v in result.summary.items() if k in timing_keys}])
+                + [{k: v for k, v in result.summary.items() if k in TIMING_KEYS}])
     return result.summary
