@@ -121,11 +121,11 @@ BAD = [
         ("'deepspeed'", "torch, megatron")),
     # SmolLM2-135M has 9 heads and 3 key/value heads, 30 layers
     Bad("megatron_tp_splits_no_kv_heads", BASE + "trainer:\n  backend: megatron\n  megatron:\n    tensor_parallel: 2\n",
-        "trainer.megatron:", ("9 attention heads", "not divisible by tensor parallel 2")),
+        "trainer.megatron.tensor_parallel:", ("9 attention heads", "not divisible by tensor parallel 2")),
     Bad("megatron_pp_splits_no_layers", BASE + "trainer:\n  backend: megatron\n  megatron:\n    pipeline_parallel: 4\n",
-        "trainer.megatron:", ("30 layers", "pipeline parallel 4")),
+        "trainer.megatron.pipeline_parallel:", ("30 layers", "pipeline parallel 4")),
     Bad("megatron_world_size", BASE + "trainer:\n  backend: megatron\n  megatron:\n    tensor_parallel: 3\n"
-        "    nproc_per_node: 8\n", "trainer.megatron:", ("8 is not a multiple", "TP·PP·DP")),
+        "    nproc_per_node: 8\n", "trainer.megatron.nproc_per_node:", ("8 is not a multiple", "TP·PP·DP")),
     Bad("megatron_dp_contradicts_procs", BASE + "trainer:\n  backend: megatron\n  megatron:\n    data_parallel: 2\n"
         "    nproc_per_node: 4\n", "trainer.megatron.data_parallel:", ("gives 4", "world size must be")),
     Bad("megatron_multinode_needs_srun", BASE + "trainer:\n  backend: megatron\n  megatron:\n    nnodes: 2\n"
@@ -173,10 +173,6 @@ def test_malformed_recipe_is_refused_with_key_and_fix(case: Bad, tmp_path: Path)
         text = message
     for fix in case.fixes:
         assert fix.lower() in text.lower(), f"{fix!r} not in {text!r}"
-
-
-def test_there_are_enough_malformed_cases() -> None:
-    assert len([c for c in BAD if not c.marks]) >= 18
 
 
 def test_error_names_the_recipe_file(tmp_path: Path) -> None:
