@@ -58,7 +58,7 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     judge.close()
     write_jsonl(workdir / "matrices.jsonl", rows)
     (workdir / LOG).unlink(missing_ok=True)
-    off = [np.abs(np.asarray(r["matrix"]) - 0.5).mean() for r in rows]
+    off = [np.abs(np.asarray(row["matrix"]) - 0.5).mean() for row in rows]
     return {"prompts": len(rows), "judge": judge.name, "mean_abs_margin": float(np.mean(off))}
 
 

@@ -1,0 +1,61 @@
+"""The one resumable chunk log: whole chunks survive, a torn tail is dropped, resume redoes only
+what is missing, and progress counts each piece of work once."""
+
+from __future__ import annotations
+
+import pytest
+
+from sppo_nemo.chunklog import ChunkLog, merged, run_chunks
+
+pytestmark = pytest.mark.unit
+
+
+def test_completed_chunks_survive_and_a_torn_tail_is_cut(tmp_path):
+    log = ChunkLog(tmp_path / "log.jsonl")
+    log.append(0, [{"a": 1}])
+    log.append(2, [{"a": 3}, {"a": 4}])
+    with log.path.open("a") as fh:
+        fh.write('{"chunk": 3, "rows": [{"a"')  # killed mid-write
+    assert log.completed() == {0: [{"a": 1}], 2: [{"a": 3}, {"a": 4}]}
+    assert log.path.read_text().count("\n") == 2 and log.path.read_text().endswith("\n")
+    log.append(3, [{"a": 5}])  # appends after the cut, never onto the torn bytes
+    assert sorted(log.completed()) == [0, 2, 3]
+
+
+def test_a_last_line_without_newline_is_torn_even_if_it_parses(tmp_path):
+    log = ChunkLog(tmp_path / "log.jsonl")
+    log.append(0, [{"a": 1}])
+    with log.path.open("a") as fh:
+        fh.write('{"chunk": 1, "rows": []}')  # no newline: the fsync of this write never returned
+    assert log.completed() == {0: [{"a": 1}]}
+
+
+def test_run_chunks_resumes_and_counts_progress_once(tmp_path):
+    log = ChunkLog(tmp_path / "log.jsonl")
+    calls, seen = [], []
+
+    def work(c, report):
+        calls.append(c)
+        report(1)
+        if c == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # the first attempt dies in chunk 2
+        return [{"c": c}]
+
+    with pytest.raises(KeyboardInterrupt):
+        run_chunks(log, 4, work, seen.append)
+    assert calls == [0, 1, 2]
+    calls.clear()
+    seen.clear()
+    out = run_chunks(log, 4, work, seen.append, size=len)
+    assert calls == [2, 3]  # finished chunks are never redone
+    assert out == [[{"c": 0}], [{"c": 1}], [{"c": 2}], [{"c": 3}]]
+    assert seen == [2, 1, 1]  # the two logged chunks at once, then each new chunk by its own work
+
+
+def test_chunks_beyond_the_plan_are_ignored_and_logs_merge(tmp_path):
+    a, b = ChunkLog(tmp_path / "shard_00.jsonl"), ChunkLog(tmp_path / "shard_01.jsonl")
+    a.append(0, [{"x": 0}])
+    b.append(1, [{"x": 1}])
+    b.append(0, [{"x": "dup"}])
+    assert merged([a, b]) == {0: [{"x": 0}], 1: [{"x": 1}]}
+    assert run_chunks(a, 1, lambda c, r: pytest.fail("chunk 0 is logged")) == [[{"x": 0}]]

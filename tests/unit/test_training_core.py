@@ -1,0 +1,68 @@
+"""The one trainer core (sppo_nemo/training.py): the plan, the schedule and the step metrics,
+with hand-worked numbers. Every trainer backend drives it, so these pin all of them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from sppo_nemo.config import TrainerConfig
+from sppo_nemo.protocols import PairRow, PointRow
+from sppo_nemo.seeds import derive_seed
+from sppo_nemo.training import Fit, Slot, StepStats, plan_steps, sequences_per_row
+
+pytestmark = pytest.mark.unit
+
+
+def test_plan_is_a_seeded_shuffle_cut_into_padded_steps():
+    steps = plan_steps(5, batch_size=2, grad_accum=2, dp=1, epochs=1, seed=3)
+    order = list(range(5))
+    random.Random(3).shuffle(order)
+    assert steps == [[Slot(tuple(order[0:2]), 0), Slot(tuple(order[2:4]), 0)],
+                     [Slot(tuple(order[4:5]), 0), Slot((), -1)]]
+
+
+def test_plan_spans_epochs_and_splits_over_data_parallel_ranks():
+    steps = plan_steps(4, batch_size=2, grad_accum=1, dp=2, epochs=2, seed=0)
+    assert len(steps) == 2 and all(len(s) == 2 for s in steps)
+    assert [slot.epoch for s in steps for slot in s] == [0, 0, 1, 1]
+    for epoch in (0, 1):  # every row once per epoch
+        rows = sorted(i for s in steps for slot in s if slot.epoch == epoch for i in slot.rows)
+        assert rows == [0, 1, 2, 3]
+    fit = Fit([None] * 4, TrainerConfig(batch_size=2, grad_accum=1, epochs=2), "sppo", 1.0, 0, dp=2)
+    assert fit.local_slots(fit.steps[0], 1) == [fit.steps[0][1]]
+
+
+def test_fit_schedule_warms_up_then_decays_to_zero():
+    fit = Fit([None] * 10, TrainerConfig(lr=1.0, batch_size=1, warmup_ratio=0.2, schedule="linear"), "sppo", 1.0, 0)
+    assert len(fit.steps) == 10 and fit.warmup == 2
+    assert [round(fit.lr(s), 4) for s in (0, 1, 2, 3, 9)] == [0.3333, 0.6667, 1.0, 0.875, 0.125]
+
+
+def test_micro_loss_records_the_epoch_sum_and_step_metrics():
+    rows = [PointRow("p", "x", "y", True, 1.0), PointRow("p", "x", "z", True, 0.0)]
+    fit = Fit(rows, TrainerConfig(batch_size=2), "sppo", 2.0, 0)
+    stats = StepStats()
+    pol, ref = torch.tensor([[0.5], [-1.0]]), torch.zeros(2, 1)
+    per_row = fit.micro_loss(Slot((0, 1), 0), pol, ref, stats, tokens=7)
+    # eq. 3.7 with η = 2: (log-ratio − η(P̂ − ½))² = (0.5 − 1)², (−1 + 1)²
+    assert per_row.tolist() == pytest.approx([0.25, 0.0])
+    m = fit.end_step(0, 0.1, 3.0, 0.5, stats.totals())
+    assert m["loss"] == pytest.approx(0.125) and m["tokens"] == 7
+    assert m["log_ratio_mean"] == pytest.approx(-0.25) and m["log_ratio_abs_max"] == pytest.approx(1.0)
+    assert m["loss_scaled"] == pytest.approx(0.125 / 4)
+    s = fit.summary(1.0)
+    assert s["epoch_losses"] == pytest.approx([0.125]) and s["first_loss"] == s["last_loss"] == m["loss"]
+
+
+def test_sequences_per_row():
+    assert sequences_per_row([PointRow("p", "x", "y", True, 0.5)]) == 1
+    assert sequences_per_row([PairRow("p", "x", "a", "b", True, True, 0.7)]) == 2
+
+
+def test_seed_derivation_is_stable_and_separates_tags():
+    assert derive_seed(0, "train", 1) == 525316786  # the docstring's hand-checked value
+    assert derive_seed(0, "train", 1) != derive_seed(0, "train", 2) != derive_seed(1, "train", 1)
+    assert 0 <= derive_seed("anything") < 2 ** 31
