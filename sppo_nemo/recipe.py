@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -99,13 +101,36 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as a recipe author means it: a key given twice in one mapping is an error (PyYAML keeps
+    the last silently), and `1e-6` is a float as in YAML 1.2 (YAML 1.1 wants `1.0e-6`)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    f"keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
 def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
     if not path.is_file():
         raise RecipeError(str(path), [f"recipe file not found: {path}; give the path of a YAML recipe (see recipes/)"])
     if path.resolve() in seen:
         raise RecipeError(str(path), [f"base: recipes inherit in a cycle through {path}; remove one `base:`"])
     try:
-        plain = yaml.safe_load(path.read_text(encoding="utf-8"))
+        plain = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
     if plain is None:
@@ -222,11 +247,13 @@ def _type_problem(value: Any, tp: Any) -> str | None:
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         str: isinstance(value, str),
     }[tp]
     if ok:
         return None
+    if tp is float and isinstance(value, float):
+        return f"must be a finite float, got {value!r}"
     return f"must be a {tp.__name__}, got {type(value).__name__} {value!r}"
 
 
@@ -265,7 +292,11 @@ def _check_general(r: Recipe, base_dir: Path) -> list[str]:
         if not cond:
             p.append(msg)
 
-    need(bool(r.name.strip()) and "/" not in r.name, f"name: {r.name!r} must be a non-empty name without '/'")
+    need(bool(r.name.strip()) and r.name not in (".", "..") and not set(r.name) & {"/", "\\", "\0"},
+         f"name: {r.name!r} names the run folder under output_dir; use a plain name without '/', '\\' or NUL, "
+         f"not '.' or '..'")
+    for key, seed in (("seed", r.seed), ("data.seed", r.data.seed)):
+        need(0 <= seed < 2 ** 32, f"{key}: {seed}; seeds must be in [0, 2**32)")
     need(r.K >= 2, f"K: {r.K} responses per prompt; SPPO compares responses, so K must be at least 2")
     need(r.T >= 1, f"T: {r.T} iterations; set T to 1 or more")
     need(r.eta > 0, f"eta: {r.eta}; η must be positive (the paper uses 1e3)")

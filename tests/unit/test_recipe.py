@@ -73,6 +73,13 @@ def _cycle(tmp: Path) -> None:
 
 
 BAD = [
+    Bad("duplicate_key", BASE + "trainer:\n  lr: 1.0e-6\n  lr: 2.0e-6\n", None, ("'lr' is given twice", "keep one")),
+    Bad("infinite_eta", BASE + "eta: .inf\n", "eta:", ("finite",)),
+    Bad("nan_lr", BASE + "trainer:\n  lr: .nan\n", "trainer.lr:", ("finite",)),
+    Bad("name_dotdot", BASE + "name: ..\n", "name:", ("not '.' or '..'",)),
+    Bad("name_with_separator", BASE + "name: a/b\n", "name:", ("without '/'",)),
+    Bad("negative_seed", BASE + "seed: -1\n", "seed:", ("[0, 2**32)",)),
+    Bad("missing_section_required_key", "name: x\n", "data.split_size:", ("required",)),
     # --- structure: unknown keys, wrong types
     Bad("unknown_top_level_key", BASE + "etta: 500\n", "etta:", ("unknown key", "did you mean 'eta'")),
     Bad("unknown_nested_key", BASE + "trainer:\n  learning_rate: 1.0e-6\n", "trainer.learning_rate:",
@@ -257,6 +264,11 @@ def test_cli_validate_default_recipe_exits_0(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- overrides
+
+
+def test_exponent_floats_in_yaml_are_floats(tmp_path: Path) -> None:
+    r = recipe_mod.load(write(tmp_path / "r.yaml", BASE + "trainer:\n  lr: 1e-6\n"))
+    assert r.trainer.lr == 1e-6 and isinstance(r.trainer.lr, float)
 
 
 def test_overrides_set_typed_values() -> None:
