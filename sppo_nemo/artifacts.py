@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from sppo_nemo.errors import StaleStageError
+from sppo_nemo.errors import StaleStageError, UserError
+
+
+class CorruptStageError(UserError):
+    """A finished stage's files or manifest no longer match what it committed."""
+
 
 MANIFEST = "manifest.json"
 DONE = "_DONE"
@@ -66,41 +71,85 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
-def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Append rows and fsync: after a crash the file holds whole lines plus at most one torn one."""
-    with path.open("a", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_jsonl(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
-    rows = []
+def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if tolerate_torn_tail and i == len(lines) - 1:
-                break  # the last write was cut by a crash; it will be redone
-            raise
-    return rows
+        return [json.loads(line) for line in fh]
 
 
-def digest_files(root: Path, exclude: tuple[str, ...] = (MANIFEST, DONE, TIMINGS)) -> str:
-    """sha256 over the relative names and contents of every file under root."""
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_table(root: Path, exclude: tuple[str, ...] = (MANIFEST, DONE, TIMINGS)) -> dict[str, dict]:
+    """{relative name: {size, mtime_ns, sha256}} of every file under root, as a manifest records it."""
+    table = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in exclude:
-            continue
-        h.update(rel.encode() + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        if rel not in exclude:
+            st = path.stat()
+            table[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
+    return table
+
+
+def table_digest(table: dict[str, dict]) -> str:
+    """One digest of a folder's contents: its file names and their sha256, in name order."""
+    h = hashlib.sha256()
+    for rel in sorted(table):
+        h.update(f"{rel}\0{table[rel]['sha256']}\n".encode())
     return h.hexdigest()[:16]
+
+
+def digest_files(root: Path) -> str:
+    return table_digest(file_table(root))
+
+
+def content_digest(root: Path, cache: Path, full: bool = False) -> str:
+    """A directory identified by its content (file names and sha256), cheaply: sha256 sums are kept
+    in ``cache`` with each file's size and mtime, and only a file whose size or mtime moved is hashed
+    again (every file with ``full``). A 7B checkpoint is hashed once, then stat'ed on each rerun."""
+    try:
+        known = read_json(cache) if cache.is_file() and not full else {}
+    except (OSError, ValueError):
+        known = {}
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel, st = path.relative_to(root).as_posix(), path.stat()
+        old = known.get(rel)
+        if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+            table[rel] = old
+        else:
+            table[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
+    if table != known:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, table)
+    return table_digest(table)
+
+
+def changed_files(root: Path, recorded: dict[str, dict], full: bool) -> list[str]:
+    """What differs between the files under root and a recorded file table, one line per file.
+
+    Fast (the default): a file whose size and mtime are as recorded is taken as unchanged; one whose
+    mtime moved (a copy, a touch) is hashed and compared, so only a real change is reported. Full:
+    every file is hashed."""
+    problems = []
+    present = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    for rel, rec in recorded.items():
+        path = present.get(rel)
+        if path is None:
+            problems.append(f"{rel}: deleted")
+            continue
+        st = path.stat()
+        if st.st_size != rec["size"]:
+            problems.append(f"{rel}: {rec['size']} bytes when committed, {st.st_size} now")
+        elif (full or st.st_mtime_ns != rec["mtime_ns"]) and file_sha256(path) != rec["sha256"]:
+            problems.append(f"{rel}: its content changed since the stage was committed")
+    for rel in sorted(set(present) - set(recorded) - {MANIFEST, DONE, TIMINGS}):
+        problems.append(f"{rel}: added after the stage was committed")
+    return problems
 
 
 def canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +174,33 @@ class Stage:
     def __init__(self, path: Path):
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
+        self.trash = path.with_name(path.name + ".removing")
         self.label = f"{path.parent.name}/{path.name}"
 
     def done(self) -> bool:
         return (self.path / DONE).is_file()
 
     def manifest(self) -> dict:
-        return read_json(self.path / MANIFEST)
+        try:
+            m = read_json(self.path / MANIFEST)
+            if not isinstance(m, dict) or not isinstance(m.get("digest"), str):
+                raise ValueError("no digest")
+            return m
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise CorruptStageError(
+                f"{self.path / MANIFEST} cannot be read ({type(exc).__name__}: {exc}); the stage's record of what "
+                f"it made is lost, so it cannot be trusted: rerun with --restart-from {self.label}") from None
+
+    def verify(self, full: bool = False) -> None:
+        """Raise CorruptStageError naming every file that no longer matches the manifest."""
+        m = self.manifest()
+        problems = changed_files(self.path, m.get("files", {}), full)
+        if problems:
+            lines = [f"{self.label} is finished, but its files are not what it committed:"]
+            lines += [f"  {self.path.name}/{p}" for p in problems]
+            lines.append(f"Nothing was reused. Restore the files, or redo the stage and everything after it with "
+                         f"--restart-from {self.label}.")
+            raise CorruptStageError("\n".join(lines))
 
     def digest(self) -> str:
         return self.manifest()["digest"]
@@ -157,6 +226,7 @@ class Stage:
         """Return the partial folder to work in, kept from a crashed attempt with the same fingerprint."""
         marker = self.partial / "fingerprint.json"
         fp = canonical(fingerprint)
+        self.tidy()
         if self.partial.exists():
             try:
                 same = read_json(marker) == fp
@@ -171,10 +241,12 @@ class Stage:
 
     def commit(self, fingerprint: dict[str, Any], started: float, extra: dict | None = None) -> dict:
         (self.partial / "fingerprint.json").unlink(missing_ok=True)
+        files = file_table(self.partial)
         manifest = {
             "stage": self.label,
             "fingerprint": canonical(fingerprint),
-            "digest": digest_files(self.partial),
+            "digest": table_digest(files),
+            "files": files,
             "seconds": round(time.time() - started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
@@ -189,6 +261,20 @@ class Stage:
         return manifest
 
     def remove(self) -> None:
+        """Delete the stage atomically: the folder is first renamed aside, so a crash midway leaves
+        either the whole stage or nothing under its name (the aside folder is cleaned next time)."""
         for p in (self.path, self.partial):
-            if p.exists():
-                shutil.rmtree(p)
+            if p.is_dir():
+                os.rename(p, self.trash)
+                fsync_dir(p.parent)
+                shutil.rmtree(self.trash)
+            elif p.exists():
+                p.unlink()
+
+    def tidy(self) -> None:
+        """Remove what a crash can leave beside a stage: a folder renamed aside by remove(), a
+        partial folder beside a finished stage, or a file where the partial folder belongs."""
+        if self.trash.exists():
+            shutil.rmtree(self.trash)
+        if self.partial.exists() and (self.done() or not self.partial.is_dir()):
+            self.partial.unlink() if not self.partial.is_dir() else shutil.rmtree(self.partial)

@@ -2,8 +2,9 @@
 finished chunk of work as one fsync'd JSON line, so a crash (even kill -9) loses at most the
 chunk in flight, and a rerun redoes only the chunks the log does not hold.
 
-One line per chunk makes a chunk's completeness atomic: a line that does not parse is the torn
-tail of an interrupted write and is dropped (the file is rewritten without it before appending).
+One line per chunk makes a chunk's completeness atomic: a line that does not parse (the torn tail
+of an interrupted write, or a line damaged later) is dropped, the file rewritten without it, and
+its chunk redone.
 A log belongs to one writer; parallel workers each write their own file (``shard_00.jsonl``, ...)
 and the reader merges them, chunk indices being global.
 """
@@ -25,27 +26,28 @@ class ChunkLog:
         self.path = Path(path)
 
     def completed(self) -> dict[int, list[dict]]:
-        """The chunks whose line is whole; a torn last line is cut off the file."""
+        """The chunks whose line is whole. A line that does not parse (the torn tail of a killed
+        write, or a line damaged later) is dropped from the file, so its chunk is redone."""
         if not self.path.exists():
             return {}
         done: dict[int, list[dict]] = {}
-        good = 0
-        with self.path.open("rb") as fh:
-            data = fh.read()
+        good: list[bytes] = []
+        data = self.path.read_bytes()
         for line in data.splitlines(keepends=True):
             try:
-                entry = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break  # a torn tail; every earlier line was fsync'd whole
-            if not line.endswith(b"\n"):
-                break
-            done[int(entry["chunk"])] = entry["rows"]
-            good += len(line)
-        if good < len(data):
-            with self.path.open("r+b") as fh:
-                fh.truncate(good)
+                entry = json.loads(line) if line.endswith(b"\n") else None
+                chunk, rows = int(entry["chunk"]), entry["rows"]
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                continue  # json's errors are ValueErrors
+            done[chunk] = rows
+            good.append(line)
+        if len(good) != len(data.splitlines()):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("wb") as fh:
+                fh.writelines(good)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
         return done
 
     def append(self, chunk: int, rows: list[dict]) -> None:

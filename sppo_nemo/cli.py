@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 import time
 
@@ -24,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stage", metavar="ITER/STAGE", help="run this one stage alone, e.g. iter_02/train")
     ap.add_argument("--restart-from", metavar="ITER/STAGE",
                     help="delete this stage and every later one, then run")
+    ap.add_argument("--verify-hashes", action="store_true",
+                    help="hash every file of the finished stages and of the base policy instead of trusting "
+                         "files whose size and modification time are unchanged")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
 
@@ -32,21 +36,50 @@ def main(argv=None) -> int:
     """Exit 0 done; 1 a run-time problem; 2 a bad recipe or command line; 3 a stale stage; 130
     interrupted. Every problem a user can cause is a UserError: its message, never a traceback."""
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(args)
     except UserError as exc:
         print(f"sppo-run: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            print(f"sppo-run: the disk is full ({exc.filename or 'while writing'}). Finished stages and the partial "
-                  f"work of the current one are kept; free space and rerun the same command to resume.",
-                  file=sys.stderr)
-            return 1
-        raise
+        print(f"sppo-run: {os_error_message(exc)}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print(f"\nsppo-run: terminated (SIGTERM); {KEPT}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("\nsppo-run: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        print(f"\nsppo-run: interrupted; {KEPT}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+KEPT = ("finished stages and the finished chunks of the current one are kept; rerun the same command to "
+        "resume where it stopped")
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, `kill`): unwinds like Ctrl-C, so partial work is closed cleanly."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def os_error_message(exc: OSError) -> str:
+    """What an operating-system error means for a run, and the fix; nothing finished is lost."""
+    where = exc.filename or "the run directory"
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full ({where}). Finished stages and the partial work of the current one are kept; "
+                f"free space and rerun the same command to resume.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write {where}: {exc.strerror}. Make output_dir writable or point output_dir=... at a "
+                f"writable directory; finished stages are kept.")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return (f"{where}: {exc.strerror}; a file stands where the run needs a directory. Move it away or set "
+                f"output_dir=... elsewhere.")
+    return f"{where}: {exc.strerror or exc}. Finished stages are kept; fix the cause and rerun the same command."
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -60,7 +93,7 @@ def _main(args: argparse.Namespace) -> int:
     from sppo_nemo.report import collect, table
     from sppo_nemo.runner import execute, parse_stage, run_dir_for, status
 
-    ctx = Context(r, run_dir_for(r), progress=not args.no_progress)
+    ctx = Context(r, run_dir_for(r), progress=not args.no_progress, full_verify=args.verify_hashes)
     if args.dry_run:
         print(f"run directory: {ctx.run_dir}")
         for t, name, state in status(ctx):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from sppo_nemo.artifacts import Stage
+from sppo_nemo.artifacts import Stage, content_digest
+from sppo_nemo.backends import policy_location
 from sppo_nemo.config import Recipe
 from sppo_nemo.data import Splits, load_prompts, make_splits, prompts_digest
 from sppo_nemo.protocols import Prompt, SamplingParams
@@ -50,6 +51,7 @@ class Context:
     recipe: Recipe
     run_dir: Path
     progress: bool = True  # show progress bars (tqdm decides on its own whether stderr is a tty)
+    full_verify: bool = False  # hash every file of finished stages (default: size and mtime, hash what moved)
 
     @cached_property
     def splits(self) -> Splits:
@@ -68,12 +70,22 @@ class Context:
 
     def upstream(self, t: int, name: str) -> Upstream:
         stage = self.stage(t, name)
+        if not stage.done():
+            raise FileNotFoundError(2, f"{stage.label} is not finished", str(stage.path))
         return Upstream(stage.path, stage.digest())
 
     def policy(self, t: int) -> PolicyRef:
-        """π_t: the base model for t = 1, else the policy trained in iteration t − 1."""
+        """π_t: the base model for t = 1, else the policy trained in iteration t − 1.
+
+        π_1 is identified by its content when it is a local directory (weights replaced in place
+        make every stage that read it stale), by its hub id otherwise."""
         if t == 1:
-            return PolicyRef(self.recipe.policy.model, f"model:{self.recipe.policy.model}")
+            model = self.recipe.policy.model
+            local = Path(policy_location(model))
+            if local.is_dir():
+                digest = content_digest(local, self.run_dir / ".base_policy.json", self.full_verify)
+                return PolicyRef(model, f"model:{digest}")
+            return PolicyRef(model, f"model:{model}")
         train = self.upstream(t - 1, "train")
         return PolicyRef(str(train.path / "policy"), f"iter_{t - 1:02d}/train:{train.digest}")
 

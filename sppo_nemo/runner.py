@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.artifacts import CorruptStageError
 from sppo_nemo.config import Recipe
 from sppo_nemo.context import Context
 from sppo_nemo.errors import StaleStageError, UsageError, UserError
@@ -67,11 +68,14 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
         stage = ctx.stage(t, module.NAME)
         if stage.done():
             state = "done"
-            if upstream_done:
-                try:
+            try:
+                stage.verify(ctx.full_verify)
+                if upstream_done:
                     stage.check(fingerprint(module.inputs(ctx, t)), ctx.run_dir)
-                except StaleStageError as exc:
-                    state = "STALE: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
+            except (StaleStageError, CorruptStageError) as exc:
+                kind = "STALE" if isinstance(exc, StaleStageError) else "CHANGED"
+                state = f"{kind}: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
+                upstream_done = False
         else:
             state = "partial (will resume)" if stage.partial.exists() else "todo"
             upstream_done = False
@@ -98,9 +102,12 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             torch.set_num_threads(r.threads)
         timings = []
         for t, module in steps:
+            stage = ctx.stage(t, module.NAME)
+            stage.tidy()
+            if stage.done():
+                stage.verify(ctx.full_verify)  # never reuse (or read) a finished stage whose files changed
             if only is not None and (t, module.NAME) != only:
                 continue
-            stage = ctx.stage(t, module.NAME)
             try:
                 inputs = module.inputs(ctx, t)
             except FileNotFoundError as exc:

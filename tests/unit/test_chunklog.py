@@ -59,3 +59,15 @@ def test_chunks_beyond_the_plan_are_ignored_and_logs_merge(tmp_path):
     b.append(0, [{"x": "dup"}])
     assert merged([a, b]) == {0: [{"x": 0}], 1: [{"x": 1}]}
     assert run_chunks(a, 1, lambda c, r: pytest.fail("chunk 0 is logged")) == [[{"x": 0}]]
+
+
+def test_a_damaged_line_inside_the_log_is_dropped_and_only_its_chunk_redone(tmp_path):
+    log = ChunkLog(tmp_path / "log.jsonl")
+    for c in range(3):
+        log.append(c, [{"c": c}])
+    lines = log.path.read_text().splitlines(keepends=True)
+    log.path.write_text(lines[0] + '{"chunk": 1, "rows": [{"c": \x00garbage\n' + lines[2])
+    calls = []
+    out = run_chunks(log, 3, lambda c, r: calls.append(c) or [{"c": c}])
+    assert calls == [1] and out == [[{"c": 0}], [{"c": 1}], [{"c": 2}]]
+    assert sorted(ChunkLog(log.path).completed()) == [0, 1, 2]

@@ -30,7 +30,11 @@ def finish(ctx: Context, t: int, name: str, content: str) -> None:
 
 @pytest.fixture
 def ctx(tmp_path) -> Context:
-    r = recipe_mod.load(ROOT / "recipes" / "smollm2_sppo_3iter.yaml", [f"output_dir={tmp_path}"])
+    model = tmp_path / "model"  # π_1 is identified by content: a small stand-in directory
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    r = recipe_mod.load(ROOT / "recipes" / "smollm2_sppo_3iter.yaml", [f"output_dir={tmp_path}",
+                                                                        f"policy.model={model}"])
     return Context(r, tmp_path / r.name, progress=False)
 
 
@@ -70,6 +74,12 @@ def test_evaluate_depends_on_the_generation_backend(ctx):
     other = dataclasses.replace(inp, generation=dataclasses.replace(inp.generation, backend="vllm"))
     assert fingerprint(inp)["generation"] != fingerprint(other)["generation"]
     assert fingerprint(inp)["generation"]["backend"] == "hf"
+
+
+def test_the_base_policy_is_identified_by_its_content(ctx):
+    key = generate.inputs(ctx, 1).policy.key
+    (Path(ctx.recipe.policy.model) / "config.json").write_text('{"hidden_size": 8}')  # replaced in place
+    assert generate.inputs(ctx, 1).policy.key != key
 
 
 def test_inputs_of_an_unfinished_upstream_stage_cannot_be_made(ctx):
