@@ -47,21 +47,24 @@ def _records(path: Path) -> list[tuple[str, dict]]:
             if "train" not in ds:
                 raise DataError(f"{path} holds splits {list(ds)}; keep one split or name it 'train'")
             ds = ds["train"]
-        return [(f"{path} row {i}", dict(row)) for i, row in enumerate(ds)]
+        return [(f"{path} row {i + 1}", dict(row)) for i, row in enumerate(ds)]
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{path} is Parquet; reading it needs `pip install pyarrow`") from None
         rows = pq.read_table(path).to_pylist()
-        return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+        return [(f"{path} row {i + 1}", row) for i, row in enumerate(rows)]
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unknown format {path.suffix!r}; use .jsonl, .parquet or a datasets directory")
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
+    lines = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line); re-encode the "
+                            f"file as UTF-8") from None
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -80,6 +83,13 @@ def _to_prompt(where: str, index: int, record: dict, cfg: DataConfig) -> Prompt:
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: field {cfg.prompt_field!r} must be a non-empty string "
                         f"(set data.prompt_field if the prompt lives under another name)")
+    for name, value in record.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800": valid JSON, not text
+                raise DataError(f"{where}: field {name!r} holds a lone surrogate (character {exc.start + 1}), "
+                                f"which is not text; fix or delete that line") from None
 
     def optional(name: str | None) -> str | None:
         if name is None or record.get(name) is None:
@@ -93,11 +103,11 @@ def _to_prompt(where: str, index: int, record: dict, cfg: DataConfig) -> Prompt:
 def load_prompts(cfg: DataConfig, base_dir: Path = Path(".")) -> list[Prompt]:
     records = _records(prompts_path(cfg, base_dir))
     prompts = [_to_prompt(where, i, rec, cfg) for i, (where, rec) in enumerate(records)]
-    seen: dict[str, int] = {}
-    for i, p in enumerate(prompts):
+    seen: dict[str, str] = {}
+    for (where, _), p in zip(records, prompts):
         if p.id in seen:
-            raise DataError(f"prompt id {p.id!r} appears at rows {seen[p.id]} and {i}; ids must be unique")
-        seen[p.id] = i
+            raise DataError(f"prompt id {p.id!r} appears at {seen[p.id]} and at {where}; ids must be unique")
+        seen[p.id] = where
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(prompts)
     return prompts

@@ -68,6 +68,11 @@ class Generator(Protocol):
         """log π(y|x) summed over response tokens, one float per (prompt, response) pair."""
         ...
 
+    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
+        """How many prompts are longer than the policy takes, and so cut from the left (as the
+        trainer cuts them) by generate and sequence_logprobs."""
+        ...
+
     def close(self) -> None:
         """Free the model (a stage loads at most one policy at a time)."""
         ...
@@ -150,3 +155,30 @@ def check_preference_matrix(m: np.ndarray, atol: float = 1e-6) -> None:
         raise ValueError("preference matrix entries must lie in [0, 1]")
     if not np.allclose(m + m.T, 1.0, atol=atol):
         raise ValueError("preference matrix must satisfy P(i≻j) + P(j≻i) = 1")
+
+
+def check_texts(texts: Sequence[object], label: str) -> None:
+    """Raise TypeError naming the first entry of ``texts`` that is not a str (``label[i]``)."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{label}[{i}] must be str, got {type(t).__name__}")
+
+
+def check_prompts(prompts: Sequence[object]) -> None:
+    """Raise TypeError naming the first entry that is not a Prompt-like record with a str text."""
+    for i, p in enumerate(prompts):
+        if not isinstance(getattr(p, "text", None), str):
+            raise TypeError(f"prompts[{i}] must be a Prompt with a str text, got {type(p).__name__}"
+                            + (f" with text of type {type(p.text).__name__}" if hasattr(p, "text") else ""))
+
+
+def check_judge_inputs(prompts: Sequence[object], responses: Sequence[Sequence[object]]) -> None:
+    """What every Judge.preference_matrices checks first: equal lengths, Prompt records, and a
+    list of str per prompt, or an error naming the index (``responses[n][i]``)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(responses)} response lists")
+    check_prompts(prompts)
+    for n, rs in enumerate(responses):
+        if isinstance(rs, str):
+            raise TypeError(f"responses[{n}] must be a list of str, got a str")
+        check_texts(rs, f"responses[{n}]")

@@ -26,7 +26,12 @@ import torch
 
 from sppo_nemo import loss as losses
 from sppo_nemo.config import TrainerConfig
+from sppo_nemo.errors import UserError
 from sppo_nemo.protocols import PointRow
+
+
+class TrainingDiverged(UserError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,14 @@ class Fit:
         return per_row
 
     def end_step(self, step: int, lr: float, grad_norm: float, seconds: float, totals: torch.Tensor) -> dict:
+        """The step's metrics; a non-finite loss or gradient norm stops training before anything is
+        committed (TrainingDiverged names the step)."""
         m = step_metrics(totals, step, lr, grad_norm, self.loss_type, self.eta, seconds)
+        if not (math.isfinite(m["loss"]) and math.isfinite(grad_norm)):
+            raise TrainingDiverged(
+                f"training diverged at optimizer step {step} of {len(self.steps)}: loss {m['loss']}, gradient norm "
+                f"{grad_norm} (lr {lr:.3g}); nothing of this stage was committed. Lower trainer.lr, raise "
+                f"trainer.warmup_ratio, or train in fp32 (trainer.precision=fp32).")
         self.metrics.append(m)
         return m
 

@@ -38,11 +38,12 @@ def game_ref(r: Recipe) -> GameRef | None:
 class GeneratorSpec:
     backend: str
     system_prompt: str | None
+    max_prompt_length: int  # the trainer's: generation and scoring cut prompts as training does
     game: GameRef | None
 
     def fingerprint(self) -> dict:
         return {"backend": self.backend, "system_prompt": self.system_prompt,
-                "game": self.game.fingerprint() if self.game else None}
+                "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TrainerSpec:
 
 
 def generator_spec(r: Recipe) -> GeneratorSpec:
-    return GeneratorSpec(r.generation.backend, r.policy.system_prompt, game_ref(r))
+    return GeneratorSpec(r.generation.backend, r.policy.system_prompt, r.trainer.max_prompt_length, game_ref(r))
 
 
 def judge_spec(r: Recipe) -> JudgeSpec:
@@ -89,7 +90,7 @@ def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
         case "hf":
             from sppo_nemo.backends.hf import HFGenerator
 
-            return HFGenerator(policy_location(policy), spec.system_prompt)
+            return HFGenerator(policy_location(policy), spec.system_prompt, spec.max_prompt_length)
         case "game":
             from sppo_nemo.backends.game import GameGenerator, load_game
 

@@ -14,6 +14,7 @@ whole batch never exists at once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
@@ -84,13 +85,37 @@ def smollm2_checkpoint() -> Path:
     return out
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
+
+
+def check_checkpoint(path: str) -> None:
+    """A local checkpoint directory has a config, weights and tokenizer files, or the error names
+    what is missing (before transformers would talk about sentencepiece or a missing file)."""
+    d = Path(path)
+    if not d.is_dir():
+        return  # a hub id: from_pretrained resolves it
+    missing = []
+    if not (d / "config.json").is_file():
+        missing.append("config.json")
+    if not any(any(d.glob(p)) for p in WEIGHT_PATTERNS):
+        missing.append("weights (model.safetensors or shards)")
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if missing:
+        raise ModelLoadError(f"{d} is not a complete checkpoint: no {', no '.join(missing)}. Copy the missing files "
+                             f"from the checkpoint it came from, or rerun the stage that wrote it (--restart-from).")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    check_checkpoint(path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load a tokenizer from {path}: {exc}") from None
+    except Exception as exc:  # OSError, ValueError, a tokenizers exception on a damaged file
+        raise ModelLoadError(f"cannot load the tokenizer of {path} ({type(exc).__name__}: {exc}); its tokenizer files "
+                             f"are damaged or incomplete: copy them from the base model") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -99,14 +124,31 @@ def load_tokenizer(path: str):
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
+    check_checkpoint(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as exc:
+    except Exception as exc:  # a missing hub id (OSError), a damaged safetensors file (SafetensorError)...
         raise ModelLoadError(
-            f"cannot load a causal LM from {path}: {exc}. A checkpoint directory needs config.json, "
-            f"model.safetensors (or shards) and the tokenizer files."
+            f"cannot load the causal LM {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"A checkpoint directory needs config.json, model.safetensors (or shards) and the tokenizer files; a "
+            f"damaged weights file must be restored or its stage redone (--restart-from)."
         ) from None
     return model
+
+
+def save_checkpoint(model, tokenizer, out: Path) -> None:
+    """π_{t+1} as an HF checkpoint. safetensors reports a full disk as its own error type: it is
+    raised as the OSError(ENOSPC) the CLI turns into 'the disk is full'."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    except OSError:
+        raise
+    except Exception as exc:
+        if "No space left" in str(exc) or "StorageFull" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device", str(out)) from None
+        raise
 
 
 # ---------------------------------------------------------------------- tokenisation
@@ -148,17 +190,18 @@ class ChatFormat:
             return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return (self.system_prompt + "\n\n" if self.system_prompt else "") + prompt + "\n"
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, prompt: str, max_prompt: int | None = None) -> list[int]:
+        """The chat-formatted prompt's ids; longer than ``max_prompt``, cut from the left (the end,
+        with the generation prompt, must stay intact). Generation, training and scoring cut alike."""
+        p = self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        return p[-max_prompt:] if max_prompt is not None and len(p) > max_prompt else p
 
     def encode(self, prompt: str, response: str, finished: bool, max_prompt: int | None = None,
                max_length: int | None = None) -> Encoded:
-        p = self.prompt_ids(prompt)
+        p = self.prompt_ids(prompt, max_prompt)
         r = self.tok(response, add_special_tokens=False)["input_ids"]
         if finished:
             r = r + [self.end_of_turn]
-        if max_prompt is not None and len(p) > max_prompt:
-            p = p[-max_prompt:]  # keep the end: the generation prompt must stay intact
         if max_length is not None and len(p) + len(r) > max_length:
             r = r[: max(0, max_length - len(p))]
         if not r:
@@ -226,8 +269,9 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
 class HFGenerator:
     """Samples from a policy checkpoint with transformers' generate, batched and seeded."""
 
-    def __init__(self, path: str, system_prompt: str | None, dtype: torch.dtype = torch.float32,
-                 device: str | None = None):
+    def __init__(self, path: str, system_prompt: str | None, max_prompt_length: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: str | None = None):
+        self.max_prompt = max_prompt_length  # the trainer's: prompts are cut as it cuts them
         self.tok = load_tokenizer(path)
         self.tok.padding_side = "left"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -247,7 +291,7 @@ class HFGenerator:
         results: dict[tuple[str, int], Sample] = {}
         for b in range(0, len(items), params.batch_size):
             batch = items[b:b + params.batch_size]
-            enc = [self.fmt.prompt_ids(p.text) for p, _ in batch]
+            enc = [self.fmt.prompt_ids(p.text, self.max_prompt) for p, _ in batch]
             width = max(len(e) for e in enc)
             ids = torch.full((len(enc), width), self.tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(enc), width), dtype=torch.long)
@@ -275,12 +319,18 @@ class HFGenerator:
 
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
                           batch_size: int = 8) -> np.ndarray:
-        encoded = [self.fmt.encode(p.text, s.text, s.finished) for p, s in zip(prompts, responses)]
+        encoded = [self.fmt.encode(p.text, s.text, s.finished, self.max_prompt) for p, s in zip(prompts, responses)]
         out = []
         with torch.no_grad():
             for b in range(0, len(encoded), batch_size):
                 out.append(sequence_logps(self.model, encoded[b:b + batch_size], self.tok.pad_token_id))
         return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
+        """How many of the prompts are longer than max_prompt_length tokens (and so cut from the left)."""
+        if self.max_prompt is None:
+            return 0
+        return sum(len(self.fmt.prompt_ids(p.text)) > self.max_prompt for p in prompts)
 
     def close(self) -> None:
         del self.model

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from sppo_nemo.backends.hf import ChatFormat, Encoded, load_causal_lm, load_tokenizer, sequence_logps
+from sppo_nemo.backends.hf import (ChatFormat, Encoded, load_causal_lm, load_tokenizer, save_checkpoint,
+                                  sequence_logps)
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.protocols import PointRow, ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
@@ -94,9 +95,7 @@ class TorchTrainer:
         del opt
         model.zero_grad(set_to_none=True)
         gc.collect()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir)
-        tok.save_pretrained(output_dir)
+        save_checkpoint(model, tok, output_dir)
         return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds))
 
     def _load(self, policy_dir: Path):

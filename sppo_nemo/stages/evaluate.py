@@ -70,6 +70,7 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         "iteration": t,
         "mean_tokens": float(lengths.mean()),
         "finished_fraction": float(np.mean([s.finished for s in flat])),
+        "prompts_cut": generator.cut_prompts(prompts),
     }
     if inp.generation.backend == "game":  # finite games: exact duality gaps of π_{t+1} and of π̄
         metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))

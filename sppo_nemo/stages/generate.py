@@ -45,11 +45,12 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     with bar(len(prompts) * inp.K, f"iter {inp.iteration} generate") as b:
         samples = sample_resumable(generator, prompts, inp.K, inp.sampling, workdir / LOG,
                                    (inp.seed, NAME, inp.iteration), b.update)
+    cut = generator.cut_prompts(prompts)
     generator.close()
     write_responses(workdir / "responses.jsonl", prompts, samples)
     (workdir / LOG).unlink()
     lengths = [s.num_tokens for ss in samples for s in ss]
-    return {"prompts": len(prompts), "responses": len(lengths),
+    return {"prompts": len(prompts), "prompts_cut": cut, "responses": len(lengths),
             "mean_tokens": sum(lengths) / len(lengths),
             "finished_fraction": sum(s.finished for ss in samples for s in ss) / len(lengths)}
 

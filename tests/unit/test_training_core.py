@@ -66,3 +66,14 @@ def test_seed_derivation_is_stable_and_separates_tags():
     assert derive_seed(0, "train", 1) == 525316786  # the docstring's hand-checked value
     assert derive_seed(0, "train", 1) != derive_seed(0, "train", 2) != derive_seed(1, "train", 1)
     assert 0 <= derive_seed("anything") < 2 ** 31
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step():
+    from sppo_nemo.training import TrainingDiverged
+
+    rows = [PointRow("p", "x", "y", True, 1.0)]
+    fit = Fit(rows, TrainerConfig(batch_size=1), "sppo", 2.0, 0)
+    stats = StepStats()
+    fit.micro_loss(Slot((0,), 0), torch.tensor([[float("nan")]]), torch.zeros(1, 1), stats, tokens=1)
+    with pytest.raises(TrainingDiverged, match="step 0 of 1"):
+        fit.end_step(0, 0.1, 1.0, 0.1, stats.totals())
