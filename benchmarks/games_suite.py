@@ -1,7 +1,7 @@
 """Every shipped preference game × method through the real loop, against the exact update.
 
-For each game in recipes/games/ (rock-paper-scissors; a generalized intransitive game whose
-equilibrium is not uniform; a transitive Bradley-Terry game) it runs the recipes
+For each game file ``recipes/games/<game>.json`` (rock-paper-scissors; a generalized intransitive
+game whose equilibrium is not uniform; a transitive Bradley-Terry game) it runs the recipes
 ``<game>_sppo.yaml``, ``<game>_dpo.yaml`` and ``<game>_ipo.yaml`` with the ordinary sppo-run loop
 (in this process; resumable, so a rerun only reads the finished stages), computes the exact
 multiplicative-weight update (eq. 3.1, sppo_nemo.games.mwu) from the same π_1 with the same η as

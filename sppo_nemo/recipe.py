@@ -231,7 +231,7 @@ def _type_problem(value: Any, tp: Any) -> str | None:
         tp = args[0]
     if value is None:
         return None if optional else f"must be a {_type_name(tp)}, got null; give a value"
-    if typing.get_origin(tp) is list:  # e.g. game.matrix: list[list[float]]
+    if typing.get_origin(tp) is list:  # e.g. trainer.megatron.srun_args: list[str]
         if not isinstance(value, list):
             return f"must be a {_type_name(tp)}, got {type(value).__name__} {value!r}"
         for i, item in enumerate(value):

@@ -1,37 +1,29 @@
 """Game backends: the whole `sppo-run` loop on a finite response set, with no language model.
 
-Chosen together in a recipe (sppo_nemo/recipe.py checks it): generation.backend=game,
-judge.backend=matrix, trainer.backend=game, plus the `game` section (the preference matrix P, the
-response names, π_1). The mathematics lives in sppo_nemo/games.py.
+Chosen together (:func:`check`): generation.backend=game, judge.backend=matrix, trainer.backend=game,
+plus ``game:``, one file stating the matrix P, the response names and π_1 (:func:`load_game`).
+The mathematics lives in sppo_nemo/games.py.
 
-- The policy is a softmax over the n responses per context. The context of a prompt is its text:
-  prompts with the same text share one row of logits, so the prompts of every split (training
-  and held-out) can all be the same game state. A policy is a directory holding ``policy.json``:
-  ``{"responses": [...], "default": logits, "logits": {context: logits}}``; a context without
-  its own row uses ``default`` (π_1's logits), exactly as a tabular parameter never updated.
-  ``policy.model: game`` stands for π_1 = softmax(log game.init) without a directory.
-- :class:`GameGenerator` samples responses ("rock", or "y0".."y{n-1}" by default) with numpy,
-  seeded from SamplingParams.seed, at the recipe's temperature and top_p; ``sequence_logprobs``
-  is log π(y|x) exactly (the policy itself, at temperature 1, as the LM backend scores).
+- The policy is a softmax over the n responses per context, a prompt's context being its text
+  (prompts with the same text share one row of logits). A policy is a directory holding
+  ``policy.json``: ``{"responses": [...], "default": logits, "logits": {context: logits}}``; a
+  context without its own row uses ``default`` (π_1's logits), as a tabular parameter never
+  updated. ``policy.model: game`` stands for π_1 = the game file's ``init``.
+- :class:`GameGenerator` samples responses with numpy, seeded from SamplingParams.seed, at the
+  recipe's temperature and top_p; ``sequence_logprobs`` is log π(y|x) exactly (temperature 1);
+  ``exact_metrics`` gives the evaluate stage the exact duality gaps of π_{t+1} and of the average
+  policy π̄ = mean(π_1..π_{t+1}) and their distance to the Nash set (LP).
 - :class:`MatrixJudge` reads P: M[i, j] = P[y_i, y_j].
-- :class:`GameTrainer` fits π_{t+1} from the rows of the build stage with the recipe's loss
-  (sppo_nemo/loss.py), π_t's exact log-probabilities as the reference, by gradient steps on the
-  logits: AdamW (β = 0.9, 0.999, ε = 1e-8, as the torch trainer) with trainer.lr, schedule,
-  warmup_ratio, batch_size, grad_accum, epochs, max_grad_norm and weight_decay, in float64
-  (trainer.precision and the length keys do not apply). The AdamW update is written out on the
-  one logits tensor: constructing a torch.optim optimizer imports torch._dynamo, seconds per
-  process, which would dominate a game run.
-- ``GameGenerator.exact_metrics`` gives the evaluate stage the exact duality gap of the current
-  policy and of the average policy π̄ = mean(π_1..π_{t+1}), and their distance to the Nash
-  equilibrium set (LP), averaged over the held-out contexts.
+- :class:`GameTrainer` fits π_{t+1} to the build stage's rows with the recipe's loss, π_t's exact
+  log-probabilities as the reference, through the one trainer core (sppo_nemo/training.py) with
+  torch.optim.AdamW (β = 0.9, 0.999, ε = 1e-8, as the torch trainer) and clip_grad_norm_ on the
+  float64 logits (trainer.precision and the length keys do not apply).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +32,17 @@ from typing import Sequence
 import numpy as np
 
 from sppo_nemo import games
-from sppo_nemo.protocols import PairRow, PointRow, ProgressFn, Prompt, Sample, SamplingParams, TrainResult
-from sppo_nemo.recipe import GAME_POLICY, GameConfig, TrainerConfig, resolve_path
+from sppo_nemo.config import GAME_BACKENDS, GAME_POLICY, Recipe, TrainerConfig, resolve_path
+from sppo_nemo.errors import UserError
+from sppo_nemo.protocols import ProgressFn, Prompt, Sample, SamplingParams, TrainResult, check_judge_inputs
 
 POLICY_FILE = "policy.json"
+GAME_KEYS = ("matrix", "responses", "init")  # of a .json game file; only "matrix" is required
+_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
 
-class GameError(Exception):
-    """A game section, matrix file or policy directory that cannot be used; one line per problem."""
+class GameError(UserError):
+    """A game file or game policy directory that cannot be used; one message per problem."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -82,75 +77,100 @@ class Game:
         return {"matrix": digest, "responses": list(self.responses), "init": [float(x) for x in self.init]}
 
 
-def read_matrix_file(path: Path) -> tuple[list, list[str] | None]:
-    """(matrix as nested lists, response names or None) from a .json or .npy file."""
+def _read_game_file(path: Path) -> dict:
+    """The raw content of a game file as {"matrix": ..., "responses": ..., "init": ...}."""
+    where = f"game: {path}"
     if not path.is_file():
-        raise GameError([f"game.matrix_file: {path} does not exist; give a .json or .npy file"])
+        raise GameError([f"{where} does not exist (or is not a file); give a game file (.json with "
+                         f"\"matrix\", or .npy)"])
     if path.suffix == ".npy":
         try:
-            return np.load(path, allow_pickle=False).tolist(), None
+            return {"matrix": np.load(path, allow_pickle=False).tolist()}
         except (ValueError, OSError) as exc:
-            raise GameError([f"game.matrix_file: {path} is not a readable .npy array ({exc})"]) from None
+            raise GameError([f"{where} is not a readable .npy array ({exc}); save it with numpy.save"]) from None
     if path.suffix != ".json":
-        raise GameError([f"game.matrix_file: {path}: unknown format {path.suffix!r}; use .json or .npy"])
+        raise GameError([f"{where}: unknown format {path.suffix!r}; use .json (matrix, responses, init) "
+                         f"or .npy (the matrix alone)"])
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GameError([f"game.matrix_file: {path} is not valid JSON ({exc})"]) from None
-    if isinstance(data, dict):
-        unknown = set(data) - {"matrix", "responses"}
-        if "matrix" not in data or unknown:
-            raise GameError([f"game.matrix_file: {path} must hold a list of lists or an object with "
-                             f"'matrix' (and optionally 'responses'); got keys {sorted(data)}"])
-        return data["matrix"], data.get("responses")
-    return data, None
+        raise GameError([f"{where} is not valid JSON ({exc}); fix the file"]) from None
+    if not isinstance(data, dict) or "matrix" not in data:
+        got = f"keys {sorted(data)}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise GameError([f"{where} must hold an object with 'matrix' (and optionally 'responses', 'init'); "
+                         f"got {got}"])
+    unknown = sorted(set(data) - set(GAME_KEYS))
+    if unknown:
+        raise GameError([f"{where}: unknown key(s) {unknown}; a game file holds only {', '.join(GAME_KEYS)}"])
+    return data
 
 
-def load_game(cfg: GameConfig, base_dir: Path = Path(".")) -> Game:
-    """The game of a recipe's `game` section; GameError lists every problem (dotted key first)."""
-    problems: list[str] = []
-    names_from_file = None
-    if cfg.matrix is not None and cfg.matrix_file is not None:
-        raise GameError(["game.matrix_file: give game.matrix or game.matrix_file, not both"])
-    if cfg.matrix is None and cfg.matrix_file is None:
-        raise GameError(["game.matrix: the game backends need a preference matrix P[i][j] = P(y_i ≻ y_j); "
-                         "give game.matrix (a list of lists) or game.matrix_file"])
-    key = "game.matrix"
-    raw = cfg.matrix
-    if cfg.matrix_file is not None:
-        key = "game.matrix_file"
-        raw, names_from_file = read_matrix_file(resolve_path(cfg.matrix_file, base_dir))
-    bad = games.matrix_problems(raw)
-    if bad:
-        raise GameError([f"{key}: {b}" for b in bad])
-    matrix = np.asarray(raw, dtype=np.float64)
-    n = len(matrix)
-
-    names = cfg.responses if cfg.responses is not None else names_from_file
-    if cfg.responses is not None and names_from_file is not None and list(cfg.responses) != list(names_from_file):
-        problems.append(f"game.responses: {list(cfg.responses)} differs from the names in {cfg.matrix_file} "
-                        f"({list(names_from_file)}); give them in one place")
-    if names is None:
-        names = [f"y{i}" for i in range(n)]
+def _names_problem(names, n: int) -> str | None:
     if not (isinstance(names, list) and all(isinstance(x, str) and x.strip() for x in names)):
-        problems.append("game.responses: must be a list of non-empty names")
-    elif len(names) != n:
-        problems.append(f"game.responses: {len(names)} names for a {n}×{n} matrix; give one name per row")
-    elif len(set(names)) != n:
-        problems.append(f"game.responses: names must be unique, got {names}")
+        return "\"responses\" must be a list of non-empty names"
+    if len(names) != n:
+        return f"\"responses\" has {len(names)} names for a {n}×{n} matrix; give one name per row"
+    if len(set(names)) != n:
+        return f"\"responses\": names must be unique, got {names}"
+    return None
 
-    init = games.uniform(n)
-    if cfg.init is not None:
-        init = np.asarray(cfg.init, dtype=np.float64)
-        if init.shape != (n,):
-            problems.append(f"game.init: {len(cfg.init)} probabilities for {n} responses; give one per response")
-        elif not np.all(init > 0):
-            problems.append("game.init: probabilities must be > 0 (the policy is a softmax; a zero can never grow)")
-        elif abs(init.sum() - 1) > 1e-6:
-            problems.append(f"game.init: probabilities sum to {init.sum():.6g}; they must sum to 1")
+
+def _init_problem(init, n: int) -> str | None:
+    try:
+        pi = np.asarray(init, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "\"init\" must be a list of probabilities, one per response"
+    if pi.shape != (n,):
+        return f"\"init\" has {pi.size} probabilities for {n} responses; give one per response"
+    if not np.all(pi > 0):
+        return "\"init\": probabilities must be > 0 (the policy is a softmax; a zero can never grow)"
+    if abs(pi.sum() - 1) > 1e-6:
+        return f"\"init\": probabilities sum to {pi.sum():.6g}; they must sum to 1"
+    return None
+
+
+def load_game(path: str | Path) -> Game:
+    """The game of a game file (a recipe's ``game:``); GameError lists every problem, each 'game: …'.
+
+    ``.json``: ``{"matrix": [[...]], "responses": [...] (default y0 … y{n-1}), "init": [...]
+    (π_1, default uniform)}``; ``.npy``: the matrix alone.
+    """
+    path = Path(path)
+    data = _read_game_file(path)
+    bad = games.matrix_problems(data["matrix"])
+    if bad:
+        raise GameError([f"game: {path}: matrix {b}" for b in bad])
+    matrix = np.asarray(data["matrix"], dtype=np.float64)
+    n = len(matrix)
+    names = data.get("responses")
+    names = [f"y{i}" for i in range(n)] if names is None else names
+    init = data.get("init")
+    problems = [p for p in (_names_problem(names, n), None if init is None else _init_problem(init, n)) if p]
     if problems:
-        raise GameError(problems)
-    return Game(matrix, tuple(names), init / init.sum())
+        raise GameError([f"game: {path}: {p}" for p in problems])
+    pi = games.uniform(n) if init is None else np.asarray(init, dtype=np.float64)
+    return Game(matrix, tuple(names), pi / pi.sum())
+
+
+def check(r: Recipe, chosen: list[str], base_dir: Path) -> list[str]:
+    """The recipe's game keys: all three game backends together, a valid game file, policy.model."""
+    p = [f"{dotted}: {getattr(getattr(r, dotted.split('.')[0]), dotted.split('.')[1])!r} does not work "
+         f"with the game backends {', '.join(chosen)}; set {_HINT}"
+         for dotted in GAME_BACKENDS if dotted not in chosen]
+    if r.game is None:
+        p.append("game: not set; the game backends need a game file, e.g. game: rps.json (a .json with "
+                 "\"matrix\" P[i][j] = P(y_i ≻ y_j), optional \"responses\" and \"init\"; or a .npy matrix)")
+    else:
+        try:
+            load_game(resolve_path(r.game, base_dir))
+        except GameError as exc:
+            p += exc.problems
+    model = r.policy.model
+    if model != GAME_POLICY and not (resolve_path(model, base_dir) / POLICY_FILE).is_file():
+        p.append(f"policy.model: {model!r} is not a game policy directory (with {POLICY_FILE}); with the game "
+                 f"backends use policy.model={GAME_POLICY} (π_1 = the game file's init) or a policy/ folder "
+                 f"of a game run")
+    return p
 
 
 # ------------------------------------------------------------------------------- the policy
@@ -188,13 +208,15 @@ def load_policy(spec: str | Path, game: Game) -> GamePolicy:
     path = Path(spec) / POLICY_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GameError([f"cannot read the game policy {path}: {exc}"]) from None
-    if tuple(data["responses"]) != game.responses:
-        raise GameError([f"the game policy {path} is over responses {data['responses']}, "
-                         f"but the game's are {list(game.responses)}"])
-    return GamePolicy(game.responses, np.asarray(data["default"], dtype=np.float64),
-                      {c: np.asarray(v, dtype=np.float64) for c, v in data["logits"].items()})
+        responses, default, logits = data["responses"], data["default"], data["logits"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise GameError([f"cannot read the game policy {path} ({exc!r}); give a policy/ folder of a game run "
+                         f"or policy.model={GAME_POLICY}"]) from None
+    if tuple(responses) != game.responses:
+        raise GameError([f"the game policy {path} is over responses {responses}, but the game's are "
+                         f"{list(game.responses)}; use a policy made with this game file"])
+    return GamePolicy(game.responses, np.asarray(default, dtype=np.float64),
+                      {c: np.asarray(v, dtype=np.float64) for c, v in logits.items()})
 
 
 def sampling_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
@@ -234,6 +256,9 @@ class GameGenerator:
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
         return np.array([games.log_softmax(self.policy.logits_for(p.text))[self.game.index(s.text)]
                          for p, s in zip(prompts, responses)])
+
+    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
+        return 0  # the whole prompt text is the context: nothing is ever cut
 
     def close(self) -> None:
         pass
@@ -287,35 +312,19 @@ class MatrixJudge:
             raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
         return np.array([self.game.matrix[self.game.index(x), self.game.index(y)] for x, y in zip(a, b)])
 
-    def preference_matrix(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
-        idx = [self.game.index(r) for r in responses]
-        return self.game.matrix[np.ix_(idx, idx)].copy()
+    def preference_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                            progress: ProgressFn | None = None) -> list[np.ndarray]:
+        check_judge_inputs(prompts, responses)
+        out = []
+        for texts in responses:
+            idx = [self.game.index(r) for r in texts]
+            out.append(self.game.matrix[np.ix_(idx, idx)].copy())
+        if progress:
+            progress(len(prompts))
+        return out
 
-
-class _AdamW:
-    """torch.optim.AdamW's update (decoupled weight decay, bias correction) on one tensor."""
-
-    def __init__(self, param, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        import torch
-
-        self.param, self.weight_decay, self.betas, self.eps = param, weight_decay, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = 0
-
-    def step(self, lr: float) -> None:
-        import torch
-
-        b1, b2 = self.betas
-        self.t += 1
-        with torch.no_grad():
-            g = self.param.grad
-            self.param.mul_(1 - lr * self.weight_decay)
-            self.m.mul_(b1).add_(g, alpha=1 - b1)
-            self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.v / (1 - b2 ** self.t)).sqrt_().add_(self.eps)
-            self.param.addcdiv_(self.m, denom, value=-lr / (1 - b1 ** self.t))
-        self.param.grad = None
+    def close(self) -> None:
+        pass
 
 
 class GameTrainer:
@@ -328,110 +337,60 @@ class GameTrainer:
         self.eta = eta
         self.seed = seed
 
-    def _loss(self, pol, ref, rows):
-        import torch
+    def train(self, policy_dir: Path, rows_file: Path, output_dir: Path, progress: ProgressFn | None = None,
+              ref_progress: ProgressFn | None = None) -> TrainResult:
+        import torch  # the trainer core's dependency; the generator, judge and check need numpy only
 
-        from sppo_nemo import loss as losses
+        from sppo_nemo.rows import read_rows
+        from sppo_nemo.training import Fit, StepStats, sequences_per_row
 
-        def col(name):
-            return torch.tensor([getattr(r, name) for r in rows], dtype=torch.float64)
-
-        if self.loss_type == "sppo":
-            lz = None
-            if any(r.log_z is not None for r in rows):
-                lz = torch.tensor([r.log_z if r.log_z is not None else self.eta / 2 for r in rows],
-                                  dtype=torch.float64)
-            return losses.sppo_loss(pol[:, 0], ref[:, 0], col("win_prob"), self.eta, lz)
-        if self.loss_type == "sppo_pair":
-            return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], col("pair_prob"), self.eta)
-        fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[self.loss_type]
-        return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], self.eta)
-
-    def train(self, policy_dir: Path, rows: Sequence[PointRow] | Sequence[PairRow], output_dir: Path,
-              progress: ProgressFn | None = None, ref_progress: ProgressFn | None = None) -> TrainResult:
-        import torch
-
-        from sppo_nemo.backends.torch_trainer import lr_factor
-
-        c = self.cfg
-        torch.manual_seed(self.seed)
+        rows = read_rows(rows_file)
         policy = load_policy(policy_dir, self.game)
         contexts = sorted({r.prompt for r in rows})
-        slot = {ctx: i for i, ctx in enumerate(contexts)}
-        theta = torch.nn.Parameter(torch.tensor(np.stack([policy.logits_for(ctx) for ctx in contexts]),
-                                                dtype=torch.float64))
-        # (row, 1 or 2) context slot and response index of each sequence of each row
-        ctx_of = torch.tensor([slot[r.prompt] for r in rows], dtype=torch.long)
-        if rows and isinstance(rows[0], PointRow):
-            resp = torch.tensor([[self.game.index(r.response)] for r in rows], dtype=torch.long)
-        else:
-            resp = torch.tensor([[self.game.index(r.chosen), self.game.index(r.rejected)] for r in rows],
-                                dtype=torch.long)
+        slot_of = {ctx: i for i, ctx in enumerate(contexts)}
+        start = np.array([policy.logits_for(ctx) for ctx in contexts]).reshape(len(contexts), self.game.n)
+        theta = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+        # the context slot of each row, and the response index of each of its 1 or 2 sequences
+        width = sequences_per_row(rows)
+        ctx_of = torch.tensor([slot_of[r.prompt] for r in rows], dtype=torch.long)
+        names = [[r.response] if width == 1 else [r.chosen, r.rejected] for r in rows]
+        resp = torch.tensor([[self.game.index(y) for y in ys] for ys in names], dtype=torch.long).reshape(-1, width)
 
         def logps(idx: list[int]) -> torch.Tensor:
-            lp = torch.log_softmax(theta, dim=-1)[ctx_of[idx]]
-            return torch.gather(lp, 1, resp[idx])
+            return torch.gather(torch.log_softmax(theta, dim=-1)[ctx_of[idx]], 1, resp[idx])
 
+        t0 = time.time()
         with torch.no_grad():  # π_t's exact log-probabilities, the reference of eq. (3.7)
             reference = logps(list(range(len(rows))))
         if ref_progress:
             ref_progress(len(rows))
+        ref_seconds = time.time() - t0
 
-        adam = _AdamW(theta, c.weight_decay)
-        micro_per_epoch = math.ceil(len(rows) / c.batch_size)
-        total_steps = math.ceil(micro_per_epoch * c.epochs / c.grad_accum)
-        warmup = int(round(c.warmup_ratio * total_steps))
-        order_rng = random.Random(self.seed)
-        micro_batches = []
-        for epoch in range(c.epochs):
-            order = list(range(len(rows)))
-            order_rng.shuffle(order)
-            micro_batches += [(epoch, order[b:b + c.batch_size]) for b in range(0, len(order), c.batch_size)]
-        epoch_sums = [0.0] * c.epochs
-        metrics: list[dict] = []
-        step, acc, seen_loss, seen_ratio = 0, 0, [], []
-        started = time.time()
-        for k, (epoch, mb) in enumerate(micro_batches):
-            pol = logps(mb)
-            per_example = self._loss(pol, reference[mb], [rows[i] for i in mb])
-            (per_example.mean() / c.grad_accum).backward()
-            epoch_sums[epoch] += float(per_example.detach().sum())
-            seen_loss.append(per_example.detach())
-            seen_ratio.append((pol.detach() - reference[mb]).reshape(-1))
-            acc += 1
-            if progress:
-                progress(len(mb))
-            if acc == c.grad_accum or k == len(micro_batches) - 1:
-                lr = c.lr * lr_factor(step, total_steps, warmup, c.schedule)
-                grad_norm = float(theta.grad.norm())  # clipped as torch.nn.utils.clip_grad_norm_ does
-                theta.grad.mul_(min(1.0, c.max_grad_norm / (grad_norm + 1e-6)))
-                adam.step(lr)
-                loss = float(torch.cat(seen_loss).mean())
-                ratio = torch.cat(seen_ratio)
-                m = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                     "log_ratio_mean": float(ratio.mean()), "log_ratio_abs_max": float(ratio.abs().max()),
-                     "seconds": round(time.time() - started, 4)}
-                if self.loss_type in ("sppo", "sppo_pair"):
-                    m["loss_scaled"] = loss / (self.eta * self.eta)  # appendix B units
-                metrics.append(m)
-                step, acc, seen_loss, seen_ratio = step + 1, 0, [], []
-                started = time.time()
+        c = self.cfg
+        fit = Fit(rows, c, self.loss_type, self.eta, self.seed)
+        opt = torch.optim.AdamW([theta], lr=c.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay)
+        for step, slots in enumerate(fit.steps):
+            started = time.time()
+            lr = fit.lr(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            stats = StepStats()
+            for slot in fit.local_slots(slots):
+                if not slot.rows:  # padding of a short last step
+                    continue
+                idx = list(slot.rows)
+                per_row = fit.micro_loss(slot, logps(idx), reference[idx], stats, tokens=len(idx) * width)
+                (per_row.mean() / fit.grad_accum).backward()
+                if progress:
+                    progress(len(idx))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([theta], c.max_grad_norm))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            fit.end_step(step, lr, grad_norm, time.time() - started, stats.totals())
 
         trained = theta.detach().numpy()
         new = GamePolicy(policy.responses, policy.default.copy(), dict(policy.logits))
-        for ctx, i in slot.items():
+        for ctx, i in slot_of.items():
             new.logits[ctx] = trained[i].copy()
         new.save(output_dir)
-        first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})
-        summary = {
-            "steps": len(metrics),
-            "rows": len(rows),
-            "contexts": len(contexts),
-            "first_loss": first.get("loss"),
-            "last_loss": last.get("loss"),
-            "first_loss_scaled": first.get("loss_scaled"),
-            "last_loss_scaled": last.get("loss_scaled"),
-            "epoch_losses": [v / max(1, len(rows)) for v in epoch_sums],
-            "mean_step_seconds": round(sum(m["seconds"] for m in metrics) / max(1, len(metrics)), 4),
-        }
-        return TrainResult(metrics=metrics, summary=summary)
+        return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds, contexts=len(contexts)))

@@ -1,27 +1,36 @@
-"""The game backends (sppo_nemo/backends/game.py) and the recipe's `game` section: validation of
-malformed games, the judge, sampling, exact log-probabilities, the trainer (which, given exact
-win rates and the exact log Z, reproduces the multiplicative-weight update 3.1), exact metrics."""
+"""The game backends (sppo_nemo/backends/game.py) and the recipe's `game:` file: every problem of a
+game file named, the judge, sampling, exact log-probabilities, the trainer (which, given exact win
+rates and the exact log Z, reproduces the multiplicative-weight update 3.1, and whose steps are
+torch.optim.AdamW's with clip_grad_norm_), exact metrics."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sppo_nemo import games
 from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.backends.game import (GameGenerator, GamePolicy, GameTrainer, MatrixJudge, load_game,
-                                     load_policy, sampling_probs)
+from sppo_nemo.backends.game import (Game, GameError, GameGenerator, GamePolicy, GameTrainer, MatrixJudge,
+                                     load_game, load_policy, sampling_probs)
+from sppo_nemo.config import LossType, TrainerConfig, choices
+from sppo_nemo.errors import RecipeError, UserError
 from sppo_nemo.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
-from sppo_nemo.recipe import GameConfig, RecipeError, TrainerConfig
+from sppo_nemo.rows import write_rows
+from sppo_nemo.training import lr_factor
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 GAMES = ROOT / "recipes" / "games"
 SHIPPED_LM = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
 RPS = [[0.5, 0.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 0.5]]
+NAMES = ("rock", "paper", "scissors")
 PLAY = Prompt("x0", "play")
 
 
@@ -31,7 +40,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def game_recipe(tmp: Path, body: str, base: Path = GAMES / "rps_sppo.yaml") -> Path:
+def game_recipe(tmp: Path, body: str = "", base: Path = GAMES / "rps_sppo.yaml") -> Path:
     return write(tmp / "game.yaml", f"base: {base}\nname: game\n{body}")
 
 
@@ -53,10 +62,37 @@ def one(problem_list: list[str], prefix: str, *words: str) -> str:
 
 
 def test_a_game_recipe_loads_with_policy_model_game(tmp_path):
-    r = recipe_mod.load(game_recipe(tmp_path, ""))
+    r = recipe_mod.load(game_recipe(tmp_path))
     assert r.policy.model == "game"  # not anchored as a path
-    assert r.game.matrix == RPS and r.game.responses == ["rock", "paper", "scissors"]
+    assert r.game == str(GAMES / "rps.json")  # relative to the recipe that writes it, made absolute
+    game = load_game(r.game)
+    assert game.matrix.tolist() == RPS and game.responses == NAMES and game.init == pytest.approx([0.5, 0.3, 0.2])
     assert recipe_mod.check(r, base_dir=GAMES) == []
+
+
+def test_a_child_replaces_the_game_with_one_key():
+    r = recipe_mod.load(GAMES / "transitive_sppo.yaml")
+    assert r.game == str(GAMES / "transitive.json")
+    game = load_game(r.game)
+    assert game.responses == ("worst", "poor", "good", "best") and game.init == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert "game:" in (GAMES / "transitive_sppo.yaml").read_text()
+    assert "null" not in (GAMES / "transitive_sppo.yaml").read_text()  # nothing of the base's game to undo
+
+
+def test_shipped_game_recipes_follow_one_naming_pattern_and_load():
+    """recipes/games/<game>_<loss>.yaml, each game in <game>.json with its names and π_1 inside."""
+    losses = set(choices(LossType))
+    recipes = sorted(GAMES.glob("*.yaml"))
+    assert len(recipes) == 9
+    for path in recipes:
+        game, _, loss = path.stem.rpartition("_")
+        assert loss in losses, path.name
+        r = recipe_mod.load(path)
+        assert r.name == path.stem and r.loss.type == loss
+        assert r.game == str(GAMES / f"{game}.json"), path.name
+        data = json.loads((GAMES / f"{game}.json").read_text())
+        assert set(data) == {"matrix", "responses", "init"}, game
+        assert load_game(r.game).responses == tuple(data["responses"])
 
 
 def test_the_game_backends_go_together(tmp_path):
@@ -65,80 +101,103 @@ def test_the_game_backends_go_together(tmp_path):
     p = problems(SHIPPED_LM, ["generation.backend=game"])
     one(p, "judge.backend:", "judge.backend=matrix")
     one(p, "trainer.backend:", "trainer.backend=game")
-    one(p, "game.matrix:", "preference matrix")
+    one(p, "game:", "not set", "game file")
 
 
-def test_a_game_section_without_the_game_backends_is_refused():
-    p = problems(SHIPPED_LM, ["game.matrix=[[0.5,1],[0,0.5]]"])
-    one(p, "game.matrix:", "set, but", "generation.backend=game")
+def test_a_game_file_without_the_game_backends_is_refused():
+    p = problems(SHIPPED_LM, [f"game={GAMES / 'rps.json'}"])
+    one(p, "game:", "set, but", "generation.backend=game")
 
 
 def test_policy_model_game_needs_the_game_backends():
     one(problems(SHIPPED_LM, ["policy.model=game"]), "policy.model:", "not a directory")
 
 
-@pytest.mark.parametrize("override, prefix, words", [
-    ("game.matrix=[[0.5,1,0],[0,0.5,1]]", "game.matrix:", ("square",)),
-    ("game.matrix=[[0.5,0.7,0],[0.4,0.5,1],[1,0,0.5]]", "game.matrix:", ("P + Pᵀ", "P[0][1] + P[1][0] = 1.1")),
-    ("game.matrix=[[0.5,1.5,0],[-0.5,0.5,1],[1,0,0.5]]", "game.matrix:", ("[0, 1]",)),
-    ("game.matrix=[[0.5,x,0],[1,0.5,1],[1,0,0.5]]", "game.matrix:", ("item 0", "float")),
-    ("game.matrix=3", "game.matrix:", ("list of lists of floats",)),
-    ("game.responses=[rock,paper]", "game.responses:", ("2 names", "3×3")),
-    ("game.responses=[rock,rock,paper]", "game.responses:", ("unique",)),
-    ("game.init=[0.5,0.5]", "game.init:", ("2 probabilities", "3 responses")),
-    ("game.init=[0.5,0.5,0.0]", "game.init:", ("> 0",)),
-    ("game.init=[0.5,0.3,0.3]", "game.init:", ("sum to 1.1",)),
-    ("game.matrix_file=nowhere.json", "game.matrix_file:", ("not both",)),
-    ("game.matrix=null", "game.matrix:", ("give game.matrix",)),
-    ("policy.model=/nonexistent/policy", "policy.model:", ("policy.json", "policy.model=game")),
+def rps_with(**changes) -> str:
+    return json.dumps({"matrix": RPS, "responses": list(NAMES), "init": [0.5, 0.3, 0.2], **changes})
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("square.json", rps_with(matrix=[[0.5, 1, 0], [0, 0.5, 1]]), ("matrix", "square")),
+    ("scalar.json", rps_with(matrix=3), ("matrix", "square")),
+    ("sum.json", rps_with(matrix=[[0.5, 0.7, 0], [0.4, 0.5, 1], [1, 0, 0.5]]), ("P + Pᵀ", "P[0][1] + P[1][0] = 1.1")),
+    ("range.json", rps_with(matrix=[[0.5, 1.5, 0], [-0.5, 0.5, 1], [1, 0, 0.5]]), ("[0, 1]",)),
+    ("text.json", rps_with(matrix=[[0.5, "x", 0], [1, 0.5, 1], [1, 0, 0.5]]), ("numbers",)),
+    ("count.json", rps_with(responses=["rock", "paper"]), ("\"responses\"", "2 names", "3×3")),
+    ("twice.json", rps_with(responses=["rock", "rock", "paper"]), ("\"responses\"", "unique")),
+    ("empty.json", rps_with(responses=["rock", "", "paper"]), ("\"responses\"", "non-empty names")),
+    ("short.json", rps_with(init=[0.5, 0.5]), ("\"init\"", "2 probabilities", "3 responses")),
+    ("zero.json", rps_with(init=[0.5, 0.5, 0.0]), ("\"init\"", "> 0")),
+    ("over.json", rps_with(init=[0.5, 0.3, 0.3]), ("\"init\"", "sum to 1.1")),
+    ("word.json", rps_with(init=["a", "b", "c"]), ("\"init\"", "list of probabilities")),
+    ("nomatrix.json", json.dumps({"P": RPS}), ("'matrix'", "['P']")),
+    ("extra.json", rps_with(names=["a", "b", "c"]), ("unknown key", "['names']", "matrix, responses, init")),
+    ("list.json", json.dumps(RPS), ("must hold an object", "a list")),
+    ("broken.json", "{not json", ("not valid JSON",)),
+    ("game.txt", rps_with(), ("unknown format", "'.txt'", ".npy")),
+    ("garbage.npy", "not an array", ("not a readable .npy",)),
 ])
-def test_malformed_games_are_named(tmp_path, override, prefix, words):
-    one(problems(game_recipe(tmp_path, ""), [override]), prefix, *words)
+def test_every_problem_of_a_game_file_is_named(tmp_path, name, content, words):
+    path = write(tmp_path / name, content)
+    msg = one(problems(game_recipe(tmp_path), [f"game={path}"]), "game:", name, *words)
+    with pytest.raises(GameError) as info:  # the same message from the loader, a user error
+        load_game(path)
+    assert isinstance(info.value, UserError) and msg in info.value.problems
+
+
+def test_a_missing_game_file_and_an_unset_one_are_named(tmp_path):
+    one(problems(game_recipe(tmp_path), ["game=nowhere.json"]), "game:", "nowhere.json", "does not exist")
+    one(problems(game_recipe(tmp_path), ["game=null"]), "game:", "not set", ".json")
+    one(problems(game_recipe(tmp_path), ["policy.model=/nonexistent/policy"]), "policy.model:", "policy.json",
+        "policy.model=game")
 
 
 def test_every_game_problem_is_reported_at_once(tmp_path):
-    p = problems(game_recipe(tmp_path, ""), ["game.responses=[a,a,b]", "game.init=[1,0,0]", "judge.backend=offline"])
-    assert {q.split(":")[0] for q in p} >= {"game.responses", "game.init", "judge.backend"}
+    path = write(tmp_path / "bad.json", rps_with(responses=["a", "a", "b"], init=[1, 0, 0]))
+    p = problems(game_recipe(tmp_path), [f"game={path}", "judge.backend=offline"])
+    one(p, "game:", "unique")
+    assert len([q for q in p if q.startswith("game:")]) == 2 and any(q.startswith("judge.backend:") for q in p)
 
 
-def test_matrix_files_json_npy_and_their_problems(tmp_path, monkeypatch):
+def test_game_files_json_npy_and_where_relative_paths_point(tmp_path, monkeypatch):
     np.save(tmp_path / "rps.npy", np.array(RPS))
-    write(tmp_path / "named.json", json.dumps({"matrix": RPS, "responses": ["r", "p", "s"]}))
-    write(tmp_path / "bad.json", "{not json")
-    write(tmp_path / "keys.json", json.dumps({"P": RPS}))
-    body = "game:\n  matrix: null\n  responses: null\n  matrix_file: {}\n"
-    r = recipe_mod.load(game_recipe(tmp_path, body.format("rps.npy")))  # relative to the recipe file
-    assert r.game.matrix_file == str(tmp_path / "rps.npy")
-    assert load_game(r.game).responses == ("y0", "y1", "y2")
-    assert load_game(recipe_mod.load(game_recipe(tmp_path, body.format("named.json"))).game).responses == ("r", "p", "s")
-    one(problems(game_recipe(tmp_path, body.format("bad.json"))), "game.matrix_file:", "not valid JSON")
-    one(problems(game_recipe(tmp_path, body.format("keys.json"))), "game.matrix_file:", "'matrix'")
-    one(problems(game_recipe(tmp_path, body.format("missing.json"))), "game.matrix_file:", "does not exist")
-    one(problems(game_recipe(tmp_path, body.format("named.json")), ["game.responses=[a,b,c]"]),
-        "game.responses:", "differs")
+    r = recipe_mod.load(game_recipe(tmp_path, "game: rps.npy\n"))  # relative to the recipe file
+    assert r.game == str(tmp_path / "rps.npy")
+    game = load_game(r.game)  # a .npy holds the matrix alone: names y0.., uniform π_1
+    assert game.responses == ("y0", "y1", "y2") and game.init == pytest.approx([1 / 3] * 3)
+    write(tmp_path / "matrix_only.json", json.dumps({"matrix": RPS, "responses": None}))
+    assert load_game(tmp_path / "matrix_only.json").responses == ("y0", "y1", "y2")
     monkeypatch.chdir(tmp_path)  # an override is relative to the working directory
-    r = recipe_mod.load(GAMES / "intransitive_sppo.yaml", ["game.matrix_file=rps.npy"])
-    assert r.game.matrix_file == str(tmp_path / "rps.npy")
+    r = recipe_mod.load(GAMES / "intransitive_sppo.yaml", ["game=rps.npy"])
+    assert r.game == str(tmp_path / "rps.npy")
 
 
 def test_a_game_policy_directory_can_start_a_run(tmp_path):
-    game = load_game(GameConfig(matrix=RPS))
-    GamePolicy.initial(game).save(tmp_path / "pi")
-    r = recipe_mod.load(game_recipe(tmp_path, "game:\n  responses: null\n"), [f"policy.model={tmp_path / 'pi'}"])
+    GamePolicy.initial(load_game(GAMES / "rps.json")).save(tmp_path / "pi")
+    r = recipe_mod.load(game_recipe(tmp_path), [f"policy.model={tmp_path / 'pi'}"])
     assert r.policy.model == str(tmp_path / "pi")
+
+
+def test_the_identity_is_the_content_not_the_file(tmp_path):
+    copy = write(tmp_path / "copy.json", (GAMES / "rps.json").read_text())
+    assert load_game(copy).identity() == load_game(GAMES / "rps.json").identity()
+    other = write(tmp_path / "other.json", rps_with(init=[0.4, 0.4, 0.2]))
+    assert load_game(other).identity()["init"] == pytest.approx([0.4, 0.4, 0.2])
 
 
 # ------------------------------------------------------------------------- the backends
 
 
-def rps_game(init=(0.5, 0.3, 0.2)) -> "object":
-    return load_game(GameConfig(matrix=RPS, responses=["rock", "paper", "scissors"], init=list(init)))
+def rps_game(init=(0.5, 0.3, 0.2), names=NAMES) -> Game:
+    return Game(np.array(RPS), tuple(names), np.array(init, dtype=np.float64))
 
 
 def test_judge_reads_the_matrix():
     judge = MatrixJudge(rps_game())
-    m = judge.preference_matrix(PLAY, ["rock", "paper", "rock"])
-    assert m.tolist() == [[0.5, 0.0, 0.5], [1.0, 0.5, 1.0], [0.5, 0.0, 0.5]]
+    seen = []
+    m = judge.preference_matrices([PLAY, PLAY], [["rock", "paper", "rock"], ["scissors", "paper"]], seen.append)
+    assert [x.tolist() for x in m] == [[[0.5, 0.0, 0.5], [1.0, 0.5, 1.0], [0.5, 0.0, 0.5]], [[0.5, 1.0], [0.0, 0.5]]]
+    assert seen == [2] and judge.name == "matrix"
     assert judge.compare([PLAY, PLAY], ["paper", "rock"], ["rock", "scissors"]).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="not a response"):
         judge.compare([PLAY], ["lizard"], ["rock"])
@@ -159,7 +218,7 @@ def test_generator_is_seeded_samples_pi_and_scores_exactly():
     a = gen.generate([PLAY], 4000, params)
     assert a == gen.generate([PLAY], 4000, params)  # deterministic for a seed
     texts = [s.text for s in a[0]]
-    freq = np.array([texts.count(r) for r in ("rock", "paper", "scissors")]) / 4000
+    freq = np.array([texts.count(r) for r in NAMES]) / 4000
     assert freq == pytest.approx([0.5, 0.3, 0.2], abs=0.03)
     assert all(s.num_tokens == 1 and s.finished for s in a[0])
     lp = gen.sequence_logprobs([PLAY, PLAY], [Sample("x0", 0, "paper", 1, True), Sample("x0", 1, "scissors", 1, True)])
@@ -174,14 +233,21 @@ def test_policies_are_per_context_with_a_default(tmp_path):
     back = load_policy(tmp_path / "p", game)
     assert back.probs("play") == pytest.approx([0.5, 0.3, 0.2])  # never trained: π_1
     assert back.probs("other") == pytest.approx([0.2, 0.2, 0.6])
-    with pytest.raises(Exception, match="responses"):
-        load_policy(tmp_path / "p", load_game(GameConfig(matrix=RPS)))  # y0..y2, not rock..
+    with pytest.raises(GameError, match="responses"):
+        load_policy(tmp_path / "p", rps_game(names=("y0", "y1", "y2")))
+    with pytest.raises(GameError, match="cannot read the game policy"):
+        load_policy(tmp_path / "nowhere", game)
 
 
-def trainer(loss_type: str, eta: float, epochs: int = 300, lr: float = 0.05) -> GameTrainer:
+def trainer(loss_type: str, eta: float, epochs: int = 300, lr: float = 0.05, game: Game | None = None) -> GameTrainer:
     cfg = TrainerConfig(backend="game", lr=lr, schedule="linear", warmup_ratio=0.0, batch_size=1024,
                         epochs=epochs, max_grad_norm=100.0)
-    return GameTrainer(rps_game(), cfg, loss_type, eta, seed=0)
+    return GameTrainer(game or rps_game(), cfg, loss_type, eta, seed=0)
+
+
+def rows_file(tmp: Path, rows) -> Path:
+    write_rows(tmp / "rows.jsonl", rows)
+    return tmp / "rows.jsonl"
 
 
 def test_square_loss_with_exact_win_rates_and_log_z_is_the_exact_update(tmp_path):
@@ -193,12 +259,11 @@ def test_square_loss_with_exact_win_rates_and_log_z_is_the_exact_update(tmp_path
     log_z = math.log(float(pi_t @ np.exp(eta * p)))
     rows = [PointRow("x", "play", r, True, float(p[i]), log_z)
             for i, r in [(0, "rock"), (0, "rock"), (1, "paper"), (2, "scissors")]]
-    t = trainer("sppo", eta)
-    t.game = game
-    result = t.train(Path("game"), rows, tmp_path / "next")
+    result = trainer("sppo", eta, game=game).train(Path("game"), rows_file(tmp_path, rows), tmp_path / "next")
     got = load_policy(tmp_path / "next", game).probs("play")
     assert got == pytest.approx(games.mwu_step(game.matrix, pi_t, eta), abs=1e-4)
     assert result.summary["last_loss"] < 1e-8 and result.summary["steps"] == 300
+    assert result.summary["rows"] == 4 and result.summary["contexts"] == 1
 
 
 def test_square_loss_constant_log_z_is_the_update_up_to_normalisation(tmp_path):
@@ -206,10 +271,9 @@ def test_square_loss_constant_log_z_is_the_update_up_to_normalisation(tmp_path):
     # fit is the exact update within 2e-3 in total variation (measured 6e-4)
     game, eta = rps_game((0.5, 0.25, 0.25)), 0.5
     p = games.win_rates(game.matrix, game.init)
-    rows = [PointRow("x", "play", r, True, float(p[i])) for i, r in [(0, "rock"), (0, "rock"), (1, "paper"), (2, "scissors")]]
-    t = trainer("sppo", eta)
-    t.game = game
-    t.train(Path("game"), rows, tmp_path / "next")
+    rows = [PointRow("x", "play", r, True, float(p[i]))
+            for i, r in [(0, "rock"), (0, "rock"), (1, "paper"), (2, "scissors")]]
+    trainer("sppo", eta, game=game).train(Path("game"), rows_file(tmp_path, rows), tmp_path / "next")
     got = load_policy(tmp_path / "next", game).probs("play")
     assert games.total_variation(got, games.mwu_step(game.matrix, game.init, eta)) < 2e-3
 
@@ -218,7 +282,7 @@ def test_square_loss_constant_log_z_is_the_update_up_to_normalisation(tmp_path):
 def test_pair_losses_move_the_winner_up_and_the_loser_down(tmp_path, loss_type):
     eta = 0.5
     rows = [PairRow("x", "play", "paper", "rock", True, True, 1.0)]
-    result = trainer(loss_type, eta, epochs=100).train(Path("game"), rows, tmp_path / "next")
+    result = trainer(loss_type, eta, epochs=100).train(Path("game"), rows_file(tmp_path, rows), tmp_path / "next")
     game = rps_game()
     after = load_policy(tmp_path / "next", game).probs("play")
     ratio = np.log(after / game.init)
@@ -236,11 +300,66 @@ def test_training_touches_only_the_contexts_it_sees(tmp_path):
     start.logits["other"] = np.log([0.1, 0.1, 0.8])
     start.save(tmp_path / "pi_t")
     rows = [PointRow("x", "play", "paper", True, 0.9)]
-    trainer("sppo", 1.0, epochs=20).train(tmp_path / "pi_t", rows, tmp_path / "next")
+    trainer("sppo", 1.0, epochs=20).train(tmp_path / "pi_t", rows_file(tmp_path, rows), tmp_path / "next")
     after = load_policy(tmp_path / "next", game)
     assert after.probs("other") == pytest.approx([0.1, 0.1, 0.8])
     assert after.probs("never seen") == pytest.approx([0.5, 0.3, 0.2])
     assert after.probs("play")[1] > 0.3
+
+
+def test_the_trainer_steps_are_torch_adamw_and_clip_grad_norm(tmp_path):
+    """The game trainer against a plain loop written here: each epoch a random.Random(seed) shuffle
+    cut into micro-batches of 2, three micro-batches a step (the last step short), eq. (3.7) on the
+    float64 logits of two contexts, clip_grad_norm_ (engaged: max norm 0.05), torch.optim.AdamW
+    with weight decay, cosine schedule after warm-up. Steps, learning rates, gradient norms, losses
+    and the trained logits agree to 1e-12."""
+    rng = random.Random(3)
+    rows = [PointRow(f"x{i}", rng.choice("ab"), rng.choice(NAMES), True, rng.random()) for i in range(11)]
+    cfg = TrainerConfig(backend="game", lr=0.2, schedule="cosine", warmup_ratio=0.25, batch_size=2, grad_accum=3,
+                        epochs=3, max_grad_norm=0.05, weight_decay=0.1)
+    game, eta, seed = rps_game(), 0.7, 5
+    result = GameTrainer(game, cfg, "sppo", eta, seed).train(Path("game"), rows_file(tmp_path, rows), tmp_path / "next")
+
+    contexts = ["a", "b"]
+    theta = torch.nn.Parameter(torch.tensor(np.log([game.init, game.init]), dtype=torch.float64))
+
+    def logp(i: int) -> torch.Tensor:
+        return torch.log_softmax(theta[contexts.index(rows[i].prompt)], dim=-1)[game.index(rows[i].response)]
+
+    with torch.no_grad():
+        reference = [logp(i) for i in range(len(rows))]
+    order_rng, micro = random.Random(seed), []
+    for _ in range(cfg.epochs):
+        order = list(range(len(rows)))
+        order_rng.shuffle(order)
+        micro += [order[b:b + 2] for b in range(0, len(rows), 2)]
+    steps = [micro[s:s + 3] for s in range(0, len(micro), 3)]  # 18 micro-batches → 6 steps
+    warmup = round(0.25 * len(steps))
+    opt = torch.optim.AdamW([theta], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    expected = []
+    for k, step in enumerate(steps):
+        lr = cfg.lr * lr_factor(k, len(steps), warmup, "cosine")
+        opt.param_groups[0]["lr"] = lr
+        seen = []
+        for mb in step:
+            pol = torch.stack([logp(i) for i in mb]) - torch.stack([reference[i] for i in mb])
+            p = torch.tensor([rows[i].win_prob for i in mb], dtype=torch.float64)
+            loss = (pol - eta * (p - 0.5)) ** 2  # eq. (3.7), log Z = η/2
+            (loss.mean() / 3).backward()
+            seen.append(loss.detach())
+        norm = float(torch.nn.utils.clip_grad_norm_([theta], cfg.max_grad_norm))
+        opt.step()
+        opt.zero_grad()
+        expected.append({"lr": lr, "grad_norm": norm, "loss": float(torch.cat(seen).mean())})
+
+    assert len(result.metrics) == len(expected) == 6
+    assert sum(e["grad_norm"] > cfg.max_grad_norm for e in expected) >= 3  # the clip matters
+    for got, want in zip(result.metrics, expected):
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
+    trained = load_policy(tmp_path / "next", game).logits
+    for i, ctx in enumerate(contexts):
+        assert trained[ctx] == pytest.approx(theta.detach()[i].numpy(), rel=1e-12, abs=1e-15)
 
 
 def test_exact_metrics_of_the_current_and_the_average_policy(tmp_path):

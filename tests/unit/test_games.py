@@ -10,6 +10,8 @@ import pytest
 
 from sppo_nemo import games
 
+pytestmark = pytest.mark.unit
+
 # rock, paper, scissors: paper beats rock, scissors beat paper, rock beats scissors
 RPS = np.array([[0.5, 0.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 0.5]])
 # recipes/games/intransitive.json: y0 ≻ y1 (0.9) ≻ y2 (0.7) ≻ y0 (0.6), decoy y3
