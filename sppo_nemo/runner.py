@@ -74,7 +74,8 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
                     stage.check(fingerprint(module.inputs(ctx, t)), ctx.run_dir)
             except (StaleStageError, CorruptStageError) as exc:
                 kind = "STALE" if isinstance(exc, StaleStageError) else "CHANGED"
-                state = f"{kind}: " + "; ".join(line.strip() for line in str(exc).splitlines()[1:-1])
+                lines = str(exc).splitlines()
+                state = f"{kind}: " + "; ".join(line.strip() for line in (lines[1:-1] or lines))
                 upstream_done = False
         else:
             state = "partial (will resume)" if stage.partial.exists() else "todo"
