@@ -35,7 +35,8 @@ __all__ = ["Recipe", "RecipeError", "load", "check", "to_yaml", "as_dict", "reso
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> Recipe:
     """Read, merge, check and type a recipe; raise RecipeError listing every problem."""
     path = Path(path)
-    raw = _read_with_base(path, seen=())
+    origins: dict[str, Path] = {}
+    raw = _read_with_base(path, seen=(), origins=origins)
     problems: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -49,6 +50,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
                             f"({type(exc).__name__}); quote it, e.g. {key.strip()}='{value}'")
             continue
         _set_dotted(raw, key.strip(), parsed)
+        origins.pop(key.strip(), None)  # the command line, not a file
     structural = _check_structure(raw, Recipe, "")
     problems += structural
     # Check values too, on a typed copy without the structurally bad entries, so that one run of
@@ -57,7 +59,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
     problems += [p for p in check(recipe, base_dir=path.parent, check_data=check_data and not structural)
                  if not p.startswith(muted)]
     if problems:
-        raise RecipeError(str(path), problems)
+        raise RecipeError(str(path), [_name_origin(p, origins, path) for p in problems])
     # Paths were made absolute relative to the recipe file that wrote them (_read_with_base);
     # overrides given on the command line are relative to the working directory.
     if recipe.data.prompts != BUILTIN_PROMPTS:
@@ -124,7 +126,24 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
+def _name_origin(problem: str, origins: dict[str, Path], top: Path) -> str:
+    """A problem with a value set in a `base:` file says which file set it."""
+    key = problem.split(":", 1)[0].strip()
+    origin = origins.get(key)
+    if origin is not None and origin.resolve() != top.resolve():
+        return f"{problem} (set in {origin})"
+    return problem
+
+
+def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...], origins: dict[str, Path]) -> dict:
+    """The recipe at ``path`` merged over its bases; ``origins`` gets the file that set each dotted key."""
     if not path.is_file():
         raise RecipeError(str(path), [f"recipe file not found: {path}; give the path of a YAML recipe (see recipes/)"])
     if path.resolve() in seen:
@@ -144,12 +163,17 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
         raise RecipeError(str(path), [f"cannot resolve an interpolation: {exc}".replace("\n", " ")]) from None
     _anchor_paths(data, path.parent)
     base = data.pop("base", None)
-    if base is None:
-        return data
-    base_path = (path.parent / str(base)).resolve()
-    merged = _read_with_base(base_path, seen + (path.resolve(),))
-    _deep_update(merged, data)
-    return merged
+    if base is not None:
+        base_path = (path.parent / str(base)).resolve()
+        merged = _read_with_base(base_path, seen + (path.resolve(),), origins)
+        _deep_update(merged, data)
+        data = merged
+        own = plain.copy()
+        own.pop("base", None)
+    else:
+        own = data
+    origins.update({k: path for k in _dotted_keys(own)})
+    return data
 
 
 def _anchor_paths(data: dict, base_dir: Path) -> None:

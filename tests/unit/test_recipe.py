@@ -386,3 +386,12 @@ def test_relative_paths_in_base_are_relative_to_the_base_file(tmp_path: Path) ->
     child = write(tmp_path / "child.yaml", "base: sub/base.yaml\nname: child\n")
     r = recipe_mod.load(child)
     assert r.data.prompts == str((tmp_path / "sub" / "prompts.jsonl").resolve())
+
+
+def test_a_problem_in_a_base_file_names_that_file(tmp_path: Path) -> None:
+    base = write(tmp_path / "base.yaml", BASE + "trainer:\n  warmup_ratio: 2.0\n")
+    child = write(tmp_path / "child.yaml", f"base: {base}\nname: child\nK: 1\n")
+    with pytest.raises(RecipeError) as info:
+        recipe_mod.load(child)
+    assert problem_for(info.value, "trainer.warmup_ratio:").endswith(f"(set in {base})")
+    assert "set in" not in problem_for(info.value, "K:")  # set in the child itself
