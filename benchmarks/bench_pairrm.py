@@ -10,9 +10,10 @@ tokens per comparison (the README's ~494).
 
 It times, in ordered pairs per second:
 - ours (``sppo_nemo.backends.pairrm``) on the CPU in fp32, called the way the annotate stage calls
-  a judge (one prompt, 20 pairs, per call), with its CPU default batching (``auto``: 512 padded
-  tokens per forward, i.e. one realistic sequence at a time) and with larger batches; then the
-  opt-in bf16 on the CPU, with its largest logit deviation from fp32;
+  a judge (one call on a chunk of up to 64 prompts, here all the rows: 20 pairs each), with its CPU
+  default batching (``auto``: 512 padded tokens per forward, i.e. one realistic sequence at a time)
+  and with larger batches; then the opt-in bf16 on the CPU, with its largest logit deviation from
+  fp32;
 - llm-blender 0.0.2's ``Blender.rank`` (its own code, in the separate environment of
   scripts/blender_venv.sh, built on first use) at batch sizes 1 and 8 (prompts per batch; the
   reference SPPO scripts use 1);
@@ -51,21 +52,18 @@ def peak_tflops(name: str) -> float | None:
 
 
 def build_tokenizer(rows: list[dict], out: Path) -> Path:
-    from sppo_nemo.backends.pairrm import save_test_tokenizer, train_test_tokenizer
+    from sppo_nemo.testing.pairrm import save_test_tokenizer, train_test_tokenizer
 
     texts = [r["prompt"] for r in rows] + [c for r in rows for c in r["candidates"]]
     return save_test_tokenizer(train_test_tokenizer(texts, whole_words=True), out)
 
 
-def time_ours(judge, prompts, cands, per_prompt: bool):
-    """Seconds, the judge's stats and the logit matrices for scoring every prompt."""
+def time_ours(judge, prompts, cands):
+    """Seconds, the judge's stats and the logit matrices for scoring every prompt in one call."""
     for key in judge.stats:
         judge.stats[key] = 0.0 if key in ("forward_s", "flops") else 0
     t0 = time.perf_counter()
-    if per_prompt:  # as the annotate stage calls a judge: one prompt at a time
-        mats = [judge.logit_matrices([p], [c])[0] for p, c in zip(prompts, cands)]
-    else:
-        mats = judge.logit_matrices(prompts, cands)
+    mats = judge.logit_matrices(prompts, cands)
     return time.perf_counter() - t0, dict(judge.stats), mats
 
 
@@ -89,8 +87,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from sppo_nemo.backends.pairrm import AUTO_BATCH_TOKENS, PairRMJudge, load_pairrm_tokenizer, random_pairrm
+    from sppo_nemo.backends.pairrm.judge import AUTO_BATCH_TOKENS, PairRMJudge
+    from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
     from sppo_nemo.protocols import Prompt
+    from sppo_nemo.testing.pairrm import random_pairrm
 
     if not args.data.is_file():
         print(f"missing workload {args.data}", file=sys.stderr)
@@ -112,27 +112,23 @@ def main() -> int:
     net = random_pairrm(128005 if args.size == "large" else tokens.vocab_size, args.size, seed=0)
     print(f"{args.size} PairRM: {sum(p.numel() for p in net.parameters()) / 1e6:.0f}M parameters, "
           f"built in {time.perf_counter() - t0:.1f}s; {len(rows)} prompts x {k * (k - 1)} ordered pairs = {pairs}")
-    judge = PairRMJudge.from_model(net, tokens, device="cpu", dtype="fp32", progress=False)
-    enc = judge.encoder
-    src = enc.encode_sources([p.text for p in prompts])
-    lens = []
-    for s, cs in zip(src, (enc.encode_candidates(c) for c in cands)):
-        lens += [len(enc.pair(s, cs[i], cs[j])[0]) for i in range(k) for j in range(k) if i != j]
+    judge = PairRMJudge.from_model(net, tokens, device="cpu", dtype="fp32")
+    lens = [len(s[0]) for s in judge.encoder.ordered_pairs(prompts, cands)[0]]
     results["tokens_per_pair"] = sum(lens) / len(lens)
     print(f"tokens per ordered comparison: mean {results['tokens_per_pair']:.0f} (min {min(lens)}, max {max(lens)}); "
           f"load average {results['load_before']:.2f} on {os.cpu_count()} cores")
-    judge.preference_matrix(Prompt("w", "warm up"), ["a", "b"])
+    judge.preference_matrices([Prompt("w", "warm up")], [["a", "b"]])
 
     reference_mats = None
     configs = [("fp32", b) for b in args.batch_sizes.split(",")] + ([("bf16", "auto")] if args.cpu_bf16 else [])
     for dtype, bs in configs:
         if dtype == "bf16":  # last: converts the model in place
-            judge = PairRMJudge.from_model(net, tokens, device="cpu", dtype="bf16", progress=False)
+            judge = PairRMJudge.from_model(net, tokens, device="cpu", dtype="bf16")
         if bs == "auto":
             judge.batch_size, judge.max_batch_tokens = 64, AUTO_BATCH_TOKENS[False]
         else:
             judge.batch_size, judge.max_batch_tokens = int(bs), int(bs) * 2048
-        dt, st, mats = time_ours(judge, prompts, cands, per_prompt=True)
+        dt, st, mats = time_ours(judge, prompts, cands)
         r = {"dtype": dtype, "batch_size": bs, "max_batch_tokens": judge.max_batch_tokens, "seconds": dt,
              "pairs_per_s": pairs / dt, "padded_tokens": st["padded_tokens"], "tokens": st["tokens"],
              "gflop_per_s": st["flops"] / st["forward_s"] / 1e9}
@@ -176,14 +172,14 @@ def main() -> int:
         name = torch.cuda.get_device_name(0)
         peak = peak_tflops(name)
         net = random_pairrm(128005 if args.size == "large" else tokens.vocab_size, args.size, seed=0)
-        judge = PairRMJudge.from_model(net, tokens, device="cuda", dtype="bf16", progress=False)
+        judge = PairRMJudge.from_model(net, tokens, device="cuda", dtype="bf16")
         many_p = prompts * args.gpu_repeat
         many_c = cands * args.gpu_repeat
         judge.preference_matrices(many_p[:4], many_c[:4])
         for bs in [int(b) for b in args.gpu_batch_sizes.split(",")]:
             judge.batch_size, judge.max_batch_tokens = bs, bs * 2048
             torch.cuda.synchronize()
-            dt, st, _ = time_ours(judge, many_p, many_c, per_prompt=False)
+            dt, st, _ = time_ours(judge, many_p, many_c)
             torch.cuda.synchronize()
             tflops = st["flops"] / dt / 1e12
             r = {"device": name, "batch_size": bs, "pairs": len(many_p) * k * (k - 1), "seconds": dt,

@@ -147,7 +147,7 @@ def judge(args) -> None:
     from sppo_nemo.protocols import Prompt
 
     cases = json.loads(Path(args.cases).read_text())
-    j = LLMBlenderJudge(args.model, device="cpu", dtype="fp32", probability=args.probability, progress=False)
+    j = LLMBlenderJudge(args.model, device="cpu", dtype="fp32", probability=args.probability)
     prompts = [Prompt(f"p{n}", c["prompt"]) for n, c in enumerate(cases)]
     responses = [c["candidates"] for c in cases]
     out = {"logits": [m.tolist() for m in j.logit_matrices(prompts, responses)],

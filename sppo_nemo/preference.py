@@ -1,16 +1,95 @@
-"""Win-rate estimation from K×K preference matrices, as pure numpy functions.
+"""Preference mathematics as pure numpy functions: from a judge's logits to the K×K matrix
+P(y_i ≻ y_j | x), and from that matrix to the win rates P̂(y ≻ π_t | x) the losses need.
 
 M[i, j] = P(y_i ≻ y_j | x) for K responses y_1..y_K ~ π_t(·|x) of one prompt.
-Equations refer to shared/reference/sppo-paper.txt.
+Equations refer to shared/reference/sppo-paper.txt. Every function works on (K, K) or (..., K, K).
+
+Logits to probabilities (PairRM)
+--------------------------------
+A pairwise judge such as PairRM gives a logit C[i, j] = s(y_i, y_j | x) for every ordered pair
+("y_i is better than y_j" when positive), with C[i, i] = 0. It is *not* antisymmetric
+(position bias), so both orders are used. ``probability`` chooses how M is made from C:
+
+``symmetric`` (default)
+    M[i, j] = σ((C[i, j] − C[j, i]) / 2): the paper's P = σ(s) (its "relative reward",
+    appendix) with s made antisymmetric by averaging the two presentation orders, so M + Mᵀ = 1
+    exactly and M[i, i] = ½. (llm-blender's ``compare(..., mode="[A,B]+[B,A]")`` returns the
+    un-halved difference C[i, j] − C[j, i] as its logit.) A general preference: no per-response
+    score explains it and it can be intransitive.
+``score_diff``
+    The reference SPPO scripts: llm-blender's ``Blender.rank(return_scores=True)`` aggregates
+    s_i = (1/K) Σ_j (C[i, j] − C[j, i]) (K terms, the zero diagonal included), and
+    ``compute_prob.py`` sets M[i, j] = σ(s_i − s_j). A Bradley-Terry reading of the judge. With
+    ``loss.winrate: average`` this reproduces the reference scripts' P̂ exactly; it is a fixed
+    point of ``loss.winrate: score_diff`` too (logit M[i, j] = s_i − s_j gives back the same s
+    up to a constant).
+
+Both readings of "one score per response" (from logits here, from probabilities in
+:func:`score_diff_win_rates`) go through :func:`score_probabilities`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+PROBABILITIES = ("symmetric", "score_diff")
 _EPS = 1e-6
 
 
+# ----------------------------------------------------------------------------- logits → M
+def sigmoid_antisymmetric(d: np.ndarray) -> np.ndarray:
+    """σ(d) computed from |d| so that σ(−d) == 1 − σ(d) holds exactly for an antisymmetric d."""
+    d = np.asarray(d, dtype=np.float64)
+    p = 1.0 / (1.0 + np.exp(-np.abs(d)))
+    return np.where(d >= 0, p, 1.0 - p)
+
+
+def symmetric_probabilities(c: np.ndarray) -> np.ndarray:
+    """M[i, j] = σ((C[i, j] − C[j, i]) / 2) for a K×K logit matrix C (diagonal ignored).
+
+    Hand-worked: C = [[0, 2], [−1, 0]] gives M[0, 1] = σ(1.5) = 0.8175744762, M[1, 0] = 1 − that.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    return sigmoid_antisymmetric((c - np.swapaxes(c, -1, -2)) / 2.0)
+
+
+def score_probabilities(s: np.ndarray) -> np.ndarray:
+    """M[i, j] = σ(s_i − s_j) for one score per response (a Bradley-Terry matrix), M + Mᵀ = 1."""
+    s = np.asarray(s, dtype=np.float64)
+    return sigmoid_antisymmetric(s[..., :, None] - s[..., None, :])
+
+
+def aggregated_scores(c: np.ndarray) -> np.ndarray:
+    """llm-blender's ``Blender.rank`` scores: s_i = (1/K) Σ_j (C[i, j] − C[j, i]), diagonal 0.
+
+    Hand-worked: C = [[0, 2, 1], [0, 0, 0], [−1, 3, 0]] gives s = [4/3, −5/3, 1/3].
+    """
+    c = np.array(c, dtype=np.float64)
+    k = c.shape[-1]
+    c[..., np.arange(k), np.arange(k)] = 0.0
+    return (c - np.swapaxes(c, -1, -2)).mean(axis=-1)
+
+
+def score_diff_probabilities(c: np.ndarray) -> np.ndarray:
+    """M[i, j] = σ(s_i − s_j) with s = :func:`aggregated_scores` (the reference SPPO scripts)."""
+    return score_probabilities(aggregated_scores(c))
+
+
+def probabilities(c: np.ndarray, method: str) -> np.ndarray:
+    """The judge's ``probability`` convention applied to a logit matrix (K ≤ 1: all ½)."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.shape[-1] <= 1:
+        return np.full(c.shape, 0.5)
+    match method:
+        case "symmetric":
+            return symmetric_probabilities(c)
+        case "score_diff":
+            return score_diff_probabilities(c)
+        case _:
+            raise ValueError(f"probability={method!r}; use one of {PROBABILITIES}")
+
+
+# ----------------------------------------------------------------------------- M → win rates
 def _with_half_diagonal(m: np.ndarray) -> np.ndarray:
     m = np.array(m, dtype=np.float64, copy=True)
     if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
@@ -25,7 +104,7 @@ def _with_half_diagonal(m: np.ndarray) -> np.ndarray:
 def win_rate_estimates(m: np.ndarray) -> np.ndarray:
     """P̂(y_i ≻ π_t | x) = (1/K) Σ_k P(y_i ≻ y_k | x), eq. (3.5) and appendix C.
 
-    The diagonal is taken as ½ whatever the input holds. Works on (K, K) or (..., K, K).
+    The diagonal is taken as ½ whatever the input holds.
 
     Hand-worked (K = 3): M = [[½, 1, 1], [0, ½, 1], [0, 0, ½]] (a strict order) gives
     P̂ = [2.5/3, 1.5/3, 0.5/3] = [0.8333, 0.5, 0.1667], the (i − ½)/K of appendix E.
@@ -38,19 +117,18 @@ def score_diff_win_rates(m: np.ndarray) -> np.ndarray:
 
     The reference scripts (uclaml/SPPO ``compute_prob.py``) never use the pairwise
     probabilities directly: they take one aggregated PairRM score per response,
-    s_i = (1/K) Σ_k s(y_i, y_k; x) (appendix C), rebuild P'(y_i ≻ y_j) = σ(s_i − s_j), and
-    average P' over j (diagonal σ(0) = ½). From a probability matrix we recover the relative
-    rewards as logits, s(y_i, y_k) = logit M[i, k]. The result is a Bradley-Terry reading of
-    the judge: intransitive preferences are flattened into one score per response.
+    s_i = (1/K) Σ_k s(y_i, y_k; x) (appendix C), rebuild P'(y_i ≻ y_j) = σ(s_i − s_j)
+    (:func:`score_probabilities`), and average P' over j (diagonal σ(0) = ½). From a probability
+    matrix we recover the relative rewards as logits, s(y_i, y_k) = logit M[i, k] (clipped to
+    [1e-6, 1 − 1e-6]). The result is a Bradley-Terry reading of the judge: intransitive
+    preferences are flattened into one score per response.
 
     Hand-worked (K = 2): M = [[½, σ(2)], [σ(−2), ½]]: s = [1, −1], P'(1 ≻ 2) = σ(2) ≈ 0.8808,
     P̂ = [(0.5 + 0.8808)/2, (0.5 + 0.1192)/2] = [0.6904, 0.3096].
     """
     m = _with_half_diagonal(m)
     logits = np.log(np.clip(m, _EPS, 1 - _EPS)) - np.log(np.clip(1 - m, _EPS, 1 - _EPS))
-    s = logits.mean(axis=-1)
-    p = 1.0 / (1.0 + np.exp(-(s[..., :, None] - s[..., None, :])))
-    return p.mean(axis=-1)
+    return score_probabilities(logits.mean(axis=-1)).mean(axis=-1)
 
 
 def estimate(m: np.ndarray, method: str) -> np.ndarray:

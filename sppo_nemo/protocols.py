@@ -182,3 +182,12 @@ def check_judge_inputs(prompts: Sequence[object], responses: Sequence[Sequence[o
         if isinstance(rs, str):
             raise TypeError(f"responses[{n}] must be a list of str, got a str")
         check_texts(rs, f"responses[{n}]")
+
+
+def compare_by_matrices(judge: Judge, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """P(a_i ≻ b_i | x_i) as the [0, 1] entry of the 2×2 matrix of (a_i, b_i): ``compare`` for a
+    judge whose ``preference_matrices`` is its one source of truth."""
+    if not len(prompts) == len(a) == len(b):
+        raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+    mats = judge.preference_matrices(prompts, [[x, y] for x, y in zip(a, b)])
+    return np.array([m[0, 1] for m in mats], dtype=np.float64).reshape(len(prompts))

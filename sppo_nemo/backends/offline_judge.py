@@ -52,7 +52,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sppo_nemo.protocols import Prompt
+from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, check_texts
 
 CRITERIA = ("reference", "correct", "concise", "on_topic", "clean")
 DEFAULT_WEIGHTS = {"reference": 1.0, "correct": 3.0, "concise": 1.0, "on_topic": 0.5, "clean": 1.0}
@@ -177,12 +177,6 @@ def matrix_from_scores(scores: Sequence[Mapping[str, float]], weights: Mapping[s
     return m
 
 
-def _check_texts(texts: Sequence[str], label: str) -> None:
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{label}[{i}] must be str, got {type(t).__name__}")
-
-
 # ----------------------------------------------------------------------------- the judge
 class OfflineJudge:
     """A :class:`~sppo_nemo.protocols.Judge` built on MiniLM embeddings and text heuristics."""
@@ -249,15 +243,15 @@ class OfflineJudge:
     @staticmethod
     def _prompt_texts(prompts: Sequence[Prompt]) -> list[str]:
         texts = [p.text for p in prompts] + [p.reference for p in prompts if p.reference is not None]
-        _check_texts(texts, "prompt texts")
+        check_texts(texts, "prompt texts")
         return texts
 
     def compare(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """P(a_i ≻ b_i | x_i), shape (n,); compare(p, b, a) == 1 − compare(p, a, b)."""
         if not len(prompts) == len(a) == len(b):
             raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
-        _check_texts(a, "a")
-        _check_texts(b, "b")
+        check_texts(a, "a")
+        check_texts(b, "b")
         if not prompts:
             return np.zeros(0)
         emb = self.embed([*a, *b, *self._prompt_texts(prompts)])
@@ -265,17 +259,31 @@ class OfflineJudge:
         return np.array([pairwise_prob(x, y, self.weights, self.taus, self.alpha)
                          for x, y in zip(fa, fb)])
 
-    def preference_matrix(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
-        """M[i, j] = P(y_i ≻ y_j | x), K×K, M + Mᵀ = 1, diagonal ½; K + 2 encodings at most."""
-        _check_texts(responses, "responses")
-        if len(responses) <= 1:
-            return np.full((len(responses), len(responses)), 0.5)
-        emb = self.embed([*responses, *self._prompt_texts([prompt])])
-        scores = self._scores([prompt] * len(responses), responses, emb)
-        return matrix_from_scores(scores, self.weights, self.taus, self.alpha)
+    def preference_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                            progress: ProgressFn | None = None) -> list[np.ndarray]:
+        """M[i, j] = P(y_i ≻ y_j | x) per prompt, K×K, M + Mᵀ = 1, diagonal ½; K + 2 encodings
+        a prompt at most.
+
+        Each prompt's texts are embedded as one group, as when prompts were judged one at a time:
+        MiniLM's outputs move by ~1e-7 with the padding of the batch a text rides in, so
+        embedding a whole chunk together would change the matrices (and the default recipe's
+        figures) for no gain in what they mean."""
+        check_judge_inputs(prompts, responses)
+        out = []
+        for prompt, rs in zip(prompts, responses):
+            out.append(np.full((len(rs), len(rs)), 0.5) if len(rs) <= 1
+                       else matrix_from_scores(self.scores(prompt, rs), self.weights, self.taus, self.alpha))
+            if progress:
+                progress(1)
+        return out
 
     def scores(self, prompt: Prompt, responses: Sequence[str]) -> list[dict[str, float]]:
         """The per-criterion scores f_c(y) behind a matrix, for inspection and logging."""
-        _check_texts(responses, "responses")
+        check_texts(responses, "responses")
         return self._scores([prompt] * len(responses), responses,
                             self.embed([*responses, *self._prompt_texts([prompt])]))
+
+    def close(self) -> None:
+        """Free the encoder (loaded again on the next call)."""
+        self._model = None
+        self._tokenizer = None

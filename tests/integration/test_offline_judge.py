@@ -11,6 +11,8 @@ pytest.importorskip("transformers")
 from sppo_nemo.backends.offline_judge import OfflineJudge  # noqa: E402
 from sppo_nemo.protocols import Prompt, check_preference_matrix  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 PROMPT = Prompt("arith-1", "What is 12 + 30?", reference="12 + 30 = 42", answer="42")
 GOOD = "12 + 30 = 42."
 WRONG = "12 + 30 = 44."
@@ -29,10 +31,14 @@ def judge() -> OfflineJudge:
     return OfflineJudge()
 
 
+def one(judge: OfflineJudge, prompt: Prompt, responses: list[str]) -> np.ndarray:
+    return judge.preference_matrices([prompt], [responses])[0]
+
+
 def test_correct_concise_beats_rambling_wrong(judge):
     p = judge.compare([PROMPT], [GOOD], [RAMBLING_WRONG])
     assert p.shape == (1,) and p[0] > 0.8
-    m = judge.preference_matrix(PROMPT, [GOOD, RAMBLING_WRONG])
+    m = one(judge, PROMPT, [GOOD, RAMBLING_WRONG])
     assert m[0, 1] > 0.8 and m[0, 1] == pytest.approx(p[0], abs=1e-6)
 
 
@@ -46,7 +52,7 @@ def test_correct_beats_wrong_and_concise_beats_rambling(judge):
 
 def test_identical_and_near_identical_responses(judge):
     assert judge.compare([PROMPT], [GOOD], [GOOD])[0] == 0.5
-    m = judge.preference_matrix(PROMPT, [GOOD, GOOD])
+    m = one(judge, PROMPT, [GOOD, GOOD])
     assert np.array_equal(m, np.full((2, 2), 0.5))
     near = judge.compare([PROMPT], [GOOD], ["12 + 30 = 42"])[0]
     assert abs(near - 0.5) < 0.1
@@ -54,13 +60,13 @@ def test_identical_and_near_identical_responses(judge):
 
 def test_matrix_is_antisymmetric_and_deterministic(judge):
     responses = [GOOD, RAMBLING_WRONG, WRONG, "The answer is 42", ""]
-    m = judge.preference_matrix(PROMPT, responses)
+    m = one(judge, PROMPT, responses)
     assert m.shape == (5, 5)
     check_preference_matrix(m)
     assert np.array_equal(m + m.T, np.ones((5, 5)))
     assert np.all(np.diag(m) == 0.5)
-    assert np.array_equal(m, judge.preference_matrix(PROMPT, responses))
-    assert np.array_equal(m, OfflineJudge().preference_matrix(PROMPT, responses))
+    assert np.array_equal(m, one(judge, PROMPT, responses))
+    assert np.array_equal(m, one(OfflineJudge(), PROMPT, responses))
     assert m[0, 4] > 0.8  # the empty response is defined and penalised
     ab = judge.compare([PROMPT] * 2, [GOOD, WRONG], [WRONG, RAMBLING_WRONG])
     ba = judge.compare([PROMPT] * 2, [WRONG, RAMBLING_WRONG], [GOOD, WRONG])
@@ -78,7 +84,7 @@ def test_matrix_encodes_each_text_once(judge):
 
     judge._tokenizer = counting
     try:
-        judge.preference_matrix(PROMPT, responses)
+        one(judge, PROMPT, responses)
     finally:
         judge._tokenizer = inner
     assert sorted(seen) == sorted(responses + [PROMPT.text, PROMPT.reference])  # K + 2
@@ -93,8 +99,21 @@ def test_degenerate_and_template_text_lose(judge):
 
 def test_prompt_without_reference_or_answer(judge):
     prompt = Prompt("open-1", "Name a colour of the sky on a clear day.")
-    m = judge.preference_matrix(prompt, ["Blue.", "The sky is blue on a clear day.", "Bananas " * 60])
+    m = one(judge, prompt, ["Blue.", "The sky is blue on a clear day.", "Bananas " * 60])
     check_preference_matrix(m)
     assert m[1, 2] > 0.8  # relevant and short beats long and off-topic
     scores = judge.scores(prompt, ["Blue."])[0]
     assert set(scores) == {"concise", "clean", "on_topic"}
+
+
+def test_many_prompts_in_one_call_are_each_judged_as_alone(judge):
+    """A chunk of prompts gives, bit for bit, the matrices of one call per prompt, and progress
+    counts each prompt once."""
+    other = Prompt("open-2", "Name a fruit.", reference="An apple.")
+    prompts = [PROMPT, other, PROMPT]
+    responses = [[GOOD, WRONG, RAMBLING_RIGHT], ["A banana.", "Apple", "Cars are fast."], ["42", GOOD]]
+    told = []
+    got = judge.preference_matrices(prompts, responses, progress=told.append)
+    assert told == [1, 1, 1] and [m.shape for m in got] == [(3, 3), (3, 3), (2, 2)]
+    for p, rs, m in zip(prompts, responses, got):
+        assert np.array_equal(m, one(judge, p, rs))

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sppo_nemo.backends.pairrm.checkpoint import save_pairrm
+from sppo_nemo.backends.pairrm.inputs import candidate_budget
+from sppo_nemo.backends.pairrm.judge import PairRMJudge
+from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
+from sppo_nemo.preference import aggregated_scores
 from sppo_nemo.protocols import Prompt
+from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, train_test_tokenizer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
@@ -98,9 +106,6 @@ def make_cases() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def setup(blender_python, tmp_path_factory):
-    from sppo_nemo.backends.pairrm import (load_pairrm_tokenizer, random_pairrm, save_pairrm, save_test_tokenizer,
-                                           train_test_tokenizer)
-
     tmp = tmp_path_factory.mktemp("pairrm_eq")
     rng = random.Random(0)
     corpus = [words(rng, 60) for _ in range(300)] + ["Résumé café déjà vu line tab ＡＢＣ ﬁrst capital What is"]
@@ -140,9 +145,7 @@ def theirs(blender_python, setup, layout: str, model: Path) -> dict:
 
 
 def ours(model: Path, cases: list[dict], **kw):
-    from sppo_nemo.backends.pairrm import PairRMJudge
-
-    judge = PairRMJudge(str(model), device="cpu", progress=False, **kw)
+    judge = PairRMJudge(str(model), device="cpu", **kw)
     prompts = [Prompt(f"p{n}", c["prompt"]) for n, c in enumerate(cases)]
     return judge, judge.logit_matrices(prompts, [c["candidates"] for c in cases])
 
@@ -155,9 +158,7 @@ def test_cases_hit_every_budget(setup):
     """The cases reach each truncation budget: a 1224-token source with 412-token candidates next
     to it (2048 tokens in all), a candidate at its enlarged budget next to a short source, and
     one at an intermediate budget."""
-    from sppo_nemo.backends.pairrm import PairRMJudge, candidate_budget
-
-    enc = PairRMJudge(str(setup["ours_hf"]), device="cpu", progress=False).encoder
+    enc = PairRMJudge(str(setup["ours_hf"]), device="cpu").encoder
     cases = setup["cases"]
     src = enc.encode_sources([c["prompt"] for c in cases])
     cands = [enc.encode_candidates(c["candidates"]) for c in cases]
@@ -187,8 +188,6 @@ def test_same_logits_as_llm_blender(blender_python, setup, direction):
     assert scale > 0.1  # logits are O(1), so the tolerance means something
     assert diff <= TOL
     if ref["scores"]:  # Blender.rank's aggregated scores (float32 there)
-        from sppo_nemo.backends.pairrm import aggregated_scores
-
         sdiff = max_diff([aggregated_scores(m) for m in mats], ref["scores"])
         print(f"{direction}: max |Δ Blender.rank score| = {sdiff:.3g}")
         assert sdiff <= TOL
@@ -198,14 +197,12 @@ def test_same_logits_as_llm_blender(blender_python, setup, direction):
 def test_optional_llm_blender_backend_agrees(blender_python, setup, probability):
     """judge.backend=llm_blender (our wrapper around llm-blender, run where llm-blender imports)
     gives the pairrm backend's matrices."""
-    from sppo_nemo.backends.pairrm import PairRMJudge
-
     out = setup["tmp"] / f"judge_{probability}.json"
     reference(blender_python, "judge", "--model", str(setup["ours_original"]), "--cases",
               str(setup["tmp"] / "cases.json"), "--out", str(out), "--probability", probability)
     got = json.loads(out.read_text())
     cases = setup["cases"]
-    judge = PairRMJudge(str(setup["ours_original"]), device="cpu", progress=False, probability=probability)
+    judge = PairRMJudge(str(setup["ours_original"]), device="cpu", probability=probability)
     prompts = [Prompt(f"p{n}", c["prompt"]) for n, c in enumerate(cases)]
     mats = judge.preference_matrices(prompts, [c["candidates"] for c in cases])
     assert max_diff(mats, got["matrices"]) <= TOL

@@ -27,6 +27,8 @@ from sppo_nemo.backends.offline_judge import (
 )
 from sppo_nemo.protocols import Prompt, check_preference_matrix
 
+pytestmark = pytest.mark.unit
+
 ONES = {c: 1.0 for c in CRITERIA}
 
 
@@ -214,13 +216,19 @@ def test_judge_validates_without_loading_the_model():
     judge = OfflineJudge(weights={"on_topic": 0.0}, temperature=0.5)
     assert judge.name == "offline" and judge.alpha == 2.0 and judge.weights["on_topic"] == 0.0
     p = Prompt("p", "What is 2 + 2?")
-    with pytest.raises(TypeError, match=r"responses\[1\]"):
-        judge.preference_matrix(p, ["4", None])
+    with pytest.raises(TypeError, match=r"responses\[0\]\[1\]"):
+        judge.preference_matrices([p], [["4", None]])
+    with pytest.raises(TypeError, match="list of str, got a str"):
+        judge.preference_matrices([p], ["4"])
+    with pytest.raises(ValueError, match="lengths differ"):
+        judge.preference_matrices([p, p], [["4"]])
     with pytest.raises(TypeError, match=r"b\[0\]"):
         judge.compare([p], ["4"], [4])
     with pytest.raises(ValueError, match="lengths differ"):
         judge.compare([p, p], ["4"], ["5", "6"])
-    assert judge.preference_matrix(p, ["4"]).tolist() == [[0.5]]
-    assert judge.preference_matrix(p, []).shape == (0, 0)
+    told = []
+    single, empty = judge.preference_matrices([p, p], [["4"], []], progress=told.append)
+    assert single.tolist() == [[0.5]] and empty.shape == (0, 0) and told == [1, 1]
     assert judge.compare([], [], []).shape == (0,)
     assert judge._model is None  # nothing above needed the encoder
+    judge.close()

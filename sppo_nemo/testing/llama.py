@@ -1,5 +1,5 @@
-"""Tiny random checkpoints for tests and CI: a 2-layer Llama with grouped-query attention and a
-byte-level BPE tokenizer trained in-process on the built-in prompts, saved as an HF directory.
+"""The tiny policy for tests and CI: a 2-layer Llama with grouped-query attention and a byte-level
+BPE tokenizer trained in-process on the built-in prompts, saved as an HF directory.
 
 Deterministic for a given seed, built in about a second, no network:
 
@@ -8,7 +8,6 @@ Deterministic for a given seed, built in about a second, no network:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -63,11 +62,3 @@ def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2
     tok.save_pretrained(tmp)
     tmp.rename(out)
     return out
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    print(build_tiny_llama(Path(args.out), args.seed))
