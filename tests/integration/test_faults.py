@@ -225,3 +225,9 @@ def test_a_huge_prompt_is_cut_from_the_left_and_counted(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out/tiny_sppo/iter_01/generate/manifest.json").read_text())["result"]
     assert result["prompts_cut"] == 1 and result["prompts"] == 4
+
+
+def test_the_pairrm_judge_without_weights_or_hub_is_a_message(tiny_model, tmp_path):
+    failed_cleanly(run(tiny_model, tmp_path, "judge.backend=pairrm", "evaluation.enabled=false"), 1,
+                   "judge.model", "huggingface-cli download llm-blender/PairRM-hf")
+    assert (tmp_path / "tiny_sppo/iter_01/generate/_DONE").is_file()  # what was computed is kept
