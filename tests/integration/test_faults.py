@@ -231,3 +231,9 @@ def test_the_pairrm_judge_without_weights_or_hub_is_a_message(tiny_model, tmp_pa
     failed_cleanly(run(tiny_model, tmp_path, "judge.backend=pairrm", "evaluation.enabled=false"), 1,
                    "judge.model", "huggingface-cli download llm-blender/PairRM-hf")
     assert (tmp_path / "tiny_sppo/iter_01/generate/_DONE").is_file()  # what was computed is kept
+
+
+@pytest.mark.parametrize("flag", ["--stage", "--restart-from"])
+def test_an_unknown_stage_label_is_a_usage_error(tiny_model, tmp_path, flag):
+    failed_cleanly(run(tiny_model, tmp_path, flag, "iter_09/train"), 2, "unknown stage 'iter_09/train'",
+                   "iter_01/generate")
