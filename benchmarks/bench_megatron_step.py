@@ -6,7 +6,7 @@ A Llama-3.2-1B-shaped decoder (hidden 2048, 16 layers, 32 heads, 8 key/value hea
 vocabulary 128256, tied; 1.24 B parameters) with random weights, bf16 with fp32 main parameters
 and gradients (megatron's distributed optimizer), sequences of --seq tokens. One optimizer step =
 --accum micro-batches of --micro sequences through the product's own schedule pass and SPPO loss
-(sppo_nemo.backends.megatron.schedule_pass). Also times the forward-only reference pass.
+(sppo_nemo.backends.megatron.logps.schedule_pass). Also times the forward-only reference pass.
 
 MFU = model FLOPs per second / the device's bf16 peak *measured here* (an 8192³ bf16 matmul).
 Model FLOPs per token of a training step: 6·N + 6·L·s·d, N the matmul parameters (layers and the
@@ -64,20 +64,23 @@ def main() -> None:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.transformer.module import Float16Module
 
-    from sppo_nemo.backends import megatron as mg
-    from sppo_nemo.backends.megatron_convert import Arch
+    from sppo_nemo.backends.megatron import model as mdl
+    from sppo_nemo.backends.megatron.arch import Arch
+    from sppo_nemo.backends.megatron.logps import MicroBatch, schedule_pass
+    from sppo_nemo.backends.megatron.weights import mark_tensor_parallel
     from sppo_nemo.loss import sppo_loss
 
     peak = measured_bf16_peak()
-    device = mg.init_parallel(1, 1, seed=0)
+    device = mdl.init_parallel(1, 1, seed=0)
     arch = Arch(family="llama", model_type="llama", num_layers=a.layers, hidden_size=a.hidden,
                 num_attention_heads=a.heads, num_query_groups=a.kv_heads, kv_channels=a.hidden // a.heads,
                 ffn_hidden_size=a.ffn, vocab_size=a.vocab, max_position_embeddings=a.seq, norm_eps=1e-5,
                 tied=True, qkv_bias=False, rotary_base=500000.0)
-    opts = mg.ModelOptions(precision="bf16", transformer_engine="on" if a.attention == "te" else "off",
-                           recompute=a.recompute, attention="sdpa" if a.attention == "te" else a.attention)
-    model, cfg = mg.build_model(arch, opts)
+    opts = mdl.ModelOptions(precision="bf16", transformer_engine="on" if a.attention == "te" else "off",
+                            recompute=a.recompute, attention="sdpa" if a.attention == "te" else a.attention)
+    model, cfg = mdl.build_model(arch, opts)
     model.cuda()
+    mark_tensor_parallel(model, arch)  # random weights instead of load_hf_weights, which marks them
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.normal_(0, 0.02) if p.ndim >= 2 else p.fill_(1.0)
@@ -98,7 +101,7 @@ def main() -> None:
     resp = torch.zeros(a.micro, a.seq)
     resp[:, prompt - 1: a.seq - 1] = 1.0
     targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
-    mb = mg.MicroBatch(row_ids=list(range(a.micro)), ids=ids, targets=targets, resp_mask=resp, per_row=1)
+    mb = MicroBatch(row_ids=list(range(a.micro)), ids=ids, targets=targets, resp_mask=resp, per_row=1)
     ref = torch.full((a.micro,), -12000.0, device=device)
     win = torch.linspace(0.1, 0.9, a.micro, device=device)
     causal_mask = a.attention == "local"
@@ -111,7 +114,7 @@ def main() -> None:
         t = time.perf_counter()
         model.zero_grad_buffer()
         opt.zero_grad()
-        mg.schedule_pass(model, [mb] * a.accum, False, loss, device, causal_mask, arch.vocab_size)
+        schedule_pass(model, [mb] * a.accum, False, loss, device, causal_mask, arch.vocab_size)
         ok, _, _ = opt.step()
         torch.cuda.synchronize()
         assert ok
@@ -121,8 +124,8 @@ def main() -> None:
         torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.no_grad():
-            mg.schedule_pass(model, [mb] * a.accum, True, lambda m, lp, tok: lp.sum() * 0, device, causal_mask,
-                             arch.vocab_size)
+            schedule_pass(model, [mb] * a.accum, True, lambda m, lp, tok: lp.sum() * 0, device, causal_mask,
+                          arch.vocab_size)
         torch.cuda.synchronize()
         return time.perf_counter() - t
 
@@ -154,7 +157,7 @@ def main() -> None:
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps(out) + "\n")
-    mg.destroy_parallel()
+    mdl.destroy_parallel()
 
 
 if __name__ == "__main__":

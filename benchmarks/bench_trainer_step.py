@@ -49,8 +49,9 @@ def main() -> int:
 
     from sppo_nemo.backends.hf import smollm2_checkpoint
     from sppo_nemo.backends.torch_trainer import TorchTrainer
+    from sppo_nemo.config import TrainerConfig
     from sppo_nemo.protocols import PairRow
-    from sppo_nemo.recipe import TrainerConfig
+    from sppo_nemo.rows import write_rows
 
     torch.set_num_threads(args.threads)
     if not args.data.is_file():
@@ -66,7 +67,7 @@ def main() -> int:
     if args.backend == "megatron":
         import os
 
-        from sppo_nemo.backends.megatron_launch import MegatronTrainer
+        from sppo_nemo.backends.megatron.controller import MegatronTrainer
 
         cfg.backend = "megatron"
         if not torch.cuda.is_available():
@@ -79,7 +80,9 @@ def main() -> int:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.time()
     with tempfile.TemporaryDirectory() as out:
-        result = trainer.train(policy, pairs, Path(out) / "policy")
+        rows_file = Path(out) / "rows.jsonl"  # what the build stage writes, read by either backend
+        write_rows(rows_file, pairs)
+        result = trainer.train(policy, rows_file, Path(out) / "policy")
     total = time.time() - t0
     who = resource.RUSAGE_CHILDREN if args.backend == "megatron" else resource.RUSAGE_SELF
     peak = resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB

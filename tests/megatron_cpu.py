@@ -15,17 +15,46 @@ megatron-core assumes CUDA in a few places:
   scaling without the assert.
 
 :func:`apply` patches in-process; ``tests/megatron_cpu_site/sitecustomize.py`` patches torchrun
-workers (the tests put that folder on PYTHONPATH) through an import hook that patches each module
-the moment it is imported. fp32 and bf16 (mixed precision, fp32 main weights) both run this way.
+workers (the tests put that folder on PYTHONPATH, see :func:`worker_env`) through an import hook
+that patches each module the moment it is imported. fp32 and bf16 (mixed precision, fp32 main
+weights) both run this way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import os
 import sys
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "tests" / "megatron_cpu_site"
+
+
+def worker_env() -> dict:
+    """The environment of patched torchrun workers: the site folder and the checkout on
+    PYTHONPATH, no hub, one thread per worker."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SITE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@contextlib.contextmanager
+def patched_workers():
+    """``os.environ`` as :func:`worker_env` while a MegatronTrainer in this process starts its
+    workers, restored after."""
+    old = dict(os.environ)
+    os.environ.update(worker_env())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
 
 RANDOM = "megatron.core.tensor_parallel.random"
 

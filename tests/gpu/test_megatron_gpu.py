@@ -12,31 +12,34 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 
-def _rows(n: int):
+def _rows(path: Path, n: int) -> Path:
     from sppo_nemo.protocols import PointRow
+    from sppo_nemo.rows import write_rows
 
     rng = random.Random(0)
-    return [PointRow(f"p{i}", f"What is {i} + {i}?", f"It is {2 * i}." + " Indeed." * (i % 4), True, rng.random(), None)
-            for i in range(n)]
+    write_rows(path, [PointRow(f"p{i}", f"What is {i} + {i}?", f"It is {2 * i}." + " Indeed." * (i % 4), True,
+                               rng.random(), None) for i in range(n)])
+    return path
 
 
 def _cfg(precision: str, backend: str):
-    from sppo_nemo.recipe import MegatronConfig, TrainerConfig
+    from sppo_nemo.config import MegatronConfig, TrainerConfig
 
     return TrainerConfig(backend=backend, lr=1e-3, warmup_ratio=0.0, batch_size=4, grad_accum=2, epochs=2,
                          precision=precision, max_prompt_length=64, max_length=96, megatron=MegatronConfig())
 
 
 def test_megatron_fp32_on_cuda_matches_torch_backend(tmp_path: Path):
-    from sppo_nemo.backends.megatron_launch import MegatronTrainer
+    from sppo_nemo.backends.megatron.controller import MegatronTrainer
     from sppo_nemo.backends.torch_trainer import TorchTrainer
     from sppo_nemo.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
-    rows = _rows(16)
+    rows = _rows(tmp_path / "rows.jsonl", 16)
     torch_res = TorchTrainer(_cfg("fp32", "torch"), "sppo", 10.0, None, seed=1, device="cuda").train(
-        model, rows, tmp_path / "torch")
-    mg_res = MegatronTrainer(_cfg("fp32", "megatron"), "sppo", 10.0, None, seed=1).train(model, rows, tmp_path / "mg")
+        model, rows, tmp_path / "torch" / "policy")
+    mg_res = MegatronTrainer(_cfg("fp32", "megatron"), "sppo", 10.0, None, seed=1).train(
+        model, rows, tmp_path / "mg" / "policy")
     a = [m["loss"] for m in torch_res.metrics]
     b = [m["loss"] for m in mg_res.metrics]
     assert len(a) == len(b) == 4
@@ -48,14 +51,15 @@ def test_megatron_bf16_on_cuda_fits_and_exports_bf16(tmp_path: Path):
     import torch
     from safetensors import safe_open
 
-    from sppo_nemo.backends.megatron_launch import MegatronTrainer
+    from sppo_nemo.backends.megatron.controller import MegatronTrainer
     from sppo_nemo.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     cfg = _cfg("bf16", "megatron")
     cfg.epochs = 6
     cfg.lr = 3e-3
-    res = MegatronTrainer(cfg, "sppo", 1.0, None, seed=0).train(model, _rows(16), tmp_path / "out")
+    res = MegatronTrainer(cfg, "sppo", 1.0, None, seed=0).train(model, _rows(tmp_path / "rows.jsonl", 16),
+                                                                 tmp_path / "out")
     losses = res.summary["epoch_losses"]
     assert losses[-1] < 0.5 * losses[0], losses
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:

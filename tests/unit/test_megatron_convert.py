@@ -1,4 +1,4 @@
-"""HF ⇄ Megatron-core weight conversion (``sppo_nemo.backends.megatron_convert``), in plain torch.
+"""HF ⇄ Megatron-core weight conversion (``sppo_nemo.backends.megatron.convert`` and ``.arch``), in plain torch.
 
 What is tested, on tiny random HF models built in-process (no megatron import, no hub):
 
@@ -12,7 +12,7 @@ What is tested, on tiny random HF models built in-process (no megatron import, n
 - ``arch_from_hf_config``: fields read, and every refusal (unsupported type, scaled RoPE, sliding
   windows, GPT-2 variants) with its message;
 - ``Arch.parallel_errors`` and ``padded_vocab``, hand-worked;
-- (slow) ``recipe.SMOLLM2_CONFIG`` agrees with the real converted SmolLM2 ``config.json``.
+- (slow) ``megatron.layout.SMOLLM2_CONFIG`` agrees with the real converted SmolLM2 ``config.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
-from sppo_nemo.backends.megatron_convert import (Arch, UnsupportedModel, arch_from_hf_config, hf_tensor_for,
-                                                 hf_to_megatron, local_name, megatron_names, megatron_to_hf, shard,
-                                                 te_name, tp_split_dim, unshard)
+from sppo_nemo.backends.megatron.arch import Arch, UnsupportedModel, arch_from_hf_config
+from sppo_nemo.backends.megatron.convert import (hf_tensor_for, hf_to_megatron, local_name, megatron_names,
+                                                 megatron_to_hf, shard, te_name, tp_split_dim, unshard)
+
+pytestmark = pytest.mark.unit
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB = 32, 4, 2, 2, 64, 100  # VOCAB: not a multiple of 8
 HEAD_DIM = HIDDEN // HEADS  # 8
@@ -464,7 +466,7 @@ def test_parallel_errors_by_hand():
 @pytest.mark.slow
 def test_smollm2_config_matches_the_converted_checkpoint():
     from sppo_nemo.backends.hf import smollm2_checkpoint
-    from sppo_nemo.recipe import SMOLLM2_CONFIG
+    from sppo_nemo.backends.megatron.layout import SMOLLM2_CONFIG
 
     path = smollm2_checkpoint()
     assert path.name.startswith("smollm2-135m-instruct")

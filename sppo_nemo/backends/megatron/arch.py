@@ -1,0 +1,160 @@
+"""The shape of a decoder in Megatron's terms, read from an HF ``config.json``; pure Python.
+
+Two families have a converter (:mod:`.convert`):
+
+- the Llama family (``llama``, ``mistral``, ``qwen2``): RMSNorm, SwiGLU, RoPE, grouped-query
+  attention, tied or untied embeddings, and Qwen2's q/k/v biases;
+- GPT-2 (``gpt2``): LayerNorm with biases, GELU (tanh), learned absolute positions, tied
+  embeddings, Conv1D weights (stored transposed in HF).
+
+:func:`arch_from_hf_config` refuses, with the reason, any checkpoint the converter cannot
+reproduce exactly. No torch here: the recipe check (:mod:`.layout`) reads the shape too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
+
+
+class UnsupportedModel(ValueError):
+    """The HF checkpoint's architecture has no converter here."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The shape of a decoder, in Megatron's terms, read from an HF ``config.json``."""
+
+    family: str  # "llama" (llama, mistral, qwen2) or "gpt2"
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    kv_channels: int
+    ffn_hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    norm_eps: float
+    tied: bool
+    qkv_bias: bool
+    rotary_base: float = 10000.0
+    rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling (megatron's rope_scaling)
+
+    @property
+    def gated(self) -> bool:
+        return self.family == "llama"
+
+    @property
+    def normalization(self) -> str:
+        return "RMSNorm" if self.family == "llama" else "LayerNorm"
+
+    @property
+    def position_embedding(self) -> str:
+        return "rope" if self.family == "llama" else "learned_absolute"
+
+    @property
+    def linear_bias(self) -> bool:  # biases on every linear layer (GPT-2), not only q/k/v
+        return self.family == "gpt2"
+
+    def padded_vocab(self, tp: int, multiple: int = 1) -> int:
+        m = tp * multiple
+        return int(math.ceil(self.vocab_size / m) * m)
+
+    def parallel_problems(self, tp: int, pp: int) -> list[tuple[str, str]]:
+        """Why this model cannot be split TP×PP, as (the trainer.megatron key at fault, the
+        reason), one per reason (empty when it can)."""
+        p = []
+        if self.num_attention_heads % tp:
+            p.append(("tensor_parallel",
+                      f"{self.num_attention_heads} attention heads are not divisible by tensor parallel {tp}"))
+        if self.num_query_groups % tp:
+            p.append(("tensor_parallel", f"{self.num_query_groups} key/value heads (query groups) are not "
+                                         f"divisible by tensor parallel {tp}"))
+        if self.ffn_hidden_size % tp:
+            p.append(("tensor_parallel", f"MLP width {self.ffn_hidden_size} is not divisible by tensor parallel {tp}"))
+        if self.num_layers % pp:
+            p.append(("pipeline_parallel", f"{self.num_layers} layers are not divisible by pipeline parallel {pp}"))
+        return p
+
+    def parallel_errors(self, tp: int, pp: int) -> list[str]:
+        """The reasons of :meth:`parallel_problems` alone."""
+        return [reason for _, reason in self.parallel_problems(tp, pp)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def arch_from_hf_config(cfg: Mapping) -> Arch:
+    """Read an HF config (the dict of ``config.json``); raise :class:`UnsupportedModel` with the
+    reason when the converter cannot reproduce the model exactly."""
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED:
+        raise UnsupportedModel(
+            f"model_type {mt!r} has no Megatron converter (supported: {', '.join(SUPPORTED)}); "
+            f"train it with trainer.backend=torch")
+    if mt == "gpt2":
+        return _gpt2_arch(cfg)
+    return _llama_arch(cfg, mt)
+
+
+def _gpt2_arch(cfg: Mapping) -> Arch:
+    h = cfg["n_embd"]
+    if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UnsupportedModel(f"gpt2 activation_function {cfg.get('activation_function')!r} is not supported "
+                               f"(only gelu_new / gelu_pytorch_tanh)")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if cfg.get(flag):
+            raise UnsupportedModel(f"gpt2 with {flag}=true is not supported")
+    if cfg.get("scale_attn_weights") is False:
+        raise UnsupportedModel("gpt2 with scale_attn_weights=false is not supported")
+    return Arch(family="gpt2", model_type="gpt2", num_layers=cfg["n_layer"], hidden_size=h,
+                num_attention_heads=cfg["n_head"], num_query_groups=cfg["n_head"],
+                kv_channels=h // cfg["n_head"], ffn_hidden_size=cfg.get("n_inner") or 4 * h,
+                vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["n_positions"],
+                norm_eps=cfg.get("layer_norm_epsilon", 1e-5), tied=bool(cfg.get("tie_word_embeddings", True)),
+                qkv_bias=True)
+
+
+def _llama_arch(cfg: Mapping, mt: str) -> Arch:
+    problems = []
+    if cfg.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {cfg.get('hidden_act')!r} (only silu)")
+    # transformers ≥ 5 writes rope_parameters {rope_theta, rope_type, ...}; 4.x rope_theta + rope_scaling
+    rope = dict(cfg.get("rope_parameters") or {})
+    rope.update(cfg.get("rope_scaling") or {})
+    theta = rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+    rope_type = rope.get("rope_type") or rope.get("type")
+    scaling = None
+    if rope_type == "llama3" and _megatron_llama3(rope):
+        scaling = float(rope["factor"])
+    elif rope_type not in (None, "default"):
+        problems.append(f"rope scaling {rope!r} (only unscaled RoPE, or Llama 3.1's with low/high frequency "
+                        f"factors 1/4 and original context 8192, which megatron hard-codes)")
+    if mt in ("llama", "mistral") and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+        problems.append("attention_bias/mlp_bias")
+    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
+        problems.append(f"sliding_window {cfg.get('sliding_window')} (only full attention)")
+    if mt == "qwen2" and cfg.get("use_sliding_window"):
+        problems.append("use_sliding_window")
+    if problems:
+        raise UnsupportedModel(f"{mt} checkpoint uses what the Megatron converter does not reproduce: "
+                               f"{'; '.join(problems)}; train it with trainer.backend=torch")
+    heads = cfg["num_attention_heads"]
+    return Arch(family="llama", model_type=mt, num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+                num_attention_heads=heads, num_query_groups=cfg.get("num_key_value_heads") or heads,
+                kv_channels=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+                ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+                max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+                norm_eps=cfg.get("rms_norm_eps", 1e-6), tied=bool(cfg.get("tie_word_embeddings", False)),
+                qkv_bias=(mt == "qwen2"), rotary_base=float(theta), rope_scaling_factor=scaling)
+
+
+def _megatron_llama3(rope: Mapping) -> bool:
+    """Llama 3.1 RoPE scaling with the constants megatron's RotaryEmbedding hard-codes."""
+    return (rope.get("factor") is not None and float(rope.get("low_freq_factor", 1.0)) == 1.0
+            and float(rope.get("high_freq_factor", 4.0)) == 4.0
+            and int(rope.get("original_max_position_embeddings", 8192)) == 8192)

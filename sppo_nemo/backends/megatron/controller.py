@@ -1,0 +1,136 @@
+"""The megatron trainer as seen from sppo-run: writes a job folder, starts the workers, reads back.
+
+sppo-run never imports megatron itself. :class:`MegatronTrainer` writes ``job.json`` (the typed
+:class:`~.job.Job`, which names the build stage's rows file) into ``<output>/../megatron-job/``,
+starts ``python -m sppo_nemo.backends.megatron`` in TP·PP·DP processes (torchrun on one node,
+srun across the nodes of a Slurm allocation), hands the workers' progress counts to the stage's
+callbacks, and reads the metrics back. The workers' own output goes to ``megatron-job/train.log``;
+on failure the error quotes its tail and the folder is kept for inspection. On success it is
+removed, so that the stage's artifacts hold only π_{t+1}, metrics and summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from sppo_nemo import hub
+from sppo_nemo.backends.megatron.job import Job, parse_progress, read_result, write_job
+from sppo_nemo.backends.megatron.layout import megatron_layout
+from sppo_nemo.config import TrainerConfig
+from sppo_nemo.errors import UserError
+from sppo_nemo.protocols import ProgressFn, TrainResult
+
+
+class MegatronJobError(UserError):
+    """The megatron workers could not start or failed; the message quotes their log."""
+
+
+@dataclass
+class MegatronTrainer:
+    cfg: TrainerConfig
+    loss_type: str
+    eta: float
+    system_prompt: str | None
+    seed: int
+    threads: int | None = None  # the recipe's threads, shared among the workers of a node
+
+    def job(self, policy_dir: Path, rows_file: Path, output_dir: Path) -> Job:
+        return Job(policy_dir=Path(policy_dir).resolve(), rows_file=Path(rows_file).resolve(),
+                   output_dir=Path(output_dir).resolve(), trainer=self.cfg, layout=megatron_layout(self.cfg),
+                   loss_type=self.loss_type, eta=self.eta, seed=self.seed, system_prompt=self.system_prompt)
+
+    def command(self, job_dir: Path) -> tuple[list[str], dict]:
+        m = self.cfg.megatron
+        world = megatron_layout(self.cfg).world
+        env = dict(os.environ)
+        if self.threads:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, self.threads // max(1, world // m.nnodes))))
+        worker = ["-m", "sppo_nemo.backends.megatron", str(job_dir)]
+        if m.launcher == "srun":
+            per_node = m.nproc_per_node or world // m.nnodes
+            if "MASTER_ADDR" not in env:
+                env["MASTER_ADDR"] = _first_slurm_host()
+            env.setdefault("MASTER_PORT", "29517")
+            python = "python" if m.srun_args else sys.executable  # inside a container: its own python
+            return ["srun", f"--nodes={m.nnodes}", f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1",
+                    *m.srun_args, python, *worker], env
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+                *worker], env
+
+    def train(self, policy_dir: Path, rows_file: Path, output_dir: Path, progress: ProgressFn | None = None,
+              ref_progress: ProgressFn | None = None) -> TrainResult:
+        policy_dir = hub.local_dir(policy_dir, "policy checkpoint", "policy.model")  # workers read its files
+        job_dir = Path(output_dir).parent / "megatron-job"
+        shutil.rmtree(job_dir, ignore_errors=True)
+        job_dir.mkdir(parents=True)
+        write_job(job_dir, self.job(policy_dir, rows_file, output_dir))
+        cmd, env = self.command(job_dir)
+        rc, tail, worker_tail = _run_workers(cmd, env, job_dir / "train.log",
+                                             {"ref": ref_progress, "train": progress})
+        result = read_result(job_dir)
+        if rc != 0 or result is None:
+            raise MegatronJobError(_failure(rc, job_dir, tail, worker_tail))
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return result
+
+
+def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str, ProgressFn | None]
+                 ) -> tuple[int, deque[str], deque[str]]:
+    """Run the job, its output into ``log_path`` and its progress lines into ``callbacks``; the exit
+    code and the last lines (all, and the workers' own "[rankN]: ..." lines, not torchrun's)."""
+    tail: deque[str] = deque(maxlen=40)
+    worker_tail: deque[str] = deque(maxlen=25)
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                    bufsize=1)
+        except FileNotFoundError as e:
+            hint = "; srun needs a Slurm allocation" if cmd[0] == "srun" else ""
+            raise MegatronJobError(f"cannot start the megatron workers ({e}){hint}") from e
+        try:
+            for line in proc.stdout:
+                report = parse_progress(line)
+                if report is not None:
+                    kind, n = report
+                    if callbacks.get(kind):
+                        callbacks[kind](n)
+                    continue
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+                if line.startswith("[rank"):
+                    worker_tail.append(line.rstrip("\n"))
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return rc, tail, worker_tail
+
+
+def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) -> str:
+    text = "\n".join(worker_tail or tail)
+    everything = "\n".join(tail)
+    hint = ""
+    if "Signal 9 (SIGKILL)" in everything or "exitcode: -9" in everything:
+        hint = ("\na worker was killed by SIGKILL, most often the kernel's out-of-memory killer: lower "
+                "trainer.batch_size or trainer.max_length, or set trainer.megatron.recompute=full.")
+    elif "Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text:
+        hint = ("\nmegatron-core's optimizer and RNG tracker need CUDA; on a CPU-only machine use "
+                "trainer.backend=torch.")
+    return (f"megatron training failed (exit {rc}); full log: {job_dir / 'train.log'}\n"
+            f"--- last lines ---\n{text}{hint}")
+
+
+def _first_slurm_host() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodes:
+        raise MegatronJobError("trainer.megatron.launcher=srun but no Slurm allocation is visible "
+                               "(SLURM_JOB_NODELIST unset); run sppo-run inside salloc/sbatch")
+    out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]

@@ -1,0 +1,242 @@
+"""One process of a megatron job, run under torchrun or srun in every rank:
+``python -m sppo_nemo.backends.megatron JOB_DIR``.
+
+It reads ``job.json`` (:class:`.job.Job`) and the build stage's rows, then
+
+1. **set-up**: builds its shard of the GPTModel, loads π_t into it, wraps it in megatron's DDP
+   (optionally the distributed optimizer) and encodes the rows;
+2. **reference pass**: π_t's log-probabilities of every row, once, forward only, the rows split
+   over data-parallel ranks and all-gathered;
+3. **steps**: the plan of the one trainer core (:class:`sppo_nemo.training.Fit`): the same seeded
+   shuffle, ``grad_accum × DP`` micro-batches a step (data-parallel rank d takes the d-th run of
+   ``grad_accum``), the recipe's loss on summed response-token log-probs; each micro-batch returns
+   its mean row loss, megatron's schedule divides by the micro-batch count and DDP averages over
+   data-parallel ranks, which is the torch trainer's mean / grad_accum. Padding slots of a short
+   last step contribute nothing;
+4. **export**: π_{t+1} gathered onto global rank 0 and written as an HF checkpoint; one rank
+   writes ``result.json``.
+
+Progress goes to stdout as true global counts from one rank (:func:`.job.progress_line`): the
+rows of each step from the data-parallel totals, the reference pass's count all-reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.transformer.module import Float16Module
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
+from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
+from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_result
+from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
+from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
+from sppo_nemo.backends.megatron.weights import gather_full_state, load_hf_weights, save_hf
+from sppo_nemo.backends.torch_trainer import encode_rows, row_tokens
+from sppo_nemo.protocols import TrainResult
+from sppo_nemo.rows import read_rows
+from sppo_nemo.training import Fit, Slot, StepStats, sequences_per_row
+
+
+@dataclass
+class Setup:
+    """What the reference pass, the steps and the export share."""
+
+    job: Job
+    arch: Arch
+    opts: ModelOptions
+    te: bool  # Transformer Engine layers
+    model: DistributedDataParallel
+    cfg: TransformerConfig
+    device: torch.device
+    rows: list
+    seqs: list[list[Encoded]]  # [response] per point row, [chosen, rejected] per pair row
+    pad_id: int
+
+    @property
+    def reporting(self) -> bool:
+        """One rank of the last pipeline stage reports progress and writes the result."""
+        return (ps.is_pipeline_last_stage() and ps.get_data_parallel_rank() == 0
+                and ps.get_tensor_model_parallel_rank() == 0)
+
+    def report(self, kind: str, n: int) -> None:
+        if self.reporting and n:
+            print(progress_line(kind, n), flush=True)
+
+    def micro_batch(self, row_ids, epoch: int = 0) -> MicroBatch:
+        # sequence parallelism splits the sequence over TP ranks: widths must be a multiple of TP
+        multiple = ps.get_tensor_model_parallel_world_size() if self.cfg.sequence_parallel else 1
+        return make_micro_batch(row_ids, self.seqs, self.pad_id, sequences_per_row(self.rows), multiple, epoch=epoch)
+
+    def run(self, micro: list[MicroBatch], forward_only: bool, on_logps) -> None:
+        causal_mask = not self.te and self.opts.attention == "local"
+        schedule_pass(self.model, micro, forward_only, on_logps, self.device, causal_mask, self.arch.vocab_size)
+
+
+def set_up(job: Job, device: torch.device) -> Setup:
+    """This rank's model shard holding π_t, wrapped for bf16 and DDP, and the encoded rows."""
+    c, m = job.trainer, job.trainer.megatron
+    arch = arch_from_hf_config(json.loads((job.policy_dir / "config.json").read_text()))
+    opts = ModelOptions(precision=c.precision, transformer_engine=m.transformer_engine, recompute=m.recompute,
+                        sequence_parallel=m.sequence_parallel, attention=m.attention)
+    model, cfg = build_model(arch, opts)
+    if device.type == "cuda":
+        model.cuda(device)
+    load_hf_weights(model, arch, job.policy_dir)
+    if opts.precision == "bf16":
+        model = Float16Module(cfg, model)
+    ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=m.overlap_grad_reduce,
+                                            use_distributed_optimizer=m.distributed_optimizer)
+    model = DistributedDataParallel(cfg, ddp_cfg, model)
+    model.broadcast_params()  # identical replicas across data parallel ranks
+
+    tok = load_tokenizer(str(job.policy_dir))
+    rows = read_rows(job.rows_file)
+    seqs = encode_rows(ChatFormat(tok, job.system_prompt), rows, c.max_prompt_length, c.max_length)
+    return Setup(job=job, arch=arch, opts=opts, te=use_te(opts), model=model, cfg=cfg, device=device, rows=rows,
+                 seqs=seqs, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def reference_pass(s: Setup) -> tuple[torch.Tensor, float]:
+    """π_t's (rows, 1 or 2) sequence log-probs, the reference of eq. 3.7 and B.1–B.3, on the last
+    pipeline stage (zeros elsewhere), and the seconds it took. Data-parallel rank d computes rows
+    d, d+DP, ...; the ranks then all-gather."""
+    t0 = time.time()
+    n, per_row = len(s.rows), sequences_per_row(s.rows)
+    dp, dp_rank, dp_group = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), ps.get_data_parallel_group()
+    s.model.eval()
+    mine = list(range(dp_rank, n, dp))
+    ref_local = torch.zeros(max(1, math.ceil(n / dp)), per_row, dtype=torch.float32, device=s.device)
+    size = s.job.trainer.batch_size
+    chunks = [mine[b:b + size] for b in range(0, len(mine), size)]
+    n_chunks = torch.tensor([len(chunks)], device=s.device)
+    dist.all_reduce(n_chunks, op=dist.ReduceOp.MAX, group=dp_group)
+    chunks += [[]] * (int(n_chunks.item()) - len(chunks))  # equal pass counts keep DDP/pipeline in step
+    done = torch.zeros(1, dtype=torch.float64, device=s.device)
+
+    def keep_ref(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
+        for j, i in enumerate(mb.row_ids):
+            ref_local[(i - dp_rank) // dp] = lp[j].detach().float()
+        done.add_(len(mb.row_ids))
+        return lp.sum() * 0.0
+
+    with torch.no_grad():
+        if chunks:
+            s.run([s.micro_batch(ch) for ch in chunks], True, keep_ref)
+    reference = torch.zeros(n, per_row, dtype=torch.float32, device=s.device)
+    if ps.is_pipeline_last_stage():
+        gathered = [torch.empty_like(ref_local) for _ in range(dp)]
+        dist.all_gather(gathered, ref_local, group=dp_group)
+        for r in range(dp):
+            reference[r::dp] = gathered[r][:len(range(r, n, dp))]
+        dist.all_reduce(done, group=dp_group)
+        s.report("ref", int(done.item()))
+    return reference, time.time() - t0
+
+
+def _optimizer(s: Setup):
+    """Megatron's Adam (betas 0.9/0.999, eps 1e-8, as the torch trainer's AdamW) with gradient
+    clipping at trainer.max_grad_norm, wired into the model's gradient synchronisation."""
+    c, m = s.job.trainer, s.job.trainer.megatron
+    opt_cfg = OptimizerConfig(
+        optimizer="adam", lr=c.lr, weight_decay=c.weight_decay, adam_beta1=0.9, adam_beta2=0.999,
+        adam_eps=1e-8, clip_grad=c.max_grad_norm, bf16=s.opts.precision == "bf16",
+        params_dtype=s.cfg.params_dtype, use_distributed_optimizer=m.distributed_optimizer)
+    optimizer = get_megatron_optimizer(opt_cfg, [s.model])
+    s.cfg.finalize_model_grads_func = finalize_model_grads
+    s.cfg.no_sync_func = s.model.no_sync
+    if m.overlap_grad_reduce:
+        s.cfg.grad_sync_func = s.model.start_grad_sync
+    return optimizer
+
+
+def train_steps(s: Setup, reference: torch.Tensor) -> Fit:
+    """Every optimizer step of the plan; on the reporting rank the returned Fit holds the metrics."""
+    job = s.job
+    dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
+    last = ps.is_pipeline_last_stage()
+    fit = Fit(s.rows, job.trainer, job.loss_type, job.eta, job.seed, dp=job.layout.data,
+              grad_accum=job.layout.grad_accum)
+    optimizer = _optimizer(s)
+    s.model.train()
+    for step, slots in enumerate(fit.steps):
+        t_step = time.time()
+        micro = [s.micro_batch(slot.rows, epoch=max(slot.epoch, 0)) for slot in fit.local_slots(slots, dp_rank)]
+        stats = StepStats()
+
+        def train_loss(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
+            if not mb.row_ids:
+                return lp.sum() * 0.0
+            per_row = fit.micro_loss(Slot(tuple(mb.row_ids), mb.epoch), lp, reference[mb.row_ids], stats,
+                                     row_tokens(s.seqs, mb.row_ids))
+            return per_row.mean()  # the schedule divides by the micro-batch count (grad_accum)
+
+        lr = fit.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        s.model.zero_grad_buffer()
+        optimizer.zero_grad()
+        s.run(micro, False, train_loss)
+        ok, grad_norm, _ = optimizer.step()
+        if not ok:
+            raise RuntimeError(f"optimizer step {step} was skipped (non-finite gradients)")
+        if last:
+            totals = stats.reduce(dp_group, s.device)
+            if s.reporting:
+                fit.end_step(step, lr, float(grad_norm), time.time() - t_step, totals)
+            s.report("train", int(totals[1].item()))  # the step's rows over every data-parallel rank
+    if last:
+        sums = fit.epoch_sums.to(s.device)
+        dist.all_reduce(sums, group=dp_group)
+        fit.epoch_sums.copy_(sums.cpu())
+    return fit
+
+
+def export(s: Setup, fit: Fit, ref_seconds: float, job_dir: Path) -> None:
+    """π_{t+1} as an HF checkpoint (global rank 0 writes it), and the result (the reporting rank)."""
+    full = gather_full_state(s.model, s.arch)
+    if dist.get_rank() == 0:
+        save_hf(full, s.arch, s.job.policy_dir, s.job.output_dir, s.opts.precision)
+    if s.reporting:
+        summary = fit.summary(
+            ref_seconds,
+            parallel={"tensor": ps.get_tensor_model_parallel_world_size(),
+                      "pipeline": ps.get_pipeline_model_parallel_world_size(),
+                      "data": ps.get_data_parallel_world_size()},
+            transformer_engine=s.te,
+            attention="te" if s.te else s.opts.attention,
+        )
+        write_result(job_dir, TrainResult(metrics=fit.metrics, summary=summary))
+    dist.barrier()
+
+
+def run_job(job_dir: Path) -> None:
+    job = read_job(job_dir)
+    device = init_parallel(job.layout.tensor, job.layout.pipeline, job.seed)
+    try:
+        s = set_up(job, device)
+        reference, ref_seconds = reference_pass(s)
+        fit = train_steps(s, reference)
+        export(s, fit, ref_seconds, job_dir)
+    finally:
+        destroy_parallel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m sppo_nemo.backends.megatron JOB_DIR", file=sys.stderr)
+        return 2
+    run_job(Path(argv[0]))
+    return 0
