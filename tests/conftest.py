@@ -1,17 +1,49 @@
+"""Hooks for every test: no hub, and each test's tier marker from where it lives.
+
+tests/unit → ``unit``, tests/integration → ``integration``, tests/gpu → ``gpu`` (skipped, with
+the reason, when CUDA is not available). So ``pytest -m unit`` runs the fast tier alone and
+``pytest tests`` runs every tier. Shared helpers live in tests/helpers.py.
+"""
+
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+TESTS = Path(__file__).resolve().parent
+TIERS = {"unit": "unit", "integration": "integration", "gpu": "gpu"}  # folder → marker
 
-def pytest_collection_modifyitems(config, items):
+
+def tier_of(path: Path) -> str | None:
+    """The tier marker of a test file: the name of its top folder under tests/, if it is a tier."""
+    try:
+        top = Path(path).resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return TIERS.get(top)
+
+
+def cuda_missing() -> str | None:
+    """Why CUDA tests cannot run here, or None when they can."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA (gpu marker); run on a GPU machine")
+    if torch.version.cuda is None:
+        return f"needs CUDA (gpu marker): this torch build ({torch.__version__}) has no CUDA support"
+    if not torch.cuda.is_available():
+        return "needs CUDA (gpu marker): torch sees no CUDA device on this machine"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        tier = tier_of(item.path)
+        if tier is not None and item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    reason = cuda_missing() if gpu_items else None
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,12 +1,13 @@
-import os
-import subprocess
-import sys
+"""Fixtures of the integration tier: the tiny random Llama and one reference run of the CI recipe."""
+
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY_RECIPE = ROOT / "recipes" / "ci" / "tiny_sppo.yaml"
+# Re-exported for test modules that still import them from here; new code imports tests.helpers.
+from tests.helpers import ROOT, TINY_RECIPE, cli_env, sppo_run
+
+__all__ = ["ROOT", "TINY_RECIPE", "cli_env", "sppo_run", "tiny_model", "reference_run"]
 
 
 @pytest.fixture(scope="session")
@@ -14,23 +15,6 @@ def tiny_model(tmp_path_factory) -> Path:
     from sppo_nemo.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-def cli_env(tiny_model: Path) -> dict:
-    env = dict(os.environ)
-    env["SPPO_TINY_MODEL"] = str(tiny_model)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TRANSFORMERS_VERBOSITY"] = "error"
-    return env
-
-
-def sppo_run(tiny_model: Path, *args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    """The real console entry point, as a user runs it."""
-    cmd = [sys.executable, "-m", "sppo_nemo", *map(str, args), "--no-progress"]
-    proc = subprocess.run(cmd, env=cli_env(tiny_model), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,19 @@
-"""CI regression recipes (recipes/ci/): their metrics must match stored expectations within
-tolerances, and training must fit its own objective, so a change that breaks learning fails.
+"""CI regression recipes (recipes/ci/): each must learn, measurably, and match stored expectations.
 
-To refresh the expectations after an intended change: SPPO_UPDATE_EXPECTED=1 pytest this file,
+Learning, checked on the run itself, so that a policy that learned nothing fails whatever is stored:
+
+- every iteration's training loss falls: last epoch ≤ LOSS_FALL × first epoch;
+- the last policy beats π_1 on the held-out prompts: win rate ≥ MIN_WIN, with its 95% interval
+  entirely above ½;
+- it gives the prompts' answer (every prompt of recipes/ci/prompts.jsonl has the answer 7) in a
+  share of the held-out samples at least ANSWER_GAIN above π_1's.
+
+Regression: the metrics match tests/integration/expected/<recipe>.json within tolerances.
+To refresh the expectations after an intended change (they are written only for runs that pass
+the learning checks):
+
+    SPPO_UPDATE_EXPECTED=1 .venv/bin/python -m pytest -q tests/integration/test_ci_regression.py
+
 then review the diff of tests/integration/expected/ in the commit.
 """
 
@@ -9,71 +21,105 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, sppo_run
+from tests.helpers import RECIPES, read_json, read_jsonl, sppo_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXPECTED = Path(__file__).parent / "expected"
-RECIPES = sorted((ROOT / "recipes" / "ci").glob("*.yaml"))
-# Stochastic sampling on CPU is bit-reproducible on one machine; the tolerances absorb BLAS
-# differences between CPUs without letting a real change through.
+CI = sorted((RECIPES / "ci").glob("*.yaml"))
+ANSWERS = {row["id"]: row["answer"] for row in read_jsonl(RECIPES / "ci" / "prompts.jsonl")}
+
+# Learning: π_1 wins ½ against itself and gives the answer in a few held-out samples (2 to 15%).
+LOSS_FALL = 0.5
+MIN_WIN = 0.6
+ANSWER_GAIN = 0.15
+# Regression: stochastic sampling on CPU is bit-reproducible on one machine; the tolerances absorb
+# BLAS differences between CPUs without letting a real change through.
 LOSS_RTOL = 0.05
 WIN_ATOL = 0.04
+ANSWER_ATOL = 0.1  # a fraction of 48 held-out samples: 1/48 a sample
+
+
+def says(text: str, answer: str) -> bool:
+    """The response states ``answer`` as a whole number: "7 cars" and "is 7." do, "17" and "7.5" do not."""
+    return re.search(rf"(?<![\w.]){re.escape(answer)}(?!\d|[.,]\d)", text) is not None
+
+
+def answer_fraction(responses: Path) -> float:
+    samples = [(row["prompt_id"], s["text"]) for row in read_jsonl(responses) for s in row["samples"]]
+    return sum(says(text, ANSWERS[pid]) for pid, text in samples) / len(samples)
 
 
 def collect(run: Path) -> dict:
+    """Per iteration: epoch losses, build summary, held-out win rates (with intervals), length, answers."""
     out = {}
     for it in sorted(run.glob("iter_*")):
         row = {}
         train = it / "train" / "summary.json"
         if train.exists():
-            s = json.loads(train.read_text())
-            row["epoch_losses"] = s["epoch_losses"]
-        ev = it / "evaluate" / "metrics.json"
-        if ev.exists():
-            m = json.loads(ev.read_text())
-            row.update({k: m[k] for k in ("win_rate_vs_base", "win_rate_vs_previous", "mean_tokens") if k in m})
+            row["epoch_losses"] = read_json(train)["epoch_losses"]
         build = it / "build" / "manifest.json"
         if build.exists():
-            r = json.loads(build.read_text())["result"]
-            row["build"] = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+            row["build"] = {k: v for k, v in read_json(build)["result"].items() if isinstance(v, (int, float))}
+        m = read_json(it / "evaluate" / "metrics.json")
+        row["mean_tokens"] = m["mean_tokens"]
+        row["answer_fraction"] = answer_fraction(it / "evaluate" / "responses.jsonl")
+        if "win_rate_vs_base" in m:  # every iteration but 0 (π_1 itself)
+            for k in ("win_rate_vs_base", "win_rate_vs_base_ci", "win_rate_vs_previous"):
+                row[k] = m[k]
         out[it.name] = row
     return out
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_ci_recipe_matches_expectations(recipe: Path, tiny_model, reference_run, tmp_path):
+def assert_learned(name: str, got: dict) -> None:
+    """The learning checks of the module docstring, on ``collect``'s result."""
+    iters = sorted(got)
+    assert iters[0] == "iter_00" and len(iters) >= 2, f"{name}: no trained iteration in {iters}"
+    for it in iters[1:]:
+        first, last = got[it]["epoch_losses"][0], got[it]["epoch_losses"][-1]
+        assert last <= LOSS_FALL * first, f"{name} {it}: training loss fell only {first:.4g} → {last:.4g}"
+    final = got[iters[-1]]
+    win, (lo, hi) = final["win_rate_vs_base"], final["win_rate_vs_base_ci"]
+    assert win >= MIN_WIN and lo > 0.5, (
+        f"{name} {iters[-1]}: win rate against π_1 {win:.3f} [{lo:.3f}, {hi:.3f}]; learning needs "
+        f"≥ {MIN_WIN} with the interval above 0.5")
+    base, now = got["iter_00"]["answer_fraction"], final["answer_fraction"]
+    assert now - base >= ANSWER_GAIN, (
+        f"{name} {iters[-1]}: the answer in {now:.3f} of held-out samples, π_1 {base:.3f}; "
+        f"learning needs {ANSWER_GAIN} more")
+
+
+def assert_matches(name: str, got: dict, want: dict) -> None:
+    assert got.keys() == want.keys(), name
+    for it, w in want.items():
+        g = got[it]
+        assert g.keys() == w.keys(), (name, it)
+        assert g["mean_tokens"] == pytest.approx(w["mean_tokens"], rel=0.1), (name, it)
+        assert g["answer_fraction"] == pytest.approx(w["answer_fraction"], abs=ANSWER_ATOL), (name, it)
+        if "epoch_losses" in w:
+            assert g["epoch_losses"] == pytest.approx(w["epoch_losses"], rel=LOSS_RTOL), (name, it)
+            assert g["build"] == pytest.approx(w["build"], rel=1e-3, abs=1e-6), (name, it)
+            for k in ("win_rate_vs_base", "win_rate_vs_previous"):
+                assert g[k] == pytest.approx(w[k], abs=WIN_ATOL), (name, it, k)
+
+
+@pytest.mark.parametrize("recipe", CI, ids=[r.stem for r in CI])
+def test_ci_recipe_learns_and_matches_expectations(recipe: Path, tiny_model, reference_run, tmp_path):
     if recipe.stem == "tiny_sppo":
         run = reference_run
     else:
         sppo_run(tiny_model, recipe, f"output_dir={tmp_path}")
         run = tmp_path / recipe.stem
     got = collect(run)
-
-    # Learning: within every iteration the loss over the last epoch is below the first epoch's.
-    for it, row in got.items():
-        if "epoch_losses" in row:
-            first, last = row["epoch_losses"][0], row["epoch_losses"][-1]
-            assert last < 0.95 * first, f"{recipe.stem} {it}: training did not fit ({first} → {last})"
+    assert_learned(recipe.stem, got)
 
     path = EXPECTED / f"{recipe.stem}.json"
     if os.environ.get("SPPO_UPDATE_EXPECTED") == "1":
         path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
         pytest.skip(f"wrote {path}")
-    want = json.loads(path.read_text())
-    assert got.keys() == want.keys()
-    for it in want:
-        w, g = want[it], got[it]
-        if "epoch_losses" in w:
-            assert g["epoch_losses"] == pytest.approx(w["epoch_losses"], rel=LOSS_RTOL), it
-        for k in ("win_rate_vs_base", "win_rate_vs_previous"):
-            if k in w:
-                assert g[k] == pytest.approx(w[k], abs=WIN_ATOL), (it, k)
-        if "mean_tokens" in w:
-            assert g["mean_tokens"] == pytest.approx(w["mean_tokens"], rel=0.1), it
-        if "build" in w:
-            assert g["build"] == pytest.approx(w["build"], rel=1e-3, abs=1e-6), it
+    assert_matches(recipe.stem, got, json.loads(path.read_text()))
