@@ -62,14 +62,18 @@ class TrainerSpec:
     eta: float
     system_prompt: str | None
     seed: int  # derive_seed(run seed, "train", t)
+    threads: int | None  # the megatron workers of a node share the recipe's CPU threads
     game: GameRef | None
 
     def fingerprint(self) -> dict:
         keys = dataclasses.asdict(self.trainer)
-        if self.trainer.backend != "megatron":
-            keys.pop("megatron")  # the megatron subsection counts only when that backend trains
-        return {"trainer": keys, "loss.type": self.loss_type, "eta": self.eta, "system_prompt": self.system_prompt,
-                "seed": self.seed, "game": self.game.fingerprint() if self.game else None}
+        out = {"loss.type": self.loss_type, "eta": self.eta, "system_prompt": self.system_prompt, "seed": self.seed,
+               "game": self.game.fingerprint() if self.game else None}
+        if self.trainer.backend == "megatron":  # the megatron keys count only when that backend trains
+            out["threads"] = self.threads
+        else:
+            keys.pop("megatron")
+        return {"trainer": keys, **out}
 
 
 def generator_spec(r: Recipe) -> GeneratorSpec:
@@ -82,7 +86,7 @@ def judge_spec(r: Recipe) -> JudgeSpec:
 
 def trainer_spec(r: Recipe, t: int) -> TrainerSpec:
     return TrainerSpec(r.trainer, r.loss.type, r.eta, r.policy.system_prompt, derive_seed(r.seed, "train", t),
-                       game_ref(r))
+                       r.threads, game_ref(r))
 
 
 def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
@@ -133,7 +137,7 @@ def make_trainer(spec: TrainerSpec) -> Trainer:
         case "megatron":
             from sppo_nemo.backends.megatron.controller import MegatronTrainer
 
-            return MegatronTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed)
+            return MegatronTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed, threads=spec.threads)
         case "game":
             from sppo_nemo.backends.game import GameTrainer, load_game
 

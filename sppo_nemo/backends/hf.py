@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
+from sppo_nemo.protocols import PointRow, Prompt, Sample, SamplingParams, ProgressFn
 from sppo_nemo.errors import UserError
 from sppo_nemo.seeds import derive_seed
 
@@ -207,6 +207,24 @@ class ChatFormat:
         if not r:
             r = [self.end_of_turn]  # an empty response is still the event "end of turn at once"
         return Encoded(p, r)
+
+
+def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
+    """Token ids of each training row: [response] for a PointRow, [chosen, rejected] for a PairRow.
+    Both LM trainers (torch, megatron) train on these tokens."""
+    out = []
+    for r in rows:
+        if isinstance(r, PointRow):
+            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
+        else:
+            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
+                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
+    return out
+
+
+def row_tokens(seqs: list[list[Encoded]], ids) -> int:
+    return sum(len(e.prompt_ids) + len(e.response_ids) for i in ids for e in seqs[i])
+
 
 
 # ---------------------------------------------------------------- sequence log-probs

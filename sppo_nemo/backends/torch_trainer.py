@@ -14,31 +14,14 @@ from pathlib import Path
 
 import torch
 
-from sppo_nemo.backends.hf import (ChatFormat, Encoded, load_causal_lm, load_tokenizer, save_checkpoint,
-                                  sequence_logps)
+from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, row_tokens,
+                                  save_checkpoint, sequence_logps)
 from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import PointRow, ProgressFn, TrainResult
+from sppo_nemo.protocols import ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
 from sppo_nemo.training import Fit, StepStats
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
-    """Token ids of each training row: [response] for a PointRow, [chosen, rejected] for a PairRow.
-    Shared with the megatron workers, so both backends train on the same tokens."""
-    out = []
-    for r in rows:
-        if isinstance(r, PointRow):
-            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
-        else:
-            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
-                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
-    return out
-
-
-def row_tokens(seqs: list[list[Encoded]], ids) -> int:
-    return sum(len(e.prompt_ids) + len(e.response_ids) for i in ids for e in seqs[i])
 
 
 class TorchTrainer:

@@ -45,7 +45,7 @@ def main() -> None:
     from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
     from sppo_nemo.backends.megatron import logps, model as mdl, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
-    from sppo_nemo.backends.torch_trainer import encode_rows
+    from sppo_nemo.backends.hf import encode_rows
     from sppo_nemo.loss import sppo_loss
     from sppo_nemo.rows import read_rows
 

@@ -19,11 +19,11 @@ import pytest
 
 from sppo_nemo.artifacts import digest_files
 
-from .conftest import TINY_RECIPE, cli_env, sppo_run
+from tests.helpers import TINY_RECIPE, cli_env, sppo_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-T1 = ("T=1",)  # one iteration: iter_00/evaluate and the five stages of iter_01
+T1 = ("T=1", "K=4", "data.split_size=24")  # one small iteration: iter_00/evaluate and the stages of iter_01
 
 
 def run(tiny_model, out: Path, *args, **kwargs) -> subprocess.CompletedProcess:

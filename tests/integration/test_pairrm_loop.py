@@ -12,7 +12,7 @@ import pytest
 
 from sppo_nemo.protocols import Prompt, check_preference_matrix
 
-from .conftest import TINY_RECIPE, sppo_run
+from tests.helpers import TINY_RECIPE, sppo_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def prompts_and_texts(path):
 def test_loop_with_pairrm_judge(tiny_model, tiny_pairrm, tmp_path, probability):
     from sppo_nemo.backends.pairrm.judge import PairRMJudge
 
-    sppo_run(tiny_model, TINY_RECIPE, f"output_dir={tmp_path}", "T=1", "judge.backend=pairrm",
+    sppo_run(tiny_model, TINY_RECIPE, f"output_dir={tmp_path}", "T=1", "K=4", "data.split_size=24", "judge.backend=pairrm",
              f"judge.model={tiny_pairrm}", f"judge.probability={probability}", "judge.batch_size=8")
     run = tmp_path / "tiny_sppo"
     manifest = json.loads((run / "iter_01/annotate/manifest.json").read_text())

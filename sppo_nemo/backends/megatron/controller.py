@@ -11,6 +11,7 @@ removed, so that the stage's artifacts hold only π_{t+1}, metrics and summary.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -74,6 +75,8 @@ class MegatronTrainer:
         rc, tail, worker_tail = _run_workers(cmd, env, job_dir / "train.log",
                                              {"ref": ref_progress, "train": progress})
         result = read_result(job_dir)
+        if rc != 0 and any("No space left on device" in line for line in tail):
+            raise OSError(errno.ENOSPC, "No space left on device", str(output_dir))  # the CLI's disk-full message
         if rc != 0 or result is None:
             raise MegatronJobError(_failure(rc, job_dir, tail, worker_tail))
         shutil.rmtree(job_dir, ignore_errors=True)

@@ -43,7 +43,7 @@ from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_
 from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
 from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
 from sppo_nemo.backends.megatron.weights import gather_full_state, load_hf_weights, save_hf
-from sppo_nemo.backends.torch_trainer import encode_rows, row_tokens
+from sppo_nemo.backends.hf import encode_rows, row_tokens
 from sppo_nemo.protocols import TrainResult
 from sppo_nemo.rows import read_rows
 from sppo_nemo.training import Fit, Slot, StepStats, sequences_per_row
