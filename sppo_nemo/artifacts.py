@@ -194,7 +194,11 @@ class Stage:
     def verify(self, full: bool = False) -> None:
         """Raise CorruptStageError naming every file that no longer matches the manifest."""
         m = self.manifest()
-        problems = changed_files(self.path, m.get("files", {}), full)
+        if "files" not in m:
+            raise CorruptStageError(
+                f"{self.label} was committed by an older sppo-nemo that kept no record of its files, so it cannot "
+                f"be verified; redo it with --restart-from {self.label} (or start a new run name)")
+        problems = changed_files(self.path, m["files"], full)
         if problems:
             lines = [f"{self.label} is finished, but its files are not what it committed:"]
             lines += [f"  {self.path.name}/{p}" for p in problems]

@@ -2,6 +2,7 @@
 files verified before reuse, atomic removal."""
 
 import errno
+import json
 import time
 
 import os
@@ -125,3 +126,12 @@ def test_content_digest_follows_content_not_path_and_caches_hashes(tmp_path):
     first = content_digest(a, cache)
     (a / "model.safetensors").write_bytes(b"WEIGHTS")  # replaced in place
     assert content_digest(a, cache) != first
+
+
+def test_a_stage_committed_without_a_file_record_says_so(tmp_path):
+    st = committed(tmp_path, {"responses.jsonl": b"{}\n"})
+    m = st.manifest()
+    del m["files"]
+    (st.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptStageError, match="older sppo-nemo"):
+        st.verify()
