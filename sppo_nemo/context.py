@@ -74,18 +74,20 @@ class Context:
             raise FileNotFoundError(2, f"{stage.label} is not finished", str(stage.path))
         return Upstream(stage.path, stage.digest())
 
-    def policy(self, t: int) -> PolicyRef:
-        """π_t: the base model for t = 1, else the policy trained in iteration t − 1.
+    @cached_property
+    def base_policy(self) -> PolicyRef:
+        """π_1, identified by its content when it is a local directory (weights replaced in place
+        make every stage that read it stale), by its hub id otherwise; hashed once per run."""
+        model = self.recipe.policy.model
+        local = Path(policy_location(model))
+        if local.is_dir():
+            return PolicyRef(model, f"model:{content_digest(local, self.run_dir / '.base_policy.json', self.full_verify)}")
+        return PolicyRef(model, f"model:{model}")
 
-        π_1 is identified by its content when it is a local directory (weights replaced in place
-        make every stage that read it stale), by its hub id otherwise."""
+    def policy(self, t: int) -> PolicyRef:
+        """π_t: the base model for t = 1, else the policy trained in iteration t − 1."""
         if t == 1:
-            model = self.recipe.policy.model
-            local = Path(policy_location(model))
-            if local.is_dir():
-                digest = content_digest(local, self.run_dir / ".base_policy.json", self.full_verify)
-                return PolicyRef(model, f"model:{digest}")
-            return PolicyRef(model, f"model:{model}")
+            return self.base_policy
         train = self.upstream(t - 1, "train")
         return PolicyRef(str(train.path / "policy"), f"iter_{t - 1:02d}/train:{train.digest}")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
 from sppo_nemo.backends import TrainerSpec, make_trainer, policy_location, trainer_spec
 from sppo_nemo.context import Context, PolicyRef, Upstream
-from sppo_nemo.rows import read_rows
 
 NAME = "train"
 # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
@@ -30,7 +29,8 @@ def inputs(ctx: Context, t: int) -> Inputs:
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:
     rows_file = inp.rows.path / "rows.jsonl"
-    n_rows = len(read_rows(rows_file))
+    with rows_file.open(encoding="utf-8") as fh:
+        n_rows = sum(1 for _ in fh)  # one row a line; the trainer reads them itself
     trainer = make_trainer(inp.trainer)
     t, epochs = inp.iteration, inp.trainer.trainer.epochs
     with bar(n_rows, f"iter {t} reference log-probs") as ref_bar, bar(n_rows * epochs, f"iter {t} train") as b:
