@@ -14,7 +14,6 @@ from sppo_nemo.config import Recipe
 from sppo_nemo.stages import annotate, build, evaluate, generate, train
 
 STAGES: tuple[ModuleType, ...] = (generate, annotate, build, train, evaluate)
-BY_NAME = {m.NAME: m for m in STAGES}
 
 
 def plan(recipe: Recipe) -> Iterator[tuple[int, ModuleType]]:
