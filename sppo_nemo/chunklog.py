@@ -50,6 +50,22 @@ class ChunkLog:
             os.replace(tmp, self.path)
         return done
 
+    def peek(self) -> set[int]:
+        """The chunks whose line is whole, read without touching the file: what a reader may call
+        while the log's writer (another process) is appending."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return set()
+        done = set()
+        for line in data.splitlines(keepends=True):
+            try:
+                done.add(int(json.loads(line)["chunk"]) if line.endswith(b"\n") else None)
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                continue
+        done.discard(None)
+        return done
+
     def append(self, chunk: int, rows: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"chunk": chunk, "rows": rows}, ensure_ascii=False, sort_keys=True) + "\n"

@@ -26,7 +26,8 @@ LossType = Literal["sppo", "sppo_pair", "dpo", "ipo"]
 LogZ = Literal["constant", "estimated"]
 Selection = Literal["all", "best_worst"]
 WinrateMethod = Literal["average", "score_diff"]
-GenerationBackend = Literal["hf", "game"]
+GenerationBackend = Literal["hf", "vllm", "game"]
+VllmDtype = Literal["bf16", "fp16", "fp32", "auto"]
 JudgeBackend = Literal["offline", "pairrm", "llm_blender", "matrix"]
 JudgeProbability = Literal["symmetric", "score_diff"]
 JudgeDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -81,8 +82,30 @@ class SamplingConfig:
 
 
 @dataclass
+class VllmConfig:
+    """generation.backend=vllm (sppo_nemo/backends/vllm/): independent engines over disjoint chunks.
+
+    Each engine is a worker process (``python -m sppo_nemo.backends.vllm``) run by ``python``, owning
+    ``tensor_parallel`` GPUs (or, on CPU, its share of the cores). ``sampling.batch_size`` is the
+    number of sequences (prompts × samples) of one engine call, and the grain of resuming.
+    """
+
+    tensor_parallel: int = 1  # GPUs per engine; must divide the attention and key/value heads
+    engines: Optional[int] = None  # null: visible GPUs / tensor_parallel (one engine on CPU)
+    dtype: VllmDtype = "bf16"  # auto: the checkpoint's own dtype (fp32 for what our trainers write)
+    gpu_memory_utilization: float = 0.9  # fraction of each GPU for weights, activations and KV cache
+    kv_cache_gib: Optional[float] = None  # KV cache size per engine in GiB; null: vLLM sizes it (GPU)
+    # Longest prompt + response; null: max(trainer.max_length, max_prompt_length + max_new_tokens).
+    max_model_len: Optional[int] = None
+    enforce_eager: bool = False  # true: no compilation / CUDA graphs (starts in seconds, runs slower)
+    enable_prefix_caching: bool = True
+    python: Optional[str] = None  # the interpreter that has vllm (scripts/vllm_venv.sh); null: this one
+
+
+@dataclass
 class GenerationConfig:
     backend: GenerationBackend = "hf"
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 @dataclass

@@ -49,6 +49,14 @@ ProgressFn = Callable[[int], None]  # called with the number of items just finis
 class Generator(Protocol):
     """Samples responses from one policy checkpoint (an HF directory)."""
 
+    def sample(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams, state: Path,
+               seed_tag: tuple, progress: ProgressFn | None = None) -> list[list[Sample]]:
+        """What the stages call: ``num_samples`` samples per prompt, in prompt and index order,
+        resumable from the folder ``state`` (the generator's own files; the stage removes it after),
+        seeded from ``seed_tag`` by position (``seeds.derive_seed``), never by how the work was run.
+        The in-process backends chunk ``generate`` (``sampling.chunked_sample``)."""
+        ...
+
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -71,6 +79,11 @@ class Generator(Protocol):
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
         """How many prompts are longer than the policy takes, and so cut from the left (as the
         trainer cuts them) by generate and sequence_logprobs."""
+        ...
+
+    def run_facts(self) -> dict:
+        """What the last ``sample`` call did that belongs in the stage's result (the vLLM backend:
+        engines, vLLM version, chunks read back from its logs); {} for the in-process backends."""
         ...
 
     def close(self) -> None:

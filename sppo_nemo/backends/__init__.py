@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo.config import SHIPPED_SMOLLM2, JudgeConfig, Recipe, TrainerConfig, uses_games
+from sppo_nemo.config import SHIPPED_SMOLLM2, JudgeConfig, Recipe, TrainerConfig, VllmConfig, uses_games
 from sppo_nemo.protocols import Generator, Judge, Trainer
 from sppo_nemo.seeds import derive_seed
 
@@ -40,10 +40,17 @@ class GeneratorSpec:
     system_prompt: str | None
     max_prompt_length: int  # the trainer's: generation and scoring cut prompts as training does
     game: GameRef | None
+    vllm: VllmConfig | None = None  # backend=vllm: the engines' keys
+    max_model_len: int | None = None  # backend=vllm: the engines' context (backends.vllm.check.model_len)
 
     def fingerprint(self) -> dict:
-        return {"backend": self.backend, "system_prompt": self.system_prompt,
-                "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
+        out = {"backend": self.backend, "system_prompt": self.system_prompt,
+               "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
+        if self.vllm is not None:  # what changes vLLM's samples (eager vs compiled does, measured on CPU);
+            v = self.vllm          # engines do not (chunks are engine-independent), nor memory sizes
+            out["vllm"] = {"dtype": v.dtype, "enforce_eager": v.enforce_eager, "tensor_parallel": v.tensor_parallel,
+                           "enable_prefix_caching": v.enable_prefix_caching, "max_model_len": self.max_model_len}
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class TrainerSpec:
 
 
 def generator_spec(r: Recipe) -> GeneratorSpec:
+    if r.generation.backend == "vllm":
+        from sppo_nemo.backends.vllm.check import model_len
+
+        return GeneratorSpec("vllm", r.policy.system_prompt, r.trainer.max_prompt_length, None,
+                             r.generation.vllm, model_len(r))
     return GeneratorSpec(r.generation.backend, r.policy.system_prompt, r.trainer.max_prompt_length, game_ref(r))
 
 
@@ -95,6 +107,11 @@ def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
             from sppo_nemo.backends.hf import HFGenerator
 
             return HFGenerator(policy_location(policy), spec.system_prompt, spec.max_prompt_length)
+        case "vllm":
+            from sppo_nemo.backends.vllm.controller import VLLMGenerator
+
+            return VLLMGenerator(policy_location(policy), spec.vllm, spec.max_model_len, spec.system_prompt,
+                                 spec.max_prompt_length)
         case "game":
             from sppo_nemo.backends.game import GameGenerator, load_game
 

@@ -35,6 +35,7 @@ from sppo_nemo import games
 from sppo_nemo.config import GAME_BACKENDS, GAME_POLICY, Recipe, TrainerConfig, resolve_path
 from sppo_nemo.errors import UserError
 from sppo_nemo.protocols import ProgressFn, Prompt, Sample, SamplingParams, TrainResult, check_judge_inputs
+from sppo_nemo.sampling import ChunkedSampling
 
 POLICY_FILE = "policy.json"
 GAME_KEYS = ("matrix", "responses", "init")  # of a .json game file; only "matrix" is required
@@ -234,7 +235,7 @@ def sampling_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.n
 # ---------------------------------------------------------------------------- the backends
 
 
-class GameGenerator:
+class GameGenerator(ChunkedSampling):
     """Samples from a game policy; exact log-probabilities and exact evaluation."""
 
     def __init__(self, game: Game, policy: str | Path):

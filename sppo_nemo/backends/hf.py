@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sppo_nemo.protocols import PointRow, Prompt, Sample, SamplingParams, ProgressFn
 from sppo_nemo.errors import UserError
+from sppo_nemo.sampling import ChunkedSampling
 from sppo_nemo.seeds import derive_seed
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -284,7 +285,21 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
 # ------------------------------------------------------------------------ generation
 
 
-class HFGenerator:
+def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int],
+                  pad_id: int | None = None) -> Sample:
+    """A generated row of token ids as a Sample: cut at the first end-of-turn id (finished; the end
+    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens) but
+    ``pad_id``, the filler transformers puts after rows that finished early. Both generators
+    (transformers, vLLM) make their samples here."""
+    ends = set(end_ids)
+    cut = next((i for i, t in enumerate(row) if t in ends), None)
+    finished = cut is not None
+    tokens = list(row[:cut]) if finished else [t for t in row if t != pad_id]
+    text = tok.decode(tokens, skip_special_tokens=True).strip()
+    return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
+
+
+class HFGenerator(ChunkedSampling):
     """Samples from a policy checkpoint with transformers' generate, batched and seeded."""
 
     def __init__(self, path: str, system_prompt: str | None, max_prompt_length: int | None = None,
@@ -328,12 +343,7 @@ class HFGenerator:
         return [[results[(p.id, k)] for k in range(num_samples)] for p in prompts]
 
     def _sample(self, prompt_id: str, k: int, row: list[int]) -> Sample:
-        ends = set(self.fmt.end_ids)
-        cut = next((i for i, t in enumerate(row) if t in ends), None)
-        finished = cut is not None
-        tokens = row[:cut] if finished else [t for t in row if t != self.tok.pad_token_id]
-        text = self.tok.decode(tokens, skip_special_tokens=True).strip()
-        return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
+        return decode_sample(self.tok, self.fmt.end_ids, prompt_id, k, row, pad_id=self.tok.pad_token_id)
 
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
                           batch_size: int = 8) -> np.ndarray:

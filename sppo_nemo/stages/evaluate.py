@@ -17,6 +17,7 @@ All policies sample the held-out prompts with the same seeds (common random numb
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,10 @@ from sppo_nemo.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
 from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
 from sppo_nemo.protocols import SamplingParams
-from sppo_nemo.stages.generate import read_responses, sample_resumable, write_responses
+from sppo_nemo.stages.generate import STATE, read_responses, write_responses
 from sppo_nemo.stats import mean_interval
 
 NAME = "evaluate"
-LOG = "samples.log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     generator = make_generator(inp.generation, inp.policies[-1].location)
     with bar(len(prompts) * n, f"iter {t} evaluate: sample") as b:
         # the same seeds for every policy (common random numbers): the tag has no iteration
-        samples = sample_resumable(generator, prompts, n, inp.sampling, workdir / LOG, (inp.seed, NAME), b.update)
+        samples = generator.sample(prompts, n, inp.sampling, workdir / STATE, (inp.seed, NAME), b.update)
     write_responses(workdir / "responses.jsonl", prompts, samples)
-    (workdir / LOG).unlink()
+    shutil.rmtree(workdir / STATE)
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [s for ss in samples for s in ss]
     lengths = np.array([s.num_tokens for s in flat], dtype=np.float64)
@@ -71,6 +71,7 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         "mean_tokens": float(lengths.mean()),
         "finished_fraction": float(np.mean([s.finished for s in flat])),
         "prompts_cut": generator.cut_prompts(prompts),
+        **generator.run_facts(),
     }
     if inp.generation.backend == "game":  # finite games: exact duality gaps of π_{t+1} and of π̄
         metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))

@@ -37,7 +37,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384):
     return fast
 
 
-def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
+                     kv_heads: int = 2) -> Path:
+    """A random Llama with the project's tiny tokenizer. vLLM's CPU attention takes head sizes of
+    32 and up only (hidden/heads), so vLLM tests build it with hidden=64, heads=2, kv_heads=1."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,7 +54,7 @@ def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2
     tok = train_tokenizer(texts)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
         tie_word_embeddings=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tok.pad_token_id, bos_token_id=None,
     )

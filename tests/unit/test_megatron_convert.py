@@ -12,7 +12,7 @@ What is tested, on tiny random HF models built in-process (no megatron import, n
 - ``arch_from_hf_config``: fields read, and every refusal (unsupported type, scaled RoPE, sliding
   windows, GPT-2 variants) with its message;
 - ``Arch.parallel_errors`` and ``padded_vocab``, hand-worked;
-- (slow) ``megatron.layout.SMOLLM2_CONFIG`` agrees with the real converted SmolLM2 ``config.json``.
+- (slow) ``hub.SMOLLM2_CONFIG`` agrees with the real converted SmolLM2 ``config.json``.
 """
 
 from __future__ import annotations
@@ -466,7 +466,7 @@ def test_parallel_errors_by_hand():
 @pytest.mark.slow
 def test_smollm2_config_matches_the_converted_checkpoint():
     from sppo_nemo.backends.hf import smollm2_checkpoint
-    from sppo_nemo.backends.megatron.layout import SMOLLM2_CONFIG
+    from sppo_nemo.hub import SMOLLM2_CONFIG
 
     path = smollm2_checkpoint()
     assert path.name.startswith("smollm2-135m-instruct")

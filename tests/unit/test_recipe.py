@@ -143,8 +143,8 @@ BAD = [
         "trainer.megatron.recompute:", ("'some'", "selective")),
     Bad("megatron_unknown_key", BASE + "trainer:\n  megatron:\n    tensor_paralel: 2\n",
         "trainer.megatron.tensor_paralel", ("tensor_parallel",)),
-    Bad("unknown_generation_backend", BASE + "generation:\n  backend: vllm\n", "generation.backend:",
-        ("'vllm'", "hf")),
+    Bad("unknown_generation_backend", BASE + "generation:\n  backend: sglang\n", "generation.backend:",
+        ("'sglang'", "hf", "vllm")),
     # --- the file itself
     Bad("invalid_yaml_syntax", BASE + "trainer:\n  lr: [1.0e-6, 2.0e-6\n", None, ("not valid yaml", "line")),
     Bad("base_cycle", "base: @TMP@/a.yaml\nname: cyc\n", None, ("cycle", "remove one `base:`"), setup=_cycle),

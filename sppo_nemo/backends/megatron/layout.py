@@ -9,18 +9,12 @@ World size = nnodes · nproc_per_node = TP · PP · DP; an optimizer step takes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sppo_nemo.backends.megatron.arch import UnsupportedModel, arch_from_hf_config
-from sppo_nemo.config import SHIPPED_SMOLLM2, Recipe, TrainerConfig, looks_like_path, resolve_path
-
-# The shape of policy.model=smollm2 (SmolLM2-135M-Instruct), for checking a parallel layout before
-# the gguf is converted; tests/unit/test_megatron_convert.py compares it with the converted config.
-SMOLLM2_CONFIG = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
-                  "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
-                  "tie_word_embeddings": True}
+from sppo_nemo.config import Recipe, TrainerConfig
+from sppo_nemo.hub import UnreadableConfig, policy_config
 
 
 @dataclass(frozen=True)
@@ -91,15 +85,11 @@ def check(r: Recipe, base_dir: Path) -> list[str]:
 
 def _shape_problems(r: Recipe, base_dir: Path, tp: int, pp: int) -> list[str]:
     """The policy's shape against TP/PP, when its config.json can be read without the network."""
-    model = r.policy.model
-    if model == SHIPPED_SMOLLM2:
-        cfg = SMOLLM2_CONFIG
-    elif looks_like_path(model) and (resolve_path(model, base_dir) / "config.json").is_file():
-        try:
-            cfg = json.loads((resolve_path(model, base_dir) / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            return [f"policy.model: cannot read {model}/config.json ({e}); give an HF checkpoint directory"]
-    else:
+    try:
+        cfg = policy_config(r.policy.model, base_dir)
+    except UnreadableConfig as e:
+        return [str(e)]
+    if cfg is None:
         return []
     try:
         arch = arch_from_hf_config(cfg)

@@ -1,0 +1,305 @@
+"""The vLLM generator as the stages see it: independent engines in worker processes, watched here.
+
+:meth:`VLLMGenerator.sample` lays the prompts on the chunk grid of every generator
+(``sampling.chunk_grid``), reads back the chunks the engines' logs already hold, writes the job
+folder for the rest (prompts as the trainer's token ids, one seed per prompt position) and starts
+one worker per engine over disjoint chunks: each owns ``tensor_parallel`` GPUs (a slice of the
+visible ones) or, on CPU, its share of the cores. It watches their logs for progress, stops them
+all if one fails (quoting its log; finished chunks stay for the rerun), and decodes the merged
+chunks in prompt order into the records the transformers backend makes.
+
+Data parallelism is by independent engines, as NeMo-RL and OpenRLHF do for dense models: vLLM's
+own ``LLM(data_parallel_size=...)`` is refused for single-process offline use.
+
+Log-probabilities for the evaluate stage's KL estimate are scored by transformers
+(``HFGenerator.sequence_logprobs``): the trainer's own computation in fp32, on the same tokens,
+whereas vLLM's sampled log-probs are after temperature and top-p, in the engine's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import sppo_nemo
+from sppo_nemo import hub
+from sppo_nemo.backends.hf import ChatFormat, HFGenerator, decode_sample, load_tokenizer
+from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
+from sppo_nemo.chunklog import ChunkLog, merged
+from sppo_nemo.config import VllmConfig
+from sppo_nemo.errors import UserError
+from sppo_nemo.protocols import ProgressFn, Prompt, Sample, SamplingParams
+from sppo_nemo.sampling import chunk_grid
+from sppo_nemo.seeds import derive_seed
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
+CPU_KV_CACHE_GIB = 2.0  # kv_cache_gib: null on CPU (vLLM would size it from the machine's memory)
+SETUP = "bash scripts/vllm_venv.sh"
+
+
+class VllmUnavailable(UserError):
+    pass
+
+
+class VllmWorkerFailed(UserError):
+    pass
+
+
+class VLLMGenerator:
+    def __init__(self, policy: str, config: VllmConfig, max_model_len: int, system_prompt: str | None,
+                 max_prompt_length: int):
+        self.config = config
+        self.python = config.python or sys.executable
+        check_interpreter(self.python)
+        self.policy = str(hub.local_dir(policy, "policy checkpoint", "policy.model"))  # the engines read its files
+        self.max_model_len = max_model_len
+        self.system_prompt = system_prompt
+        self.max_prompt = max_prompt_length  # the trainer's: prompts are cut as it cuts them
+        self.fmt = ChatFormat(load_tokenizer(self.policy), system_prompt)
+        self.scorer: HFGenerator | None = None
+        self.facts: dict = {}
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams, state: Path,
+               seed_tag: tuple, progress: ProgressFn | None = None) -> list[list[Sample]]:
+        state = Path(state)
+        state.mkdir(parents=True, exist_ok=True)
+        grid = chunk_grid(len(prompts), num_samples, params.batch_size)
+        done = _logged_chunks(state, grid)  # no worker runs now: torn lines are dropped here
+        if progress and done:
+            progress(sum(len(rows) for rows in done.values()) * num_samples)
+        todo = [c for c in range(len(grid)) if c not in done]
+        engines = self._engines(len(todo))
+        self.facts = {"engines": engines, "chunks": len(grid), "chunks_resumed": len(done)}
+        if todo:
+            job = self._job(prompts, grid, num_samples, params, seed_tag)
+            job.assignment = [todo[e::engines] for e in range(engines)]
+            job.write(state)
+            self.facts["vllm_version"] = self._run(state, job, num_samples, progress)
+            done = _logged_chunks(state, grid)
+            missing = [c for c in todo if c not in done]
+            if missing:
+                raise VllmWorkerFailed(f"generation.backend=vllm: the engines exited without chunks {missing[:5]}; "
+                                       f"see {state}/worker_*.log, then rerun the same command to resume")
+        return [[decode_sample(self.fmt.tok, self.fmt.end_ids, prompts[row["position"]].id, k, ids)
+                 for k, (ids, _reason) in enumerate(row["outputs"])]
+                for c in range(len(grid)) for row in done[c]]
+
+    def _job(self, prompts: Sequence[Prompt], grid: list[range], k: int, params: SamplingParams,
+             seed_tag: tuple) -> Job:
+        c = self.config
+        on_gpu = _visible_gpus() != []
+        kv = c.kv_cache_gib if c.kv_cache_gib is not None else (None if on_gpu else CPU_KV_CACHE_GIB)
+        engine = EngineSettings(
+            model=self.policy, dtype=DTYPES[c.dtype], tensor_parallel_size=c.tensor_parallel,
+            max_model_len=self.max_model_len, enforce_eager=c.enforce_eager,
+            enable_prefix_caching=c.enable_prefix_caching, enable_chunked_prefill=on_gpu,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            kv_cache_memory_bytes=None if kv is None else int(kv * 2**30))
+        sampling = Sampling(n=k, temperature=params.temperature, top_p=params.top_p,
+                            max_tokens=params.max_new_tokens, stop_token_ids=list(self.fmt.end_ids))
+        chunks = [[(i, derive_seed(*seed_tag, "prompt", i), self.fmt.prompt_ids(prompts[i].text, self.max_prompt))
+                   for i in chunk] for chunk in grid]
+        return Job(engine, sampling, chunks)
+
+    def _engines(self, todo: int) -> int:
+        """Engines to start: the recipe's, or visible GPUs / tensor_parallel (one on CPU); never more
+        than there are chunks to run."""
+        c, gpus = self.config, _visible_gpus()
+        if gpus and c.engines is None:
+            n = len(gpus) // c.tensor_parallel
+        else:
+            n = c.engines or 1
+        if gpus and n * c.tensor_parallel > len(gpus):
+            raise VllmUnavailable(f"generation.vllm: {n} engine(s) × tensor_parallel {c.tensor_parallel} need "
+                                  f"{n * c.tensor_parallel} GPUs, {len(gpus)} are visible; lower engines or "
+                                  f"tensor_parallel, or set engines: null")
+        return max(1, min(n, todo))
+
+    def _run(self, state: Path, job: Job, k: int, progress: ProgressFn | None) -> str:
+        """Start the workers, report their finished chunks, stop all of them on any exit; the
+        vLLM version the engines reported."""
+        n = len(job.assignment)
+        env = dict(os.environ, PYTHONPATH=str(_package_link(state)), PYTHONUNBUFFERED="1")
+        envs = _placements(n, job.engine.tensor_parallel_size)
+        procs = []
+        try:
+            for e in range(n):
+                with open(worker_log(state, e), "w") as log:
+                    procs.append(subprocess.Popen(
+                        [self.python, "-m", "sppo_nemo.backends.vllm", str(state), str(e), str(os.getpid())],
+                        stdout=log, stderr=subprocess.STDOUT, env={**env, **envs[e]}, start_new_session=True))
+            seen = [set() for _ in range(n)]
+            while True:
+                codes = [p.poll() for p in procs]
+                for e in range(n):
+                    new = ChunkLog(shard_log(state, e)).peek() - seen[e]
+                    if progress and new:
+                        progress(sum(len(job.chunks[c]) for c in new) * k)
+                    seen[e] |= new
+                failed = [e for e, code in enumerate(codes) if code not in (None, 0)]
+                if failed:
+                    raise VllmWorkerFailed(_failure(state, failed[0], codes[failed[0]], self.config,
+                                                    sum(map(len, seen)), len(job.chunks)))
+                if all(code == 0 for code in codes):
+                    break
+                time.sleep(0.25)
+        finally:
+            _stop(procs)
+        return _version(state, n)
+
+    # ------------------------------------------------------------------ scoring and facts
+
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
+        if self.scorer is None:
+            self.scorer = HFGenerator(self.policy, self.system_prompt, self.max_prompt)
+        return self.scorer.sequence_logprobs(prompts, responses)
+
+    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
+        return sum(len(self.fmt.prompt_ids(p.text)) > self.max_prompt for p in prompts)
+
+    def run_facts(self) -> dict:
+        return {"vllm": dict(self.facts)} if self.facts else {}
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def check_interpreter(python: str) -> None:
+    """The interpreter exists and can import vllm, or the error names the setup script."""
+    fix = (f"build the vLLM environment with `{SETUP}` and set generation.vllm.python=<the folder it prints>/bin/python"
+           f" (or use generation.backend=hf)")
+    try:
+        proc = subprocess.run([python, "-c", "import importlib.util, sys; "
+                               "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise VllmUnavailable(f"generation.vllm.python: cannot run {python} ({e}); {fix}") from None
+    if proc.returncode != 0:
+        raise VllmUnavailable(f"generation.backend=vllm: {python} has no vllm; {fix}")
+
+
+def _logged_chunks(state: Path, grid: list[range]) -> dict[int, list[dict]]:
+    """The chunks the engines' logs hold whole and on the current grid (a chunk of other positions,
+    from a log of other work, is ignored and redone)."""
+    logs = [ChunkLog(p) for p in sorted(state.glob("shard_*.jsonl"))]
+    return {c: rows for c, rows in merged(logs).items()
+            if c < len(grid) and [r["position"] for r in rows] == list(grid[c])}
+
+
+def _visible_gpus() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _placements(engines: int, tp: int) -> list[dict]:
+    """Each engine's devices: a slice of the visible GPUs, or on CPU its share of this process's
+    cores (``VLLM_CPU_OMP_THREADS_BIND``: one list per tensor-parallel rank, '|'-separated)."""
+    gpus = _visible_gpus()
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[e * tp:(e + 1) * tp])} for e in range(engines)]
+    cpus = sorted(os.sched_getaffinity(0))
+    out = []
+    for e in range(engines):
+        mine = cpus[e * len(cpus) // engines:(e + 1) * len(cpus) // engines] or cpus[e % len(cpus):][:1]
+        ranks = [mine[r * len(mine) // tp:(r + 1) * len(mine) // tp] or mine[:1] for r in range(tp)]
+        out.append({"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, r)) for r in ranks)})
+    return out
+
+
+def _package_link(state: Path) -> Path:
+    """A folder holding only a link to this package, for the worker interpreter's PYTHONPATH: the
+    package's own parent may be a site-packages whose torch must not shadow vLLM's."""
+    folder = state / "pythonpath"
+    link = folder / "sppo_nemo"
+    folder.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(Path(sppo_nemo.__file__).resolve().parent, target_is_directory=True)
+    return folder
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Every worker and its engine processes (each worker leads a process group): SIGTERM, then
+    SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        alive = [p for p in procs if _group_alive(p.pid)]
+        for p in alive:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while alive and time.time() < deadline:
+            for p in alive:
+                p.poll()
+            alive = [p for p in alive if _group_alive(p.pid)]
+            time.sleep(0.1)
+    for p in procs:
+        p.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _version(state: Path, engines: int) -> str:
+    for e in range(engines):
+        for line in worker_log(state, e).read_text(errors="replace").splitlines():
+            if line.startswith(READY):
+                return line[len(READY):].strip()
+    return "unknown"
+
+
+MEMORY_SIGNS = ("out of memory", "outofmemory", "kv cache", "available memory", "cannot allocate memory",
+                "memory for kv")
+
+
+def _failure(state: Path, engine: int, code: int, c: VllmConfig, finished: int, total: int) -> str:
+    path = worker_log(state, engine)
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and "INFO" not in ln]
+    quote = deque(errors or lines, maxlen=8)
+    text = "\n".join(lines).lower()
+    if code < 0:
+        hint = (f"the worker was killed by signal {-code} (the kernel's out-of-memory killer, or a kill); with "
+                f"too little memory lower generation.vllm.kv_cache_gib or max_model_len")
+    elif "not supported for now" in text or "are not supported" in text or "architecture" in text and "support" in text:
+        hint = ("vLLM cannot run this policy's architecture (config.json `architectures`); use "
+                "generation.backend=hf for it")
+    elif any(s in text for s in MEMORY_SIGNS):
+        hint = ("the engine ran out of memory for its weights and KV cache: lower generation.vllm.max_model_len "
+                "or sampling.batch_size, change generation.vllm.gpu_memory_utilization (now "
+                f"{c.gpu_memory_utilization}; the share of each GPU vLLM may take) or kv_cache_gib (now "
+                f"{c.kv_cache_gib}), or give each engine more GPUs (tensor_parallel)")
+    else:
+        hint = "see the worker's log"
+    failed_line = next((ln for ln in reversed(lines) if ln.startswith(FAILED)), None)
+    return (f"generation.backend=vllm: engine {engine} failed (exit {code}): {hint}.\n"
+            f"worker log: {path}\n--- last lines ---\n" + "\n".join(quote)
+            + (f"\n{failed_line}" if failed_line and failed_line not in quote else "")
+            + f"\n{finished} of {total} chunks are finished and kept; fix the cause and rerun the same command "
+              f"to resume.")
