@@ -46,10 +46,13 @@ class GeneratorSpec:
     def fingerprint(self) -> dict:
         out = {"backend": self.backend, "system_prompt": self.system_prompt,
                "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
-        if self.vllm is not None:  # what changes vLLM's samples (eager vs compiled does, measured on CPU);
-            v = self.vllm          # engines do not (chunks are engine-independent), nor memory sizes
+        # What changes vLLM's samples (eager vs compiled does, measured on CPU); engines do not (chunks
+        # are engine-independent), nor memory sizes. max_model_len as the recipe says: the derived
+        # value follows evaluation's length, which must not make the generate stages stale.
+        if self.vllm is not None:
+            v = self.vllm
             out["vllm"] = {"dtype": v.dtype, "enforce_eager": v.enforce_eager, "tensor_parallel": v.tensor_parallel,
-                           "enable_prefix_caching": v.enable_prefix_caching, "max_model_len": self.max_model_len}
+                           "enable_prefix_caching": v.enable_prefix_caching, "max_model_len": v.max_model_len}
         return out
 
 

@@ -119,10 +119,10 @@ class VLLMGenerator:
             n = len(gpus) // c.tensor_parallel
         else:
             n = c.engines or 1
-        if gpus and n * c.tensor_parallel > len(gpus):
-            raise VllmUnavailable(f"generation.vllm: {n} engine(s) × tensor_parallel {c.tensor_parallel} need "
-                                  f"{n * c.tensor_parallel} GPUs, {len(gpus)} are visible; lower engines or "
-                                  f"tensor_parallel, or set engines: null")
+        if gpus and (n < 1 or n * c.tensor_parallel > len(gpus)):
+            raise VllmUnavailable(f"generation.vllm: {max(n, 1)} engine(s) × tensor_parallel {c.tensor_parallel} "
+                                  f"need {max(n, 1) * c.tensor_parallel} GPUs, {len(gpus)} are visible; lower "
+                                  f"engines or tensor_parallel, or set engines: null")
         return max(1, min(n, todo))
 
     def _run(self, state: Path, job: Job, k: int, progress: ProgressFn | None) -> str:
@@ -131,6 +131,7 @@ class VLLMGenerator:
         n = len(job.assignment)
         env = dict(os.environ, PYTHONPATH=str(_package_link(state)), PYTHONUNBUFFERED="1")
         envs = _placements(n, job.engine.tensor_parallel_size)
+        seen = [ChunkLog(shard_log(state, e)).peek() for e in range(n)]  # resumed: reported already
         procs = []
         try:
             for e in range(n):
@@ -138,18 +139,17 @@ class VLLMGenerator:
                     procs.append(subprocess.Popen(
                         [self.python, "-m", "sppo_nemo.backends.vllm", str(state), str(e), str(os.getpid())],
                         stdout=log, stderr=subprocess.STDOUT, env={**env, **envs[e]}, start_new_session=True))
-            seen = [set() for _ in range(n)]
             while True:
                 codes = [p.poll() for p in procs]
                 for e in range(n):
-                    new = ChunkLog(shard_log(state, e)).peek() - seen[e]
+                    new = {c for c in ChunkLog(shard_log(state, e)).peek() - seen[e] if c < len(job.chunks)}
                     if progress and new:
                         progress(sum(len(job.chunks[c]) for c in new) * k)
                     seen[e] |= new
                 failed = [e for e, code in enumerate(codes) if code not in (None, 0)]
                 if failed:
                     raise VllmWorkerFailed(_failure(state, failed[0], codes[failed[0]], self.config,
-                                                    sum(map(len, seen)), len(job.chunks)))
+                                                    _finished(state, len(job.chunks)), len(job.chunks)))
                 if all(code == 0 for code in codes):
                     break
                 time.sleep(0.25)
@@ -199,6 +199,11 @@ def _logged_chunks(state: Path, grid: list[range]) -> dict[int, list[dict]]:
     logs = [ChunkLog(p) for p in sorted(state.glob("shard_*.jsonl"))]
     return {c: rows for c, rows in merged(logs).items()
             if c < len(grid) and [r["position"] for r in rows] == list(grid[c])}
+
+
+def _finished(state: Path, total: int) -> int:
+    """How many chunks the logs hold whole, read while workers may still write (ChunkLog.peek)."""
+    return len({c for p in state.glob("shard_*.jsonl") for c in ChunkLog(p).peek() if c < total})
 
 
 def _visible_gpus() -> list[str]:
@@ -282,12 +287,12 @@ def _failure(state: Path, engine: int, code: int, c: VllmConfig, finished: int, 
     path = worker_log(state, engine)
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and "INFO" not in ln]
-    quote = deque(errors or lines, maxlen=8)
-    text = "\n".join(lines).lower()
+    quote = deque((ln if len(ln) <= 300 else ln[:300] + " …" for ln in errors or lines), maxlen=8)
+    text = "\n".join(errors or lines[-40:]).lower()  # the error lines: INFO lines name "KV cache" too
     if code < 0:
         hint = (f"the worker was killed by signal {-code} (the kernel's out-of-memory killer, or a kill); with "
                 f"too little memory lower generation.vllm.kv_cache_gib or max_model_len")
-    elif "not supported for now" in text or "are not supported" in text or "architecture" in text and "support" in text:
+    elif "not supported for now" in text:  # vLLM: "Model architectures [...] are not supported for now"
         hint = ("vLLM cannot run this policy's architecture (config.json `architectures`); use "
                 "generation.backend=hf for it")
     elif any(s in text for s in MEMORY_SIGNS):
@@ -297,7 +302,7 @@ def _failure(state: Path, engine: int, code: int, c: VllmConfig, finished: int, 
                 f"{c.kv_cache_gib}), or give each engine more GPUs (tensor_parallel)")
     else:
         hint = "see the worker's log"
-    failed_line = next((ln for ln in reversed(lines) if ln.startswith(FAILED)), None)
+    failed_line = next((ln[:300] for ln in reversed(lines) if ln.startswith(FAILED)), None)
     return (f"generation.backend=vllm: engine {engine} failed (exit {code}): {hint}.\n"
             f"worker log: {path}\n--- last lines ---\n" + "\n".join(quote)
             + (f"\n{failed_line}" if failed_line and failed_line not in quote else "")

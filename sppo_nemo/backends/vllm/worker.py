@@ -19,6 +19,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -29,14 +31,31 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent: int) -> None:
-    """SIGKILL this worker when the controller dies, even by kill -9 (Linux prctl), so no orphan
-    engine keeps its GPUs or writes to a log a resumed run owns."""
+    """End this worker and its engine processes when the controller dies, even by kill -9, so no
+    orphan engine keeps its GPUs or writes to a log a resumed run owns. vLLM's engine core does not
+    watch its parent, so the whole process group goes (the controller starts each worker as the
+    leader of its own): on the kernel's parent-death signal (Linux prctl), and from a watchdog
+    thread in case that signal is not delivered (not Linux, or a handler blocked in C)."""
+    signal.signal(signal.SIGTERM, lambda *_: _end_group())
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
-        pass  # not Linux: the controller's own clean-up still stops workers on every exit it sees
-    if os.getppid() != parent:  # the controller died before prctl took effect
-        os._exit(1)
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        _end_group()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def _end_group() -> None:
+    """SIGKILL this worker's process group (its engine core and the engine's workers), or only this
+    process when it does not lead a group of its own."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
 
 
 def run(state: Path, engine: int) -> None:
