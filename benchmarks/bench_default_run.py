@@ -5,7 +5,7 @@ time per stage, peak memory, and per iteration the held-out win rates with 95% i
 KL estimate and response lengths. Goal (issue 2): under 15 minutes on 2 cores, final win rate
 vs π_1 ≥ 0.60 with its interval above 0.5.
 
-    .venv/bin/python benchmarks/bench_default_run.py [--out DIR] [key=value ...]
+    .venv/bin/python benchmarks/bench_default_run.py [--out DIR] [--recipe VARIANT.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ RECIPE = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="output_dir (default: a new temporary folder)")
+    ap.add_argument("--recipe", type=Path, default=RECIPE, help="a variant of the default, e.g. "
+                    "recipes/smollm2_sppo_3iter_vllm.yaml")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="sppo-bench-"))
-    cmd = [sys.executable, "-m", "sppo_nemo", str(RECIPE), f"output_dir={out}", "--no-progress", *args.overrides]
+    cmd = [sys.executable, "-m", "sppo_nemo", str(args.recipe), f"output_dir={out}", "--no-progress", *args.overrides]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
@@ -37,7 +39,7 @@ def main() -> int:
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         return proc.returncode
-    run = out / "smollm2_sppo_3iter"
+    run = next(p for p in out.iterdir() if p.is_dir())  # the one run folder, output_dir/<recipe name>
     print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); peak RSS: {peak:.2f} GiB; run dir {run}")
     print("\nseconds per stage:")
     per_stage: dict[str, list[float]] = {}

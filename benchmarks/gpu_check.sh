@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check of the megatron backend in one go, for a bare GPU machine with no network:
-# the gpu test tier, then the 1B-parameter SPPO step benchmark. Wheels the machine lacks
+# Every GPU check in one go, for a bare GPU machine with no network: the gpu test tier, the
+# 1B-parameter SPPO step benchmark of the megatron backend, then (where the image has vllm) the
+# vLLM backend's tokens/s on a 1B shape at K = 5 and its overhead against a bare LLM.generate. Wheels the machine lacks
 # (megatron-core, omegaconf) are expected in .whl/ (benchmarks/fetch_gpu_wheels.sh). Results go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
@@ -27,4 +28,14 @@ bench sdpa_m8 --attention sdpa --micro 8 --accum 1
 bench local_m4 --attention local --micro 4 --accum 2
 [ "$TE" = 1 ] && bench te_m4 --attention te --micro 4 --accum 2
 bench sdpa_sel --attention sdpa --micro 4 --accum 2 --recompute selective
+# vLLM: only where the image has it (the NGC NeMo container 26.06 ships 0.20.1); a bare machine has
+# none, and vLLM's CUDA wheels are far larger than what a device run can carry.
+if python3 -c "import vllm" 2>/dev/null; then
+    timeout 420 python3 benchmarks/bench_generation.py --python python3 --no-hf --random-1b /tmp/rand-1b --k 5 \
+        --prompts 256 --batch-size 1280 --max-new-tokens 256 --engines 1 --compiled --bare \
+        >"$OUT/bench_vllm.log" 2>&1
+    grep -A12 "^backend" "$OUT/bench_vllm.log" || grep -v -i warn "$OUT/bench_vllm.log" | tail -20
+else
+    echo "vllm not importable: the vLLM figures need an image that has it (nvcr.io/nvidia/nemo:26.06); skipped"
+fi
 exit 0

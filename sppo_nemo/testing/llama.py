@@ -38,7 +38,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384):
 
 
 def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
-                     kv_heads: int = 2) -> Path:
+                     kv_heads: int = 2, intermediate: int | None = None) -> Path:
     """A random Llama with the project's tiny tokenizer. vLLM's CPU attention takes head sizes of
     32 and up only (hidden/heads), so vLLM tests build it with hidden=64, heads=2, kv_heads=1."""
     import torch
@@ -53,7 +53,8 @@ def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2
     texts = [r["prompt"] for r in rows] + [r["reference"] for r in rows]
     tok = train_tokenizer(texts)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
         tie_word_embeddings=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tok.pad_token_id, bos_token_id=None,

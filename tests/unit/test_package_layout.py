@@ -1,6 +1,6 @@
 """The package's shape, read from its source with ast: no import cycle (function-local imports
 count too: a cycle dodged by a local import is still a cycle), no module over 400 lines, the schema
-a leaf, and megatron-core imported only by the megatron worker's modules."""
+a leaf, megatron-core imported only by the megatron worker's modules, vllm only by its worker."""
 
 from __future__ import annotations
 
@@ -106,13 +106,28 @@ def test_no_module_over_400_lines():
     assert big == {}
 
 
-def test_megatron_core_only_in_the_megatron_worker():
+def importers_of(top: str) -> set[str]:
+    """The package modules that import ``top`` (or a submodule), function-local imports included."""
     users = set()
     for m, f in modules().items():
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            if any(n.split(".")[0] == "megatron" for n in names):
+            if any(n.split(".")[0] == top for n in names):
                 users.add(m)
+    return users
+
+
+def test_megatron_core_only_in_the_megatron_worker():
+    users = importers_of("megatron")
     assert users and all(m.startswith("sppo_nemo.backends.megatron.") for m in users), users
     assert "sppo_nemo.backends.megatron.controller" not in users
+
+
+def test_vllm_only_in_the_vllm_worker():
+    """sppo-run never imports vllm: it lives in the worker, run by vLLM's own interpreter, whose
+    imports of the package must stay within the standard library (job, chunklog)."""
+    assert importers_of("vllm") == {"sppo_nemo.backends.vllm.worker"}
+    g = graph()
+    assert g["sppo_nemo.backends.vllm.worker"] == {"sppo_nemo.backends.vllm.job", "sppo_nemo.chunklog"}
+    assert g["sppo_nemo.backends.vllm.job"] == set() and g["sppo_nemo.chunklog"] == set()

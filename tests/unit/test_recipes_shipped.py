@@ -28,7 +28,8 @@ SHIPPED = sorted(RECIPES.rglob("*.yaml"))
 IDS = [p.relative_to(RECIPES).as_posix() for p in SHIPPED]
 _LOSS = "|".join(sorted(typing.get_args(LossType), key=len, reverse=True))  # sppo_pair before sppo
 PATTERNS = {
-    ".": re.compile(rf"(?P<model>[a-z0-9]+)_(?P<loss>{_LOSS})_(?P<T>[0-9]+)iter"),
+    # a variant of a root recipe (its base) adds what it changes: smollm2_sppo_3iter_vllm
+    ".": re.compile(rf"(?P<model>[a-z0-9]+)_(?P<loss>{_LOSS})_(?P<T>[0-9]+)iter(_(?P<variant>[a-z0-9]+))?"),
     "ci": re.compile(rf"tiny_(?P<loss>{_LOSS})(_[a-z0-9]+)?"),
     "games": re.compile(rf"(?P<game>[a-z0-9]+)_(?P<loss>{_LOSS})"),
     "gpu": re.compile(r"(?P<base>[a-z0-9_]+)_[a-z0-9]+"),
@@ -107,6 +108,9 @@ def test_shipped_recipe_is_named_by_its_folder_pattern(path: Path):
     if "base" in parts:
         base = (path.parent / yaml.safe_load(path.read_text(encoding="utf-8"))["base"]).resolve()
         assert base.parent == RECIPES and base.stem == parts["base"], f"{path.name} varies {base}"
+    if parts.get("variant"):
+        base = (path.parent / yaml.safe_load(path.read_text(encoding="utf-8"))["base"]).resolve()
+        assert base.stem == path.stem.removesuffix("_" + parts["variant"]), f"{path.name} varies {base}"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=IDS)

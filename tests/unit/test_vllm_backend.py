@@ -339,11 +339,14 @@ def test_failure_by_a_signal_names_it(tmp_path: Path) -> None:
 
 
 def test_failure_quotes_the_last_eight_error_lines_of_the_log(tmp_path: Path) -> None:
-    lines = [f"RuntimeError: e{i}" for i in range(12)] + ["INFO this error is only chatter", "done."]
+    lines = [f"RuntimeError: e{i}" for i in range(12)] + [
+        "(EngineCore pid=1) INFO 12-01 13:00:00 [core.py:1] this error is only chatter",
+        "(MainProcess pid=1) WARNING 12-01 13:00:00 [base.py:1] ValueError: Tokenizer not available", "done."]
     msg = failure(tmp_path, "\n".join(lines) + "\n")
     quoted = msg.split("--- last lines ---\n")[1].splitlines()[:8]
     assert quoted == [f"RuntimeError: e{i}" for i in range(4, 12)]
-    assert "RuntimeError: e3" not in msg and "INFO this error" not in msg
+    assert "RuntimeError: e3" not in msg and "this error is only chatter" not in msg
+    assert "Tokenizer not available" not in msg
     assert "see the worker's log" in msg
 
 
@@ -497,7 +500,8 @@ def test_job_engine_settings_on_cpu_and_gpu(cpu4, monkeypatch: pytest.MonkeyPatc
     cpu = engine(VllmConfig())
     assert cpu == EngineSettings(model="/m", dtype="bfloat16", tensor_parallel_size=1, max_model_len=320,
                                  enforce_eager=False, enable_prefix_caching=True, enable_chunked_prefill=False,
-                                 gpu_memory_utilization=0.9, kv_cache_memory_bytes=2 * 2**30)  # CPU: 2 GiB
+                                 gpu_memory_utilization=0.9, kv_cache_memory_bytes=2 * 2**30,  # CPU: 2 GiB
+                                 in_process=True)  # CPU and one TP rank: the engine core in the worker
     assert engine(VllmConfig(kv_cache_gib=0.5, dtype="auto")).kv_cache_memory_bytes == 2**29
     assert engine(VllmConfig(dtype="fp16")).dtype == "float16"
     gpus(monkeypatch, ["0"])

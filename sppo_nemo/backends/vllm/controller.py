@@ -104,7 +104,8 @@ class VLLMGenerator:
             max_model_len=self.max_model_len, enforce_eager=c.enforce_eager,
             enable_prefix_caching=c.enable_prefix_caching, enable_chunked_prefill=on_gpu,
             gpu_memory_utilization=c.gpu_memory_utilization,
-            kv_cache_memory_bytes=None if kv is None else int(kv * 2**30))
+            kv_cache_memory_bytes=None if kv is None else int(kv * 2**30),
+            in_process=not on_gpu and c.tensor_parallel == 1)
         sampling = Sampling(n=k, temperature=params.temperature, top_p=params.top_p,
                             max_tokens=params.max_new_tokens, stop_token_ids=list(self.fmt.end_ids))
         chunks = [[(i, derive_seed(*seed_tag, "prompt", i), self.fmt.prompt_ids(prompts[i].text, self.max_prompt))
@@ -244,15 +245,16 @@ def _package_link(state: Path) -> Path:
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
-    """Every worker and its engine processes (each worker leads a process group): SIGTERM, then
-    SIGKILL after 10 s."""
+    """Every worker and its engine processes (each worker leads a process group): what is left of
+    the group of a worker that exited (vLLM's resource tracker, an orphaned engine core) at once by
+    SIGKILL; a worker still running by SIGTERM first (it ends its own group), SIGKILL after 10 s."""
+    for p in procs:
+        if p.poll() is not None and _group_alive(p.pid):
+            _signal_group(p.pid, signal.SIGKILL)
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         alive = [p for p in procs if _group_alive(p.pid)]
         for p in alive:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
+            _signal_group(p.pid, sig)
         deadline = time.time() + wait
         while alive and time.time() < deadline:
             for p in alive:
@@ -261,6 +263,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             time.sleep(0.1)
     for p in procs:
         p.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -275,7 +284,7 @@ def _version(state: Path, engines: int) -> str:
     for e in range(engines):
         for line in worker_log(state, e).read_text(errors="replace").splitlines():
             if line.startswith(READY):
-                return line[len(READY):].strip()
+                return (line[len(READY):].split() or ["unknown"])[0]
     return "unknown"
 
 
@@ -286,7 +295,7 @@ MEMORY_SIGNS = ("out of memory", "outofmemory", "kv cache", "available memory", 
 def _failure(state: Path, engine: int, code: int, c: VllmConfig, finished: int, total: int) -> str:
     path = worker_log(state, engine)
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and "INFO" not in ln]
+    errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and " INFO " not in ln and " WARNING " not in ln]
     quote = deque((ln if len(ln) <= 300 else ln[:300] + " …" for ln in errors or lines), maxlen=8)
     text = "\n".join(errors or lines[-40:]).lower()  # the error lines: INFO lines name "KV cache" too
     if code < 0:

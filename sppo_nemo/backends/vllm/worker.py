@@ -58,20 +58,38 @@ def _end_group() -> None:
     os._exit(1)
 
 
+def pin_threads() -> None:
+    """In-process on CPU: this process's cores and OpenMP threads are the engine's share
+    (``VLLM_CPU_OMP_THREADS_BIND``, set by the controller, which vLLM applies itself only to the
+    workers it starts). Before torch is imported: OpenMP reads its thread count once."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    cpus = [int(c) for c in os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").split(",") if c.strip().isdigit()]
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+        os.environ["OMP_NUM_THREADS"] = str(len(cpus))
+
+
 def run(state: Path, engine: int) -> None:
+    started = time.time()
     job = Job.read(state / "job.json")
     log = ChunkLog(shard_log(state, engine))
+    if job.engine.in_process:
+        pin_threads()
     import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     e, s = job.engine, job.sampling
+    if e.in_process:
+        import torch
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     llm = LLM(model=e.model, skip_tokenizer_init=True, seed=0, dtype=e.dtype,
               tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
               enforce_eager=e.enforce_eager, enable_prefix_caching=e.enable_prefix_caching,
               enable_chunked_prefill=e.enable_chunked_prefill, gpu_memory_utilization=e.gpu_memory_utilization,
               kv_cache_memory_bytes=e.kv_cache_memory_bytes)
-    print(f"{READY} {vllm.__version__}", flush=True)
+    print(f"{READY} {vllm.__version__} after {time.time() - started:.1f}s", flush=True)
     for c in job.assignment[engine]:
         items = job.chunks[c]
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, _, ids in items]
@@ -83,7 +101,7 @@ def run(state: Path, engine: int) -> None:
                                               for o in sorted(out.outputs, key=lambda o: o.index)]}
                 for (pos, _, _), out in zip(items, outs)]
         log.append(c, rows)
-        print(f"sppo-vllm-worker: chunk {c} done", flush=True)
+        print(f"sppo-vllm-worker: chunk {c} done at {time.time() - started:.1f}s", flush=True)
 
 
 def main(argv: list[str]) -> int:

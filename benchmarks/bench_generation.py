@@ -1,0 +1,152 @@
+"""Generation throughput: the transformers backend against the vLLM backend on identical work.
+
+The default recipe's generate stage (recipes/smollm2_sppo_3iter.yaml): SmolLM2-135M-Instruct, the
+64 prompts of split 1 of the builtin set, K = 4 samples each, up to 48 new tokens, temperature 1,
+top_p 1, through each backend's ``Generator.sample`` as the stage calls it (the same chunk grid,
+``sampling.batch_size`` sequences per call). Printed in one run, so the figures share the
+machine's state:
+
+- hf: HFGenerator (fp32, as the default recipe runs it): generated tokens per second;
+- vllm: VLLMGenerator, one engine and two engines (on CPU each takes half the cores), bf16, eager
+  unless --compiled: tokens/s of the whole call (engine start included, what a stage pays) and of
+  generation alone (from the worker's "engine ready" line to its last chunk);
+- the ratios vllm / hf.
+
+    .venv/bin/python benchmarks/bench_generation.py [--python VLLM_PYTHON] [--batch-size 64] [--compiled]
+        [--engines 1,2] [--prompts 64] [--k 4] [--max-new-tokens 48] [--no-hf]
+
+The vLLM interpreter defaults to the environment of scripts/vllm_venv.sh (built on first use).
+On a GPU the same script runs as it is (benchmarks/gpu_check.sh calls it with a 1B shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sppo_nemo.backends import policy_location
+from sppo_nemo.config import DataConfig, VllmConfig
+from sppo_nemo.data import load_prompts, make_splits
+from sppo_nemo.protocols import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vllm_python(given: str | None) -> str:
+    if given:
+        return given
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "vllm_venv.sh")], capture_output=True, text=True, check=True)
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
+def tokens(samples) -> int:
+    return sum(s.num_tokens for ss in samples for s in ss)
+
+
+def generation_seconds(state: Path) -> float:
+    """From the latest 'engine ready' to the last chunk over the workers' logs (engines run together)."""
+    ready, done = [], []
+    for log in state.glob("worker_*.log"):
+        text = log.read_text(errors="replace")
+        ready += [float(x) for x in re.findall(r"engine ready, vllm \S+ after ([\d.]+)s", text)]
+        done += [float(x) for x in re.findall(r"chunk \d+ done at ([\d.]+)s", text)]
+    return max(done) - max(ready) if ready and done else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", help="policy.model (default: the shipped SmolLM2)")
+    ap.add_argument("--python", default=None, help="the interpreter with vllm (default: scripts/vllm_venv.sh's)")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=64, help="sampling.batch_size: sequences per call")
+    ap.add_argument("--engines", default="1,2")
+    ap.add_argument("--tensor-parallel", type=int, default=1)
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--compiled", action="store_true", help="vLLM's compiled mode (CUDA graphs on GPU)")
+    ap.add_argument("--kv-cache-gib", type=float, default=None)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--bare", action="store_true", help="also a bare vLLM script on the one-engine job "
+                    "(benchmarks/vllm_bare.py): the backend's overhead on generation")
+    ap.add_argument("--random-1b", type=Path, default=None, metavar="DIR",
+                    help="a random Llama of 1B parameters (hidden 2048, 16 layers, 32 heads, 8 key/value heads, "
+                         "MLP 8192; the tiny test tokenizer) built into DIR and used as the policy")
+    args = ap.parse_args()
+    if args.random_1b is not None:
+        from sppo_nemo.testing import build_tiny_llama
+
+        args.model = str(build_tiny_llama(args.random_1b, hidden=2048, layers=16, heads=32, kv_heads=8,
+                                          intermediate=8192))
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prompts = make_splits(load_prompts(DataConfig(split_size=64)), 64, args.prompts, 1).train[0]
+    params = SamplingParams(1.0, 1.0, args.max_new_tokens, 0, args.batch_size)
+    policy = policy_location(args.model)
+    print(f"work: {len(prompts)} prompts × K={args.k}, ≤{args.max_new_tokens} new tokens, batch {args.batch_size}; "
+          f"policy {policy}; load {os.getloadavg()[0]:.2f}")
+    rows = []
+    hf_rate = None
+    with tempfile.TemporaryDirectory(prefix="sppo-bench-gen-") as tmp:
+        if not args.no_hf:
+            from sppo_nemo.backends.hf import HFGenerator
+
+            t0 = time.perf_counter()
+            gen = HFGenerator(policy, None, 256)
+            t1 = time.perf_counter()
+            samples = gen.sample(prompts, args.k, params, Path(tmp) / "hf", (0, "generate", 1))
+            t2 = time.perf_counter()
+            gen.close()
+            hf_rate = tokens(samples) / (t2 - t1)
+            rows.append(("hf fp32", tokens(samples), t2 - t0, hf_rate, hf_rate))
+        from sppo_nemo.backends.vllm.controller import VLLMGenerator
+
+        py = vllm_python(args.python)
+        for n in [int(x) for x in args.engines.split(",")]:
+            cfg = VllmConfig(engines=n, tensor_parallel=args.tensor_parallel, dtype=args.dtype,
+                             enforce_eager=not args.compiled, kv_cache_gib=args.kv_cache_gib, python=py)
+            state = Path(tmp) / f"vllm{n}"
+            t0 = time.perf_counter()
+            gen = VLLMGenerator(policy, cfg, 320, None, 256)
+            samples = gen.sample(prompts, args.k, params, state, (0, "generate", 1))
+            wall = time.perf_counter() - t0
+            gen.close()
+            gen_s = generation_seconds(state)
+            rows.append((f"vllm {args.dtype} {'compiled' if args.compiled else 'eager'} ×{n}", tokens(samples), wall,
+                         tokens(samples) / wall, tokens(samples) / gen_s))
+            if args.bare and n == 1:
+                out = subprocess.run([py, str(ROOT / "benchmarks" / "vllm_bare.py"), str(state)], capture_output=True,
+                                     text=True, env=dict(os.environ, PYTHONPATH=""))
+                line = next((ln for ln in out.stdout.splitlines() if ln.startswith("{")), None)
+                if line is None:
+                    print("bare vLLM failed:\n" + out.stderr[-3000:])
+                else:
+                    bare = json.loads(line)
+                    rows.append(("bare LLM.generate (1 call)", bare["tokens"], bare["start_s"] + bare["generate_s"],
+                                 bare["tokens"] / (bare["start_s"] + bare["generate_s"]),
+                                 bare["tokens"] / bare["generate_s"]))
+                    overhead = gen_s / bare["generate_s"] - 1
+                    calls = gen.run_facts()["vllm"]["chunks"]
+                    print(f"backend overhead on generation against a bare LLM.generate: {overhead:+.1%} "
+                          f"({gen_s:.1f} s in {calls} calls of {args.batch_size} sequences vs "
+                          f"{bare['generate_s']:.1f} s in one call)")
+    print(f"\n{'backend':<28}{'tokens':>8}{'wall s':>9}{'tok/s (wall)':>14}{'tok/s (generating)':>20}")
+    for name, tok, wall, rate_wall, rate_gen in rows:
+        print(f"{name:<28}{tok:>8}{wall:>9.1f}{rate_wall:>14.1f}{rate_gen:>20.1f}")
+    if hf_rate:
+        print("\nratios against hf (tok/s, generation alone for hf):")
+        for name, _, _, rate_wall, rate_gen in rows[1:]:
+            print(f"  {name:<26} wall {rate_wall / hf_rate:5.2f}×   generating {rate_gen / hf_rate:5.2f}×")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
