@@ -15,28 +15,18 @@
 # llm_blender backend (sppo_nemo from this checkout) there. A finished build leaves a .ready marker
 # holding the pins; a half-built or differently pinned directory is rebuilt from scratch.
 set -euo pipefail
+source "$(dirname "$0")/side_venv.sh"
 VENV=${SPPO_BLENDER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sppo-nemo/blender-venv}
-PY=${PYTHON:-python3}
 PINS=("torch==2.13.0" "transformers==4.46.3" "dataclasses-json==0.6.7" "sentencepiece==0.2.0" "protobuf==5.28.3"
       "omegaconf==2.3.0")
 BLENDER="llm-blender==0.0.2"
-STAMP="${PINS[*]} $BLENDER"
-mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
-flock 9
-if [ -f "$VENV/.ready" ] && [ "$(cat "$VENV/.ready")" = "$STAMP" ]; then
-    echo "$VENV"
-    exit 0
-fi
-start=$(date +%s)
-rm -rf "$VENV"
-"$PY" -m venv "$VENV" >&2
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-# torch first and alone, so that nothing later can ask for another build of it.
-"${PIP[@]}" install -q "${PINS[0]}" >&2
-"${PIP[@]}" install -q "${PINS[@]}" >&2
-"${PIP[@]}" install -q --no-deps "$BLENDER" >&2
-"$VENV/bin/python" -c "import llm_blender, transformers, torch; print('llm-blender venv: transformers', transformers.__version__, 'torch', torch.__version__)" >&2
-echo "$STAMP" > "$VENV/.ready"
-echo "blender venv built in $(( $(date +%s) - start ))s" >&2
-echo "$VENV"
+
+install() {  # the venv's pip command
+    # torch first and alone, so that nothing later can ask for another build of it.
+    "$@" install -q "${PINS[0]}" >&2
+    "$@" install -q "${PINS[@]}" >&2
+    "$@" install -q --no-deps "$BLENDER" >&2
+    "$1" -c "import llm_blender, transformers, torch; print('llm-blender venv: transformers', transformers.__version__, 'torch', torch.__version__)" >&2
+}
+
+side_venv "$VENV" "${PINS[*]} $BLENDER" install

