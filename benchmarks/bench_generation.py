@@ -50,6 +50,24 @@ def tokens(samples) -> int:
     return sum(s.num_tokens for ss in samples for s in ss)
 
 
+def retokenized_differently(state: Path, fmt) -> tuple[int, int]:
+    """(responses whose text re-encodes to other ids than the engine sampled, responses): what
+    training and KL scoring, which tokenize the text, see differently from what was sampled."""
+    from sppo_nemo.backends.hf import decode_sample
+    from sppo_nemo.chunklog import ChunkLog
+
+    differ = total = 0
+    for log in state.glob("shard_*.jsonl"):
+        for rows in ChunkLog(log).completed().values():
+            for row in rows:
+                for ids, _reason in row["outputs"]:
+                    s = decode_sample(fmt.tok, fmt.end_ids, "", 0, ids)
+                    again = fmt.encode("", s.text, s.finished).response_ids
+                    differ += again != list(ids)
+                    total += 1
+    return differ, total
+
+
 def generation_seconds(state: Path) -> float:
     """From the latest 'engine ready' to the last chunk over the workers' logs (engines run together)."""
     ready, done = [], []
@@ -119,6 +137,10 @@ def main() -> int:
             wall = time.perf_counter() - t0
             gen.close()
             gen_s = generation_seconds(state)
+            if n == 1:
+                differ, total = retokenized_differently(state, gen.fmt)
+                print(f"re-tokenization: {differ} of {total} responses ({differ / total:.0%}) re-encode from their "
+                      f"text to other ids than were sampled")
             rows.append((f"vllm {args.dtype} {'compiled' if args.compiled else 'eager'} ×{n}", tokens(samples), wall,
                          tokens(samples) / wall, tokens(samples) / gen_s))
             if args.bare and n == 1:
