@@ -1,4 +1,4 @@
-"""sppo-run RECIPE [key=value ...] [--validate | --dry-run] [--stage S] [--restart-from S]"""
+"""sppo-run RECIPE [key=value ...] [--validate | --dry-run | --submit | --status | --cancel] [--stage S] [--restart-from S]"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 
 from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.errors import UserError
+from sppo_nemo.errors import UsageError, UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,7 +21,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-6 T=2")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--validate", action="store_true", help="check and print the resolved recipe; run nothing")
-    mode.add_argument("--dry-run", action="store_true", help="print the plan and which stages are done")
+    mode.add_argument("--submit", action="store_true",
+                      help="send the unfinished stages as jobs (launch.executor), one per stage, chained; with "
+                           "--dry-run print the job scripts instead")
+    mode.add_argument("--status", action="store_true", help="the state of every stage and of its submitted job")
+    mode.add_argument("--cancel", action="store_true", help="cancel the queued and running jobs of the last --submit")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and which stages are done")
     ap.add_argument("--stage", metavar="ITER/STAGE", help="run this one stage alone, e.g. iter_02/train")
     ap.add_argument("--restart-from", metavar="ITER/STAGE",
                     help="delete this stage and every later one, then run")
@@ -36,6 +41,9 @@ def main(argv=None) -> int:
     """Exit 0 done; 1 a run-time problem; 2 a bad recipe or command line; 3 a stale stage; 130
     interrupted. Every problem a user can cause is a UserError: its message, never a traceback."""
     args = parse_args(argv)
+    if args.dry_run and (args.validate or args.status or args.cancel):
+        print("sppo-run: --dry-run goes alone or with --submit", file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(args)
@@ -94,6 +102,14 @@ def _main(args: argparse.Namespace) -> int:
     from sppo_nemo.runner import execute, parse_stage, run_dir_for, status
 
     ctx = Context(r, run_dir_for(r), progress=not args.no_progress, full_verify=args.verify_hashes)
+    if args.submit or args.status or args.cancel:
+        from sppo_nemo.launch import submit
+
+        if args.stage or args.restart_from:
+            raise UsageError("--stage and --restart-from go without --submit, --status and --cancel")
+        if args.submit:
+            return submit.submit(ctx, args.recipe, args.overrides, dryrun=args.dry_run)
+        return submit.status(ctx) if args.status else submit.cancel(ctx)
     if args.dry_run:
         print(f"run directory: {ctx.run_dir}")
         for t, name, state in status(ctx):
@@ -102,10 +118,39 @@ def _main(args: argparse.Namespace) -> int:
     only = parse_stage(args.stage, r) if args.stage else None
     restart = parse_stage(args.restart_from, r) if args.restart_from else None
     started = time.time()
+    if only is not None:
+        return _one_stage(ctx, only, restart)
     timings = execute(ctx, only=only, restart_from=restart)
     print()
     print(table(collect(ctx)))
     print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
+    return 0
+
+
+def _one_stage(ctx, only: tuple[int, str], restart) -> int:
+    """--stage: one stage (a chained job's whole work), its start and end kept in jobs/ for --status."""
+    from sppo_nemo.launch import records
+    from sppo_nemo.runner import execute
+
+    label = f"iter_{only[0]:02d}/{only[1]}"
+    rec = records.stage_started(ctx.run_dir, label)
+    try:
+        timings = execute(ctx, only=only, restart_from=restart)
+    except UserError as exc:
+        records.stage_ended(ctx.run_dir, rec, "failed", exc.exit_code, str(exc))
+        raise
+    except OSError as exc:
+        records.stage_ended(ctx.run_dir, rec, "failed", 1, os_error_message(exc))
+        raise
+    except (Terminated, KeyboardInterrupt):
+        records.stage_ended(ctx.run_dir, rec, "terminated", 143, "terminated")
+        raise
+    except BaseException as exc:
+        records.stage_ended(ctx.run_dir, rec, "failed", 1, f"{type(exc).__name__}: {exc}")
+        raise
+    records.stage_ended(ctx.run_dir, rec, "done", 0)
+    done = f"{len(timings)} stage run" if timings else "already done, skipped"
+    print(f"{label}: {done}; report: {ctx.run_dir / 'report.md'}")
     return 0
 
 

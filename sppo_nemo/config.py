@@ -38,6 +38,9 @@ Launcher = Literal["torchrun", "srun"]
 Recompute = Literal["none", "selective", "full"]
 TransformerEngine = Literal["auto", "on", "off"]
 Attention = Literal["sdpa", "local"]
+Executor = Literal["inline", "slurm", "local", "docker"]
+Tunnel = Literal["local", "ssh"]
+STAGE_NAMES = ("generate", "annotate", "build", "train", "evaluate")  # one plan iteration, in order
 
 
 @dataclass
@@ -175,6 +178,50 @@ class EvalConfig:
 
 
 @dataclass
+class StageJob:
+    """The Slurm job one stage gets in the chained mode (launch.executor=slurm)."""
+
+    nodes: int = 1  # >1 only for the megatron train stage (trainer.megatron.nnodes, launcher srun)
+    gpus_per_node: Optional[int] = None  # null: no GPUs requested (CPU stages, or a CPU cluster)
+    time: str = "04:00:00"  # the job's time limit: [D-]HH:MM:SS, or minutes
+    cpus_per_task: Optional[int] = None
+    mem: Optional[str] = None  # e.g. 200G; null: the partition's default
+
+
+@dataclass
+class LaunchConfig:
+    """How `sppo-run RECIPE --submit` turns the unfinished stages into jobs (sppo_nemo/launch/).
+
+    inline (the default) runs every stage inside the one sppo-run process (also inside an sbatch
+    allocation: launchers/slurm_allocation.sbatch). slurm submits one job per unfinished stage
+    through NeMo-Run, each `sppo-run RECIPE --stage ITER/STAGE`, chained afterok with
+    --kill-on-invalid-dep=yes; local runs the same commands one after the other on this machine
+    through NeMo-Run's LocalExecutor; docker in the container image through its DockerExecutor.
+    """
+
+    executor: Executor = "inline"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    container_image: Optional[str] = None  # slurm: run through pyxis (srun --container-image); docker: needed
+    container_mounts: list[str] = field(default_factory=list)  # SRC:DST; the run directory must be among them
+    tunnel: Tunnel = "local"  # local: sbatch on this host | ssh: on `host` as `user`, files under remote_dir
+    host: Optional[str] = None
+    user: Optional[str] = None
+    remote_dir: Optional[str] = None
+    job_dir: Optional[str] = None  # NeMo-Run's experiments (scripts, logs); null: <run dir>/jobs/nemorun
+    # The sppo-run each job runs; null: `sppo-run` inside a container image, else the very sppo-run
+    # that submits (by its absolute path, so the job needs no PATH set up for it).
+    command: Optional[str] = None
+    env: list[str] = field(default_factory=list)  # KEY=VALUE set in every job
+    setup: list[str] = field(default_factory=list)  # shell lines each job runs first
+    generate: StageJob = field(default_factory=StageJob)
+    annotate: StageJob = field(default_factory=StageJob)
+    build: StageJob = field(default_factory=StageJob)
+    train: StageJob = field(default_factory=StageJob)
+    evaluate: StageJob = field(default_factory=StageJob)
+
+
+@dataclass
 class Recipe:
     name: str = MISSING
     output_dir: str = "runs"
@@ -194,6 +241,7 @@ class Recipe:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def choices(tp) -> tuple[str, ...] | None:

@@ -5,7 +5,7 @@ The schema is the tree of dataclasses in ``config.py``. Loading goes: YAML → p
 recipe merged under it, overrides on top) → structural check against the dataclasses (unknown
 keys, wrong types, choices, missing values) → typed config → value checks: the general keys here,
 each section's own in the module that owns it (``data.check``, ``backends.game.check``,
-``backends.megatron.layout.check``, ``backends.vllm.check``), all called from :func:`check`.
+``backends.megatron.layout.check``, ``backends.vllm.check``, ``launch.check``), all called from :func:`check`.
 Nothing runs until all pass.
 """
 
@@ -306,6 +306,9 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
         from sppo_nemo.backends.vllm import check as vllm_check  # no vllm import: keys and shapes
 
         p += vllm_check.check(r, base_dir)
+    from sppo_nemo.launch import check as launch_check  # no NeMo-Run import: keys and shapes
+
+    p += launch_check.check(r)
     if check_data and r.data.split_size >= 1 and r.data.eval_size >= 0:
         p += data.check(r, base_dir)
     return p

@@ -5,6 +5,7 @@ a failed job's error (log tail quoted, folder kept)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,12 +76,37 @@ def test_torchrun_command_starts_one_process_per_rank(tmp_path: Path, monkeypatc
 
 def test_srun_command_spans_the_nodes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MASTER_ADDR", "node001")
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
     c = cfg(tensor_parallel=8, nnodes=2, nproc_per_node=8, launcher="srun",
             srun_args=["--container-image=img:1", "--container-mounts=/r:/r"])
     cmd, env = MegatronTrainer(c, "sppo", 1.0, None, 0).command(tmp_path)
-    assert cmd[:4] == ["srun", "--nodes=2", "--ntasks-per-node=8", "--kill-on-bad-exit=1"]
-    assert cmd[4:6] == ["--container-image=img:1", "--container-mounts=/r:/r"]
-    assert cmd[6] == "python" and env["MASTER_ADDR"] == "node001"
+    # every count explicit: inside a job step srun would otherwise inherit the step's SLURM_NTASKS
+    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "--kill-on-bad-exit=1"]
+    assert cmd[5:7] == ["--container-image=img:1", "--container-mounts=/r:/r"]
+    assert cmd[7] == "python" and env["MASTER_ADDR"] == "node001"
+
+
+def test_srun_inside_a_job_step_overlaps_it(tmp_path: Path, monkeypatch) -> None:
+    """A chained train job runs sppo-run as a one-task step; the workers' step must share its node."""
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    cmd, _ = MegatronTrainer(cfg(nnodes=2, nproc_per_node=1, launcher="srun"), "sppo", 1.0, None, 0).command(tmp_path)
+    assert cmd[:3] == ["srun", "--overlap", "--nodes=2"]
+
+
+def test_master_addr_is_the_first_nodes_address_not_its_name(tmp_path: Path, monkeypatch) -> None:
+    """`n1` need not resolve: the address comes from `scontrol show node`'s NodeAddr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\n"
+                                      "if [ \"$2\" = hostnames ]; then echo n1; echo n2; exit 0; fi\n"
+                                      "echo NodeName=n1 Arch=x86_64 NodeAddr=10.1.2.3 NodeHostName=vm Version=22.05.8\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n[1-2]")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    _, env = MegatronTrainer(cfg(nnodes=2, nproc_per_node=1, launcher="srun"), "sppo", 1.0, None, 0).command(tmp_path)
+    assert env["MASTER_ADDR"] == "10.1.2.3"
 
 
 def test_srun_without_allocation_says_so(tmp_path: Path, monkeypatch) -> None:

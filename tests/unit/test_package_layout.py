@@ -131,3 +131,13 @@ def test_vllm_only_in_the_vllm_worker():
     g = graph()
     assert g["sppo_nemo.backends.vllm.worker"] == {"sppo_nemo.backends.vllm.job", "sppo_nemo.chunklog"}
     assert g["sppo_nemo.backends.vllm.job"] == set() and g["sppo_nemo.chunklog"] == set()
+
+
+def test_nemo_run_only_in_the_job_layer():
+    """NeMo-Run is an optional extra: one module imports it, and only inside functions, so that the
+    recipe checks, --status' records and the stage jobs themselves never need it."""
+    assert importers_of("nemo_run") == {"sppo_nemo.launch.nemorun"}
+    tree = ast.parse((PKG / "launch" / "nemorun.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not any("nemo_run" in ast.unparse(n) for n in top)
+    assert "sppo_nemo.launch.nemorun" not in graph()["sppo_nemo.launch.check"]

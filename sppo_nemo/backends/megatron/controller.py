@@ -56,11 +56,14 @@ class MegatronTrainer:
         if m.launcher == "srun":
             per_node = m.nproc_per_node or world // m.nnodes
             if "MASTER_ADDR" not in env:
-                env["MASTER_ADDR"] = _first_slurm_host()
+                env["MASTER_ADDR"] = first_node_address()
             env.setdefault("MASTER_PORT", "29517")
             python = "python" if m.srun_args else sys.executable  # inside a container: its own python
-            return ["srun", f"--nodes={m.nnodes}", f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1",
-                    *m.srun_args, python, *worker], env
+            # Inside a job step (a chained train job runs sppo-run as one), the workers' step must
+            # share that step's node (--overlap), and every count is given, not inherited from it.
+            overlap = ["--overlap"] if "SLURM_STEP_ID" in env else []
+            return ["srun", *overlap, f"--nodes={m.nnodes}", f"--ntasks={m.nnodes * per_node}",
+                    f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1", *m.srun_args, python, *worker], env
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                 *worker], env
 
@@ -130,10 +133,25 @@ def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) 
             f"--- last lines ---\n{text}{hint}")
 
 
-def _first_slurm_host() -> str:
+def first_node_address() -> str:
+    """The address rank 0 listens on: the first node's NodeAddr as Slurm knows it (what slurmctld
+    itself reaches the node by), never the node name, which need not resolve (a name in
+    slurm.conf is a label; `n1` on a test cluster, a short name without DNS on many sites)."""
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodes:
         raise MegatronJobError("trainer.megatron.launcher=srun but no Slurm allocation is visible "
                                "(SLURM_JOB_NODELIST unset); run sppo-run inside salloc/sbatch")
-    out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
+    try:
+        first = _scontrol("show", "hostnames", nodes).split()[0]
+        info = _scontrol("show", "node", "-o", first)
+    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
+        raise MegatronJobError(f"cannot ask Slurm for the first node's address ({exc}); set MASTER_ADDR to "
+                               f"the first node's IP address") from None
+    for field in info.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    return first
+
+
+def _scontrol(*args: str) -> str:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True, timeout=60).stdout
