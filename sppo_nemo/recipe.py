@@ -45,7 +45,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
             problems.append(f"override {item!r}: expected key=value, e.g. trainer.lr=1e-6")
             continue
         try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]), resolve=True)["x"]
+            parsed = value if _SEXAGESIMAL.match(value.strip()) else \
+                OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]), resolve=True)["x"]
         except Exception as exc:
             problems.append(f"{key.strip()}: the override value {value!r} is not valid YAML "
                             f"({type(exc).__name__}); quote it, e.g. {key.strip()}='{value}'")
@@ -120,6 +121,15 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads `1:00:00` as the base-60 integer 3600; a recipe means a Slurm time limit (YAML
+# 1.2 dropped base 60). Integers here are decimal (and 0x / 0o), as in YAML 1.2.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
+_SEXAGESIMAL = re.compile(r"^\d+(?::\d+)+$")
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),

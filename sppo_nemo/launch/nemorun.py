@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 from pathlib import Path
 
 from sppo_nemo.config import LaunchConfig
@@ -105,9 +106,10 @@ def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryru
             result = {"id": exp._id, "dir": str(exp._exp_dir), "jobs": jobs}
     except Exception as exc:  # NeMo-Run wraps sbatch's refusal in invoke's UnexpectedExit
         raise SubmitError(_refusal(exc, out.getvalue())) from None
-    if dryrun:
-        result["scripts"] = {p.stem.removesuffix("_sbatch"): p.read_text()
-                             for p in sorted(Path(result["dir"]).glob("*_sbatch.sh"))}
+    if dryrun:  # what would be submitted, then nothing left behind
+        exp_dir = Path(result["dir"])
+        result["scripts"] = {p.stem.removesuffix("_sbatch"): p.read_text() for p in sorted(exp_dir.glob("*_sbatch.sh"))}
+        shutil.rmtree(exp_dir, ignore_errors=True)
     return result
 
 

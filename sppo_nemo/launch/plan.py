@@ -55,10 +55,11 @@ def stage_command(la: LaunchConfig, recipe_path: Path, overrides: list[str], lab
     return [*entry_point(la), str(Path(recipe_path).resolve()), *overrides, "--stage", label, "--no-progress"]
 
 
-def script(la: LaunchConfig, command: list[str], workdir: Path) -> str:
-    """The job body: the working directory, the recipe's env and setup lines, then sppo-run itself
-    (exec'd, so that Slurm's SIGTERM at a time limit or scancel reaches it and it closes cleanly)."""
-    lines = [f"cd {shlex.quote(str(workdir))}"]
+def script(la: LaunchConfig, command: list[str], workdir: Path, label: str) -> str:
+    """The job body: the working directory, SPPO_STAGE (so that setup lines may depend on the stage),
+    the recipe's env and setup lines, then sppo-run itself (exec'd, so that Slurm's SIGTERM at a time
+    limit or scancel reaches it and it closes cleanly)."""
+    lines = [f"cd {shlex.quote(str(workdir))}", f"export SPPO_STAGE={label}"]
     lines += [f"export {item.split('=', 1)[0]}={shlex.quote(item.split('=', 1)[1])}" for item in la.env]
     lines += list(la.setup)
     lines.append("exec " + shlex.join(command))
@@ -79,7 +80,7 @@ def unfinished(ctx: Context, recipe_path: Path, overrides: list[str], workdir: P
             raise UserError(f"{label} is {state}; nothing was submitted. Run `sppo-run RECIPE --dry-run` to see "
                             f"it, then revert the change, use --restart-from {label}, or pick a new name")
         specs.append(JobSpec(label=label, name=task_name(label), stage=name,
-                             script=script(la, stage_command(la, recipe_path, overrides, label), workdir),
+                             script=script(la, stage_command(la, recipe_path, overrides, label), workdir, label),
                              resources=getattr(la, name), after=specs[-1].label if specs else None))
     if not specs:
         raise NothingToSubmit(f"every stage of {ctx.run_dir} is done; nothing to submit")

@@ -101,8 +101,11 @@ def submit(ctx: Context, recipe_path: Path, overrides: list[str], dryrun: bool =
     started = time.time()
     result = nemorun.submit(la, specs, title_for(ctx), home_for(ctx), dryrun=dryrun)
     if dryrun:
-        for name, text in result.get("scripts", {}).items():
-            log(f"# ---- {name}: the sbatch script NeMo-Run would submit\n{text}")
+        sbatch = result.get("scripts", {})
+        for spec in specs:
+            if spec.name in sbatch:
+                log(f"# ---- {spec.name}.sbatch: the batch script NeMo-Run would submit\n{sbatch[spec.name]}")
+            log(f"# ---- {spec.name}.sh: the task the job runs\n{spec.script}")
         log(f"{len(specs)} job(s) would be submitted (dry run; nothing was sent): "
             + ", ".join(s.label for s in specs))
         return 0
@@ -146,7 +149,8 @@ def _stage_line(ctx: Context, label: str, marker: str, live: dict[str, str]) -> 
     elif ran and rec["state"] == "running":
         state = "LOST: its job is no longer in the queue and left no end record (killed, or its node failed)"
     elif job is not None and _log_of(job) is not None:
-        state = "FAILED before sppo-run started (sppo-run not found, or the container did not start): see its log"
+        state = ("FAILED before sppo-run started (a launch.setup line, sppo-run not found, or the container): "
+                 "see its log")
     elif job is not None and ctx.recipe.launch.executor == "slurm":
         state = "NOT RUN: its job left the queue before starting (cancelled, or an earlier stage failed)"
     else:
