@@ -35,6 +35,7 @@ TrainerBackend = Literal["torch", "megatron", "game"]
 Schedule = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
 Launcher = Literal["torchrun", "srun"]
+EngineLauncher = Literal["local", "srun"]
 Recompute = Literal["none", "selective", "full"]
 TransformerEngine = Literal["auto", "on", "off"]
 Attention = Literal["sdpa", "local"]
@@ -103,6 +104,10 @@ class VllmConfig:
     enforce_eager: bool = False  # true: no compilation / CUDA graphs (starts in seconds, runs slower)
     enable_prefix_caching: bool = True
     python: Optional[str] = None  # the interpreter that has vllm (scripts/vllm_venv.sh); null: this one
+    # local: the engines on this machine | srun: spread over every node of the Slurm allocation
+    # (one step per engine, sharing the nodes with sppo-run's own step: srun --overlap)
+    launcher: EngineLauncher = "local"
+    srun_args: list[str] = field(default_factory=list)  # extra srun flags, e.g. --container-image=...
 
 
 @dataclass
@@ -122,6 +127,10 @@ class JudgeConfig:
     dtype: JudgeDtype = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"
     max_batch_tokens: Optional[int] = None  # tokens per forward when batching by length; null: by device
+    # pairrm: local (workers on this machine's devices) | srun (one worker per device of every node
+    # of the Slurm allocation, each an srun step sharing its node: srun --overlap)
+    launcher: EngineLauncher = "local"
+    srun_args: list[str] = field(default_factory=list)  # extra srun flags, e.g. --container-image=...
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +25,7 @@ from omegaconf import OmegaConf
 from sppo_nemo.config import (BUILTIN_PROMPTS, GAME_BACKENDS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
                               choices, looks_like_path, resolve_path, uses_games)
 from sppo_nemo.errors import RecipeError
+from sppo_nemo.recipe_yaml import SEXAGESIMAL, RecipeLoader
 
 __all__ = ["Recipe", "RecipeError", "load", "check", "to_yaml", "as_dict", "resolve_path"]
 
@@ -45,7 +45,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
             problems.append(f"override {item!r}: expected key=value, e.g. trainer.lr=1e-6")
             continue
         try:
-            parsed = value if _SEXAGESIMAL.match(value.strip()) else \
+            parsed = value if SEXAGESIMAL.match(value.strip()) else \
                 OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]), resolve=True)["x"]
         except Exception as exc:
             problems.append(f"{key.strip()}: the override value {value!r} is not valid YAML "
@@ -105,38 +105,6 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML as a recipe author means it: a key given twice in one mapping is an error (PyYAML keeps
-    the last silently), and `1e-6` is a float as in YAML 1.2 (YAML 1.1 wants `1.0e-6`)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    f"keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.1 reads `1:00:00` as the base-60 integer 3600; a recipe means a Slurm time limit (YAML
-# 1.2 dropped base 60). Integers here are decimal (and 0x / 0o), as in YAML 1.2.
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
-_SEXAGESIMAL = re.compile(r"^\d+(?::\d+)+$")
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
 def _name_origin(problem: str, origins: dict[str, Path], top: Path) -> str:
     """A problem with a value set in a `base:` file says which file set it."""
     key = problem.split(":", 1)[0].strip()
@@ -160,7 +128,7 @@ def _read_with_base(path: Path, seen: tuple[Path, ...], origins: dict[str, Path]
     if path.resolve() in seen:
         raise RecipeError(str(path), [f"base: recipes inherit in a cycle through {path}; remove one `base:`"])
     try:
-        plain = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        plain = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
     if plain is None:
@@ -360,6 +328,11 @@ def _check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(r.judge.batch_size >= 1, f"judge.batch_size: {r.judge.batch_size}; must be at least 1")
     need(r.judge.max_batch_tokens is None or r.judge.max_batch_tokens >= 1,
          f"judge.max_batch_tokens: {r.judge.max_batch_tokens}; must be at least 1, or null")
+    need(r.judge.launcher == "local" or r.judge.backend == "pairrm",
+         f"judge.launcher: srun spreads PairRM's workers over an allocation; judge.backend={r.judge.backend} runs "
+         f"in-process: set judge.launcher=local")
+    need(not r.judge.srun_args or r.judge.launcher == "srun",
+         "judge.srun_args: set, but judge.launcher is local; set judge.launcher=srun or remove them")
     need(not (r.judge.backend == "llm_blender" and r.judge.dtype == "bf16"),
          "judge.dtype: llm-blender does not run PairRM in bf16; use judge.backend=pairrm or judge.dtype=auto")
 

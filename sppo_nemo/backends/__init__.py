@@ -62,7 +62,10 @@ class JudgeSpec:
     game: GameRef | None
 
     def fingerprint(self) -> dict:
-        return {**dataclasses.asdict(self.judge), "game": self.game.fingerprint() if self.game else None}
+        keys = dataclasses.asdict(self.judge)
+        for where in ("launcher", "srun_args"):  # where the workers run never changes a judgement
+            keys.pop(where)
+        return {**keys, "game": self.game.fingerprint() if self.game else None}
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def make_judge(spec: JudgeSpec) -> Judge:
 
             return PairRMJudge(model=j.model or "llm-blender/PairRM-hf", batch_size=j.batch_size,
                                max_batch_tokens=j.max_batch_tokens, dtype=j.dtype, device=j.device,
-                               probability=j.probability, backbone=j.backbone)
+                               probability=j.probability, backbone=j.backbone, launcher=j.launcher,
+                               srun_args=j.srun_args)
         case "llm_blender":
             from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
 

@@ -33,9 +33,12 @@ def check(r: Recipe) -> list[str]:
              f"{key}.time: {job.time!r} is not a Slurm time limit; write HH:MM:SS, D-HH:MM:SS or minutes")
         need(job.mem is None or bool(re.match(r"^\d+[KMGT]?$", job.mem)),
              f"{key}.mem: {job.mem!r}; write e.g. 200G, or null for the partition's default")
-        if name != "train":
-            need(job.nodes == 1, f"{key}.nodes: {job.nodes}; the {name} stage runs on one node (its engines "
-                                 f"or shards share that node's GPUs); only launch.train may span nodes")
+        spans = name == "train" or (name in ("generate", "evaluate") and r.generation.backend == "vllm"
+                                    and r.generation.vllm.launcher == "srun")
+        if not spans:
+            need(job.nodes == 1, f"{key}.nodes: {job.nodes}; the {name} stage runs on one node (its workers "
+                                 f"share that node's GPUs); launch.train spans nodes with the megatron trainer, "
+                                 f"generate and evaluate with generation.vllm.launcher=srun")
     m = r.trainer.megatron
     if la.train.nodes > 1:
         need(r.trainer.backend == "megatron" and m.launcher == "srun" and m.nnodes == la.train.nodes,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,28 @@ def test_two_engines_give_the_responses_of_one(vllm_run, vllm_python, vllm_model
     stage = tmp_path / "tiny_sppo" / "iter_01" / "generate"
     assert result(stage)["vllm"]["engines"] == 2
     assert (stage / "responses.jsonl").read_bytes() == (vllm_run / "iter_01" / "generate" / "responses.jsonl").read_bytes()
+
+
+@pytest.mark.slurm
+def test_engines_spread_over_a_slurm_allocation_give_the_responses_of_one(vllm_run, vllm_python, vllm_model, slurm,
+                                                                          tmp_path: Path) -> None:
+    """generation.vllm.launcher=srun inside `sbatch --nodes=2` (a real Slurm, two fake nodes): one
+    srun step per engine, one engine per node, sharing the nodes with sppo-run's own step; the
+    responses are the one-engine run's, byte for byte."""
+    from tests.helpers import cli_env, sppo_cmd
+
+    env = dict(cli_env(vllm_model), SLURM_CONF=slurm["SLURM_CONF"])
+    cmd = sppo_cmd(TINY_RECIPE, f"output_dir={tmp_path}", "T=1", "--stage", "iter_01/generate",
+                   *vllm_keys(vllm_python, "generation.vllm.launcher=srun"))
+    log = tmp_path / "job.out"
+    proc = subprocess.run(["sbatch", "--nodes=2", "--wait", f"--output={log}", "--wrap", shlex.join(cmd)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stderr}\n{log.read_text()[-4000:] if log.exists() else ''}"
+    job = proc.stdout.split()[-1]
+    stage = tmp_path / "tiny_sppo" / "iter_01" / "generate"
+    assert result(stage)["vllm"]["engines"] == 2
+    assert (stage / "responses.jsonl").read_bytes() == (vllm_run / "iter_01" / "generate" / "responses.jsonl").read_bytes()
+    assert f"launch task StepId={job}." in (slurm["base"] / "log" / "slurmd-n2.log").read_text()
 
 
 # ------------------------------------------------------------------ SmolLM2: kill -9 and resume

@@ -168,3 +168,11 @@ def test_a_time_limit_in_a_recipe_file_stays_a_time_not_a_base_60_integer(tmp_pa
     (tmp_path / "r.yaml").write_text(f"base: {RECIPE}\nlaunch:\n  train:\n    time: 1:00:00\n")
     r = recipe_mod.load(tmp_path / "r.yaml", ["launch.evaluate.time=2:30:00"], check_data=False)
     assert (r.launch.train.time, r.launch.evaluate.time) == ("1:00:00", "2:30:00")
+
+
+def test_generation_spans_nodes_only_with_vllm_engines_over_srun():
+    assert any("launch.generate.nodes: 2; the generate stage runs on one node" in p
+               for p in problems("launch.executor=slurm", "launch.generate.nodes=2"))
+    r = recipe_mod.load(RECIPE, ["launch.executor=slurm", "launch.generate.nodes=2", "generation.backend=vllm",
+                                 "generation.vllm.launcher=srun"], check_data=False)
+    assert r.launch.generate.nodes == 2

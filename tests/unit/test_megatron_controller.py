@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sppo_nemo.slurm import SlurmUnavailable
+
 from sppo_nemo.backends.megatron.controller import MegatronJobError, MegatronTrainer
 from sppo_nemo.backends.megatron.job import (JOB_FILE, JobFileError, parse_progress, progress_line, read_job,
                                              write_job)
@@ -112,7 +114,7 @@ def test_master_addr_is_the_first_nodes_address_not_its_name(tmp_path: Path, mon
 def test_srun_without_allocation_says_so(tmp_path: Path, monkeypatch) -> None:
     for k in ("MASTER_ADDR", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(MegatronJobError, match="no Slurm allocation"):
+    with pytest.raises(SlurmUnavailable, match="trainer.megatron.launcher=srun but no Slurm allocation"):
         MegatronTrainer(cfg(launcher="srun"), "sppo", 1.0, None, 0).command(tmp_path)
 
 

@@ -611,3 +611,39 @@ def test_resumed_progress_counts_each_sample_once(cpu4, monkeypatch: pytest.Monk
     assert sampler().sample(PROMPTS, 2, params(4), state, TAG, seen.append) == want()
     assert fake.started[0]["chunks"] == [0, 2]
     assert sum(seen) == 12  # 6 prompts × 2 samples, each counted once (now 4 + 12 = 16)
+
+
+# ------------------------------------------------------------------ engines over a Slurm allocation
+
+def test_srun_engines_fill_each_node_with_its_gpu_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller, "_visible_gpus", lambda: [str(i) for i in range(8)])
+    got = controller._srun_placements(8, 2, ["n1", "n2"])
+    assert [node for node, _ in got] == ["n1"] * 4 + ["n2"] * 4
+    assert [p["CUDA_VISIBLE_DEVICES"] for _, p in got] == ["0,1", "2,3", "4,5", "6,7"] * 2
+    monkeypatch.setattr(controller, "_visible_gpus", lambda: [])
+    assert controller._srun_placements(2, 1, ["n1", "n2"]) == [("n1", {}), ("n2", {})]  # CPU: one per node
+
+
+def test_srun_engines_are_steps_overlapping_sppo_runs_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(controller, "_visible_gpus", lambda: ["0", "1", "2", "3"])
+    monkeypatch.setattr(controller, "allocation_nodes", lambda: ["gpu-a", "gpu-b"])
+    g = bare_generator(VllmConfig(launcher="srun", tensor_parallel=2, srun_args=["--container-image=x.sqsh"]))
+    assert g._engines(todo=100) == 4  # 2 per node × 2 nodes
+    cmds = g._commands(tmp_path, 4, 2)
+    first, place = cmds[0]
+    assert first[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=gpu-a", "--kill-on-bad-exit=1"]
+    assert first[6:8] == ["--container-image=x.sqsh", "python"]  # inside the image: its own python
+    assert first[-2:] == ["0", "0"] and place == {"CUDA_VISIBLE_DEVICES": "0,1"}  # engine 0, parent: its step
+    assert cmds[3][0][4] == "--nodelist=gpu-b" and cmds[3][1] == {"CUDA_VISIBLE_DEVICES": "2,3"}
+    g.config.engines = 5
+    with pytest.raises(VllmUnavailable, match="5 engines do not fit the allocation's 4"):
+        g._engines(todo=100)
+
+
+def test_srun_engines_outside_an_allocation_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        monkeypatch.delenv(k, raising=False)
+    from sppo_nemo.slurm import SlurmUnavailable
+
+    with pytest.raises(SlurmUnavailable, match="generation.vllm.launcher=srun but no Slurm allocation is visible"):
+        controller.allocation_nodes()

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo import hub
+from sppo_nemo import hub, slurm
 from sppo_nemo.backends.megatron.job import Job, parse_progress, read_result, write_job
 from sppo_nemo.backends.megatron.layout import megatron_layout
 from sppo_nemo.config import TrainerConfig
@@ -61,7 +61,7 @@ class MegatronTrainer:
             python = "python" if m.srun_args else sys.executable  # inside a container: its own python
             # Inside a job step (a chained train job runs sppo-run as one), the workers' step must
             # share that step's node (--overlap), and every count is given, not inherited from it.
-            overlap = ["--overlap"] if "SLURM_STEP_ID" in env else []
+            overlap = ["--overlap"] if slurm.in_step() else []
             return ["srun", *overlap, f"--nodes={m.nnodes}", f"--ntasks={m.nnodes * per_node}",
                     f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1", *m.srun_args, python, *worker], env
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
@@ -134,24 +134,5 @@ def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) 
 
 
 def first_node_address() -> str:
-    """The address rank 0 listens on: the first node's NodeAddr as Slurm knows it (what slurmctld
-    itself reaches the node by), never the node name, which need not resolve (a name in
-    slurm.conf is a label; `n1` on a test cluster, a short name without DNS on many sites)."""
-    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
-    if not nodes:
-        raise MegatronJobError("trainer.megatron.launcher=srun but no Slurm allocation is visible "
-                               "(SLURM_JOB_NODELIST unset); run sppo-run inside salloc/sbatch")
-    try:
-        first = _scontrol("show", "hostnames", nodes).split()[0]
-        info = _scontrol("show", "node", "-o", first)
-    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-        raise MegatronJobError(f"cannot ask Slurm for the first node's address ({exc}); set MASTER_ADDR to "
-                               f"the first node's IP address") from None
-    for field in info.split():
-        if field.startswith("NodeAddr="):
-            return field.split("=", 1)[1]
-    return first
-
-
-def _scontrol(*args: str) -> str:
-    return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True, timeout=60).stdout
+    """The address rank 0 listens on: the first node's NodeAddr (sppo_nemo.slurm.node_address)."""
+    return slurm.node_address(slurm.allocation_nodes("trainer.megatron.launcher")[0])

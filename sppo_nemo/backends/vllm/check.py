@@ -41,6 +41,8 @@ def check(r: Recipe, base_dir: Path) -> list[str]:
     if v.python is not None and not v.python.strip():
         p.append(f"{KEY}python: empty; give the interpreter that has vllm (bash scripts/vllm_venv.sh prints its "
                  f"folder: <folder>/bin/python), or null for this one")
+    if v.srun_args and v.launcher != "srun":
+        p.append(f"{KEY}srun_args: set, but generation.vllm.launcher is local; set launcher=srun or remove them")
     need = r.trainer.max_prompt_length + longest_response(r)
     if v.max_model_len is not None and 1 <= v.max_model_len < need:
         p.append(f"{KEY}max_model_len: {v.max_model_len} holds no prompt of trainer.max_prompt_length="

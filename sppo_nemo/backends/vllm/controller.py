@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 import sppo_nemo
-from sppo_nemo import hub
+from sppo_nemo import hub, slurm
 from sppo_nemo.backends.hf import ChatFormat, HFGenerator, decode_sample, load_tokenizer
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.chunklog import ChunkLog, merged
@@ -112,10 +112,41 @@ class VLLMGenerator:
                    for i in chunk] for chunk in grid]
         return Job(engine, sampling, chunks)
 
+    def _commands(self, state: Path, n: int, tp: int) -> list[tuple[list[str], dict]]:
+        """Each engine's command and its devices. Local: a worker process here (it watches this
+        process, its parent). srun: one step per engine on its node of the allocation, sharing it
+        with sppo-run's own step (--overlap), watching its step's daemon instead."""
+        worker = ["-m", "sppo_nemo.backends.vllm", str(state)]
+        if self.config.launcher == "local":
+            return [([self.python, *worker, str(e), str(os.getpid())], place)
+                    for e, place in enumerate(_placements(n, tp))]
+        nodes = allocation_nodes()
+        python = "python" if self.config.srun_args else self.python  # inside a container: its own python
+        out = []
+        for e, (node, place) in enumerate(_srun_placements(n, tp, nodes)):
+            step = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--kill-on-bad-exit=1",
+                    *self.config.srun_args]
+            out.append(([*step, python, *worker, str(e), "0"], place))
+        return out
+
+    def _slots(self) -> int:
+        """How many engines fit: on this machine, its GPUs / tensor_parallel (one on CPU); over an
+        allocation, as many per node (the batch host's count) on every node (one each on CPU)."""
+        gpus = _visible_gpus()
+        here = len(gpus) // self.config.tensor_parallel if gpus else 1
+        return here * (len(allocation_nodes()) if self.config.launcher == "srun" else 1)
+
     def _engines(self, todo: int) -> int:
-        """Engines to start: the recipe's, or visible GPUs / tensor_parallel (one on CPU); never more
-        than there are chunks to run."""
+        """Engines to start: the recipe's, or visible GPUs / tensor_parallel (one on CPU; over an
+        allocation, per node times the nodes); never more than there are chunks to run."""
         c, gpus = self.config, _visible_gpus()
+        if c.launcher == "srun":
+            slots = self._slots()
+            n = c.engines or slots
+            if n > slots:
+                raise VllmUnavailable(f"generation.vllm.engines: {n} engines do not fit the allocation's {slots} "
+                                      f"engine slot(s) ({len(allocation_nodes())} node(s)); lower engines or set null")
+            return max(1, min(n, todo))
         if gpus and c.engines is None:
             n = len(gpus) // c.tensor_parallel
         else:
@@ -131,15 +162,14 @@ class VLLMGenerator:
         vLLM version the engines reported."""
         n = len(job.assignment)
         env = dict(os.environ, PYTHONPATH=str(_package_link(state)), PYTHONUNBUFFERED="1")
-        envs = _placements(n, job.engine.tensor_parallel_size)
+        commands = self._commands(state, n, job.engine.tensor_parallel_size)
         seen = [ChunkLog(shard_log(state, e)).peek() for e in range(n)]  # resumed: reported already
         procs = []
         try:
-            for e in range(n):
+            for e, (cmd, place) in enumerate(commands):
                 with open(worker_log(state, e), "w") as log:
-                    procs.append(subprocess.Popen(
-                        [self.python, "-m", "sppo_nemo.backends.vllm", str(state), str(e), str(os.getpid())],
-                        stdout=log, stderr=subprocess.STDOUT, env={**env, **envs[e]}, start_new_session=True))
+                    procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**env, **place},
+                                                  start_new_session=True))
             while True:
                 codes = [p.poll() for p in procs]
                 for e in range(n):
@@ -230,6 +260,24 @@ def _placements(engines: int, tp: int) -> list[dict]:
         mine = cpus[e * len(cpus) // engines:(e + 1) * len(cpus) // engines] or cpus[e % len(cpus):][:1]
         ranks = [mine[r * len(mine) // tp:(r + 1) * len(mine) // tp] or mine[:1] for r in range(tp)]
         out.append({"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, r)) for r in ranks)})
+    return out
+
+
+def allocation_nodes() -> list[str]:
+    """The nodes of the Slurm allocation sppo-run runs in (generation.vllm.launcher=srun)."""
+    return slurm.allocation_nodes("generation.vllm.launcher")
+
+
+def _srun_placements(engines: int, tp: int, nodes: list[str]) -> list[tuple[str, dict]]:
+    """Engine e on node e // per_node with the GPU slice of its slot there (the batch host's GPU
+    count stands for every node's); on CPU one engine per node, its threads left to the node."""
+    gpus = _visible_gpus()
+    per_node = max(1, len(gpus) // tp) if gpus else 1
+    out = []
+    for e in range(engines):
+        node, slot = nodes[(e // per_node) % len(nodes)], e % per_node
+        place = {"CUDA_VISIBLE_DEVICES": ",".join(gpus[slot * tp:(slot + 1) * tp])} if gpus else {}
+        out.append((node, place))
     return out
 
 

@@ -106,6 +106,12 @@ def run(state: Path, engine: int) -> None:
 
 def main(argv: list[str]) -> int:
     state, engine, parent = Path(argv[0]), int(argv[1]), int(argv[2])
+    if parent == 0:  # an srun step: lead a group of our own, and watch the step daemon that started us
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        parent = os.getppid()
     die_with_parent(parent)
     try:
         run(state, engine)
