@@ -52,3 +52,15 @@ def _scontrol(*args: str) -> str:
         detail = getattr(exc, "stderr", "") or exc
         raise SlurmUnavailable(f"scontrol {' '.join(args)} failed ({str(detail).strip()[:300]}); is this inside a "
                                f"Slurm allocation with Slurm's tools on PATH?") from None
+
+
+def step_on(node: str, srun_args: list[str] | tuple[str, ...], python: str) -> list[str]:
+    """The start of a command that runs one task on ``node`` as a step of this allocation, sharing
+    the node with the steps already there (sppo-run's own, the other workers': ``--overlap``), then
+    the interpreter: the image's own ``python`` when ``srun_args`` put the step into a container."""
+    return ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--kill-on-bad-exit=1",
+            *srun_args, step_python(srun_args, python)]
+
+
+def step_python(srun_args, python: str) -> str:
+    return "python" if srun_args else python

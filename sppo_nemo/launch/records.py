@@ -1,5 +1,5 @@
 """What a run directory remembers of its jobs, so that ``--status`` needs neither ``sacct`` (Slurm
-accounting) nor NeMo-Run's own state: standard library only.
+accounting) nor NeMo-Run's own state (no NeMo-Run import here).
 
 - ``jobs/iter_01-generate.json``: written by the stage's own ``sppo-run --stage`` process when it
   starts (``running``) and when it ends (``done``, ``failed`` with the message, ``terminated`` by
@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from sppo_nemo.artifacts import write_json
+
 JOBS = "jobs"
 
 
@@ -30,9 +32,7 @@ def stage_record_path(run_dir: Path, label: str) -> Path:
 
 def _write(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj)  # through a temporary file and a rename: --status never reads half a record
 
 
 def read_json(path: Path) -> dict | None:

@@ -155,23 +155,23 @@ def test_a_cancelled_stage_is_named_and_resubmitting_finishes_it(tiny_model, slu
 def test_a_failed_stage_is_named_its_dependants_leave_the_queue_and_resubmit_finishes(
         tiny_model, slurm, inline_t1, tmp_path):
     env = run_env(tiny_model, slurm)
-    flag = tmp_path / "fail-annotate"
+    flag = tmp_path / "fail-build"
     flag.touch()
-    setup = f"launch.setup=['if [ $SPPO_STAGE = iter_01/annotate ] && [ -e {flag} ]; then echo on purpose; exit 3; fi']"
+    setup = f"launch.setup=['if [ $SPPO_STAGE = iter_01/build ] && [ -e {flag} ]; then echo on purpose; exit 3; fi']"
     args = [f"output_dir={tmp_path}", *T1, *SLURM, setup]
-    run_dir = _from_inline(inline_t1, tmp_path, keep=2)  # evaluate at π_1 and generate done
-    assert "submitted 4 job(s)" in cli(env, *args, "--submit").stdout
+    run_dir = _from_inline(inline_t1, tmp_path, keep=3)  # up to annotate: build, train, evaluate to go
+    assert "submitted 3 job(s)" in cli(env, *args, "--submit").stdout
     wait_for_jobs(env, run_dir, timeout=300)  # the later jobs must not stay pending
     status = cli(env, *args, "--status").stdout
-    assert "iter_01/generate  done" in status
-    line = next(x for x in status.splitlines() if "iter_01/annotate" in x)
+    assert "iter_01/annotate  done" in status
+    line = next(x for x in status.splitlines() if "iter_01/build" in x)
     assert "FAILED" in line and "log " in line, status
     log = Path(line.rsplit("log ", 1)[1].rstrip("]"))
     assert "on purpose" in log.read_text()
     assert "iter_01/train     NOT RUN" in status
     flag.unlink()
     proc = cli(env, *args, "--submit")
-    assert "submitted 4 job(s)" in proc.stdout  # only what is unfinished
+    assert "submitted 3 job(s)" in proc.stdout  # only what is unfinished
     wait_for_jobs(env, run_dir)
     assert digests(run_dir) == digests(inline_t1)
 
@@ -216,9 +216,12 @@ def _worker_vars() -> dict:
     return {"PYTHONPATH": w["PYTHONPATH"], "OMP_NUM_THREADS": "1"}
 
 
-def test_the_one_allocation_launcher_runs_every_stage_inside_one_job(tiny_model, slurm, inline_t1, tmp_path):
-    """sbatch --nodes=2 launchers/slurm_allocation.sbatch: sppo-run inline on the batch host, the
-    train stage's workers on both nodes; the stages before training equal the inline run's."""
+def test_the_one_allocation_launcher_resumes_a_run_inside_one_job(tiny_model, slurm, inline_t1, tmp_path):
+    """sbatch --nodes=2 launchers/slurm_allocation.sbatch on a run finished up to build: sppo-run
+    inline on the batch host resumes it, the train stage's workers on both nodes, and the finished
+    stages are kept as they were."""
+    run_dir = _from_inline(inline_t1, tmp_path, keep=4)
+    kept = digests(run_dir)
     env = run_env(tiny_model, slurm, **_worker_vars(), SPPO_RUN=f"{sys.executable} -m sppo_nemo")
     log = tmp_path / "alloc.out"
     proc = subprocess.run(["sbatch", "--nodes=2", "--wait", f"--output={log}", str(ROOT / "launchers" /
@@ -227,10 +230,10 @@ def test_the_one_allocation_launcher_runs_every_stage_inside_one_job(tiny_model,
                            "trainer.megatron.nproc_per_node=1"],
                           env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, f"{proc.stderr}\n{log.read_text()[-4000:] if log.exists() else ''}"
-    run_dir = tmp_path / "tiny_sppo"
-    before_train = ["iter_00/evaluate", "iter_01/generate", "iter_01/annotate", "iter_01/build"]
-    assert digests(run_dir, before_train) == digests(inline_t1, before_train)
-    assert (run_dir / "iter_01" / "evaluate" / "_DONE").exists()
+    job = proc.stdout.split()[-1]
+    assert digests(run_dir, list(kept)) == kept and (run_dir / "iter_01" / "evaluate" / "_DONE").exists()
+    assert "iter_01/build: done, skipped" in log.read_text()
+    assert f"launch task StepId={job}." in (slurm["base"] / "log" / "slurmd-n2.log").read_text()
     resolved = (run_dir / "recipe.resolved.yaml").read_text()
     assert "launcher: srun" in resolved and "nnodes: 2" in resolved
 

@@ -627,7 +627,8 @@ def test_srun_engines_fill_each_node_with_its_gpu_slices(monkeypatch: pytest.Mon
 def test_srun_engines_are_steps_overlapping_sppo_runs_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(controller, "_visible_gpus", lambda: ["0", "1", "2", "3"])
     monkeypatch.setattr(controller, "allocation_nodes", lambda: ["gpu-a", "gpu-b"])
-    g = bare_generator(VllmConfig(launcher="srun", tensor_parallel=2, srun_args=["--container-image=x.sqsh"]))
+    g = bare_generator(VllmConfig(launcher="srun", tensor_parallel=2, srun_args=["--container-image=x.sqsh"]),
+                       python="/venv/bin/python")
     assert g._engines(todo=100) == 4  # 2 per node × 2 nodes
     cmds = g._commands(tmp_path, 4, 2)
     first, place = cmds[0]

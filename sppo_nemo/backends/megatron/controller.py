@@ -58,7 +58,7 @@ class MegatronTrainer:
             if "MASTER_ADDR" not in env:
                 env["MASTER_ADDR"] = first_node_address()
             env.setdefault("MASTER_PORT", "29517")
-            python = "python" if m.srun_args else sys.executable  # inside a container: its own python
+            python = slurm.step_python(m.srun_args, sys.executable)  # inside a container: its own python
             # Inside a job step (a chained train job runs sppo-run as one), the workers' step must
             # share that step's node (--overlap), and every count is given, not inherited from it.
             overlap = ["--overlap"] if slurm.in_step() else []

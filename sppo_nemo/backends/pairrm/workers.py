@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sppo_nemo import slurm
 from sppo_nemo.backends.pairrm.errors import PairRMError
 from sppo_nemo.backends.pairrm.inputs import Seq
 
@@ -109,12 +110,10 @@ class DevicePool:
         port = listener.address[1]
         path, backbone, dtype, batch_size, max_batch_tokens = args
         env = dict(os.environ, **{AUTHKEY_ENV: key.hex()})
-        python = "python" if srun_args else sys.executable  # inside a container: its own python
         steps = []
         for i, (dev, node) in enumerate(zip(self.devices, nodes)):
-            cmd = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--kill-on-bad-exit=1",
-                   *srun_args, python, "-m", "sppo_nemo.backends.pairrm.remote", f"{address}:{port}", str(i), dev,
-                   path, backbone or "-", dtype, str(batch_size), str(max_batch_tokens)]
+            cmd = [*slurm.step_on(node, srun_args, sys.executable), "-m", "sppo_nemo.backends.pairrm.remote",
+                   f"{address}:{port}", str(i), dev, path, backbone or "-", dtype, str(batch_size), str(max_batch_tokens)]
             steps.append(_Step(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL), f"{dev} on {node}"))
         conns: dict[int, Connection] = {}
         accepting = threading.Thread(target=_accept, args=(listener, conns, len(steps)), daemon=True)

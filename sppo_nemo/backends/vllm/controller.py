@@ -120,14 +120,8 @@ class VLLMGenerator:
         if self.config.launcher == "local":
             return [([self.python, *worker, str(e), str(os.getpid())], place)
                     for e, place in enumerate(_placements(n, tp))]
-        nodes = allocation_nodes()
-        python = "python" if self.config.srun_args else self.python  # inside a container: its own python
-        out = []
-        for e, (node, place) in enumerate(_srun_placements(n, tp, nodes)):
-            step = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--kill-on-bad-exit=1",
-                    *self.config.srun_args]
-            out.append(([*step, python, *worker, str(e), "0"], place))
-        return out
+        return [([*slurm.step_on(node, self.config.srun_args, self.python), *worker, str(e), "0"], place)
+                for e, (node, place) in enumerate(_srun_placements(n, tp, allocation_nodes()))]
 
     def _slots(self) -> int:
         """How many engines fit: on this machine, its GPUs / tensor_parallel (one on CPU); over an
