@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sppo_nemo.config import LaunchConfig
 from sppo_nemo.errors import UserError
+from sppo_nemo.launch import squeue
 from sppo_nemo.launch.plan import JobSpec
 
 
@@ -129,7 +130,7 @@ def _refusal(exc: BaseException, console: str) -> str:
 
 
 def cancel(la: LaunchConfig, submission: dict, home: Path) -> list[str]:
-    """Cancel every task of a submission that Slurm still holds; returns the task names asked."""
+    """Cancel the submission's tasks through NeMo-Run (an SSH tunnel's cluster); returns their names."""
     import nemo_run as run
 
     run.config.set_nemorun_home(str(home))  # from_id looks the experiment up there
@@ -144,17 +145,10 @@ def cancel(la: LaunchConfig, submission: dict, home: Path) -> list[str]:
 
 
 def queue(la: LaunchConfig, home: Path) -> dict[str, str]:
-    """{job id: state} of every job the scheduler holds, through the executor's tunnel (squeue needs
-    no accounting, unlike the sacct NeMo-Run's own status uses)."""
+    """{job id: state} of every job the scheduler holds, asked through the executor's tunnel."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        result = _tunnel(la, home).run("squeue -h -t all -o '%i|%T|%r'", hide=True, warn=True)
+        result = _tunnel(la, home).run(squeue.SQUEUE, hide=True, warn=True)
     if result.return_code != 0:
         raise UserError(f"squeue failed: {(result.stderr or result.stdout).strip()[:500]}")
-    held = {}
-    for line in result.stdout.splitlines():
-        jid, _, rest = line.partition("|")
-        state, _, reason = rest.partition("|")
-        if state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"):
-            held[jid.strip()] = state + (f" ({reason})" if state == "PENDING" and reason not in ("", "None") else "")
-    return held
+    return squeue.parse(result.stdout)

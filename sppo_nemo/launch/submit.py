@@ -4,7 +4,8 @@
 refuses while jobs of the last submission are still queued or running. ``--status`` reads each
 stage's state from the run directory (the stage markers and ``jobs/``, see ``records``) and asks
 the queue only which of the submitted job ids it still holds (``squeue``, which needs no Slurm
-accounting). ``--cancel`` cancels what the queue still holds of the last submission.
+accounting). ``--cancel`` cancels what the queue still holds of the last submission (``scancel``
+on a login node, NeMo-Run through an SSH tunnel); neither imports NeMo-Run on a login node.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sppo_nemo.context import Context
 from sppo_nemo.errors import UsageError, UserError
-from sppo_nemo.launch import nemorun, records
+from sppo_nemo.launch import nemorun, records, squeue
 from sppo_nemo.launch.plan import JobSpec, unfinished
 from sppo_nemo.runner import status as stage_states
 
@@ -33,10 +34,12 @@ def title_for(ctx: Context) -> str:
 
 
 def _need_executor(ctx: Context, flag: str) -> None:
-    if ctx.recipe.launch.executor == "inline":
+    la = ctx.recipe.launch
+    if la.executor == "inline":
         raise UsageError(f"{flag} sends stages as jobs, but launch.executor is inline (every stage in this process); "
                          f"set launch.executor=slurm (or local, docker), or run without {flag}")
-    reason = nemorun.available()
+    # --status and --cancel on a login node need only squeue and scancel; the rest goes through NeMo-Run
+    reason = nemorun.available() if flag == "--submit" or la.tunnel == "ssh" else None
     if reason:
         raise UserError(reason)
 
@@ -83,7 +86,9 @@ def queued(ctx: Context) -> dict[str, str]:
     ids = {str(j["job_id"]) for j in subs[-1]["jobs"] if j.get("job_id")}
     if not ids:
         return {}
-    return {jid: state for jid, state in nemorun.queue(ctx.recipe.launch, home_for(ctx)).items() if jid in ids}
+    la = ctx.recipe.launch
+    held = squeue.local_queue() if la.tunnel == "local" else nemorun.queue(la, home_for(ctx))
+    return {jid: state for jid, state in held.items() if jid in ids}
 
 
 def submit(ctx: Context, recipe_path: Path, overrides: list[str], dryrun: bool = False, log=print) -> int:
@@ -195,9 +200,12 @@ def cancel(ctx: Context, log=print) -> int:
     if not live:
         log("no job of the last submission is in the queue; nothing to cancel")
         return 0
-    names = [j["name"] for j in subs[-1]["jobs"] if str(j.get("job_id")) in live]
-    nemorun.cancel(ctx.recipe.launch, dict(subs[-1], jobs=[j for j in subs[-1]["jobs"] if j["name"] in names]),
-                   home_for(ctx))
+    la = ctx.recipe.launch
+    if la.tunnel == "local":  # what NeMo-Run's LocalTunnel would run, without importing it
+        squeue.local_cancel(sorted(live))
+    else:
+        nemorun.cancel(la, dict(subs[-1], jobs=[j for j in subs[-1]["jobs"] if str(j.get("job_id")) in live]),
+                       home_for(ctx))
     for _ in range(50):  # scancel returns before Slurm has let go of the jobs
         if not queued(ctx):
             break

@@ -100,7 +100,7 @@ def _setup(tmp_path, monkeypatch, held: dict[str, str], markers: dict[str, str])
                                           {"stage": lab, "name": plan.task_name(lab), "job_id": str(10 + i),
                                            "job_dir": str(tmp_path / plan.task_name(lab))}
                                           for i, lab in enumerate(labels)]})
-    monkeypatch.setattr(submit.nemorun, "queue", lambda la, home: held)
+    monkeypatch.setattr(submit.squeue, "local_queue", lambda: held)
     monkeypatch.setattr(submit, "stage_states",
                         lambda c: [(int(lab[5:7]), lab.split("/")[1], state) for lab, state in markers.items()])
     return ctx
@@ -176,3 +176,10 @@ def test_generation_spans_nodes_only_with_vllm_engines_over_srun():
     r = recipe_mod.load(RECIPE, ["launch.executor=slurm", "launch.generate.nodes=2", "generation.backend=vllm",
                                  "generation.vllm.launcher=srun"], check_data=False)
     assert r.launch.generate.nodes == 2
+
+
+def test_squeue_output_gives_the_held_jobs_with_the_reason_of_the_pending():
+    from sppo_nemo.launch import squeue
+
+    text = "11|COMPLETED|None\n12|RUNNING|None\n13|PENDING|Dependency\n14|CANCELLED|DependencyNeverSatisfied\n15|PENDING|None\n"
+    assert squeue.parse(text) == {"12": "RUNNING", "13": "PENDING (Dependency)", "15": "PENDING"}
