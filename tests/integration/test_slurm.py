@@ -169,11 +169,13 @@ def test_a_failed_stage_is_named_its_dependants_leave_the_queue_and_resubmit_fin
     log = Path(line.rsplit("log ", 1)[1].rstrip("]"))
     assert "on purpose" in log.read_text()
     assert "iter_01/train     NOT RUN" in status
+    finished = {p: p.stat().st_mtime_ns for p in run_dir.glob("iter_0[01]/*/manifest.json")}
     flag.unlink()
     proc = cli(env, *args, "--submit")
     assert "submitted 3 job(s)" in proc.stdout  # only what is unfinished
     wait_for_jobs(env, run_dir)
     assert digests(run_dir) == digests(inline_t1)
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()) and len(finished) == 3  # untouched
 
 
 def _megatron(nodes: int) -> list[str]:

@@ -103,10 +103,12 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
             for line in proc.stdout:
                 report = parse_progress(line)
                 if report is not None:
-                    kind, n = report
+                    kind, n, rest = report
                     if callbacks.get(kind):
                         callbacks[kind](n)
-                    continue
+                    if not rest:
+                        continue
+                    line = rest + "\n"
                 log.write(line)
                 tail.append(line.rstrip("\n"))
                 if line.startswith("[rank"):

@@ -76,12 +76,16 @@ def progress_line(kind: str, n: int) -> str:
     return PROGRESS + json.dumps({"kind": kind, "n": n})
 
 
-def parse_progress(line: str) -> tuple[str, int] | None:
-    """(kind, n) of a progress line, None for any other line."""
+def parse_progress(line: str) -> tuple[str, int, str] | None:
+    """(kind, n, the rest of the line) of a progress line, None for any other line. The rest is
+    another process's output that landed on the same line (the workers share one pipe), if any."""
     if not line.startswith(PROGRESS):
         return None
-    msg = json.loads(line[len(PROGRESS):])
-    return msg["kind"], int(msg["n"])
+    try:
+        msg, end = json.JSONDecoder().raw_decode(line, len(PROGRESS))
+        return msg["kind"], int(msg["n"]), line[end:].strip("\n")
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn report: kept as log text
 
 
 def write_result(job_dir: Path, result: TrainResult) -> None:

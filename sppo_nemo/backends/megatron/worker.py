@@ -72,7 +72,8 @@ class Setup:
 
     def report(self, kind: str, n: int) -> None:
         if self.reporting and n:
-            print(progress_line(kind, n), flush=True)
+            sys.stdout.write(progress_line(kind, n) + "\n")  # one write: under python -u print makes two,
+            sys.stdout.flush()  # and another process's stderr could land between the report and its newline
 
     def micro_batch(self, row_ids, epoch: int = 0) -> MicroBatch:
         # sequence parallelism splits the sequence over TP ranks: widths must be a multiple of TP
