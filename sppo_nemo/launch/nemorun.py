@@ -26,7 +26,12 @@ from sppo_nemo.launch.plan import JobSpec
 
 
 class SubmitError(UserError):
-    """sbatch (or docker) refused a job; the message quotes its own words."""
+    """sbatch (or docker) refused a job; the message quotes its own words. ``launched`` holds the
+    jobs submitted before the refusal (the same records as a submission's), so none goes untracked."""
+
+    def __init__(self, message: str, launched: dict | None = None):
+        super().__init__(message)
+        self.launched = launched
 
 
 def available() -> str | None:
@@ -91,6 +96,7 @@ def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryru
     run.config.set_nemorun_home(str(home))
     prefix = f"{title}."
     out = io.StringIO()
+    exp = None
     try:
         with contextlib.redirect_stdout(out), _experiment(title, home) as exp:
             ids: dict[str, str] = {}
@@ -102,16 +108,26 @@ def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryru
                 exp.dryrun(log=False, delete_exp_dir=False)
             else:
                 exp.run(detach=la.executor == "slurm", sequential=la.executor != "slurm")
-            jobs = [{"stage": spec.label, "name": spec.name, "job_id": _job_id(job), "job_dir": job.executor.job_dir}
-                    for spec, job in zip(specs, exp.jobs)]
-            result = {"id": exp._id, "dir": str(exp._exp_dir), "jobs": jobs}
+            result = _launched(exp, specs)
     except Exception as exc:  # NeMo-Run wraps sbatch's refusal in invoke's UnexpectedExit
+        launched = _launched(exp, specs, submitted_only=True) if exp is not None and not dryrun else None
+        if launched and launched["jobs"]:
+            ids = ", ".join(f"{j['stage']} job {j['job_id']}" for j in launched["jobs"])
+            raise SubmitError(_refusal(exc, out.getvalue()) + f"\nsubmitted before the refusal (recorded; "
+                              f"`sppo-run RECIPE --cancel` cancels them): {ids}", launched) from None
         raise SubmitError(_refusal(exc, out.getvalue())) from None
     if dryrun:  # what would be submitted, then nothing left behind
         exp_dir = Path(result["dir"])
         result["scripts"] = {p.stem.removesuffix("_sbatch"): p.read_text() for p in sorted(exp_dir.glob("*_sbatch.sh"))}
         shutil.rmtree(exp_dir, ignore_errors=True)
     return result
+
+
+def _launched(exp, specs: list[JobSpec], submitted_only: bool = False) -> dict:
+    """{id, dir, jobs} of the experiment's tasks; ``submitted_only``: those that got a job before a failure."""
+    jobs = [{"stage": spec.label, "name": spec.name, "job_id": _job_id(job), "job_dir": job.executor.job_dir}
+            for spec, job in zip(specs, exp.jobs) if not submitted_only or getattr(job, "handle", None)]
+    return {"id": exp._id, "dir": str(exp._exp_dir), "jobs": jobs}
 
 
 def _job_id(job) -> str | None:

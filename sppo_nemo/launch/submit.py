@@ -104,7 +104,13 @@ def submit(ctx: Context, recipe_path: Path, overrides: list[str], dryrun: bool =
         _not_running_inline(ctx)
     specs = unfinished(ctx, recipe_path, overrides)
     started = time.time()
-    result = nemorun.submit(la, specs, title_for(ctx), home_for(ctx), dryrun=dryrun)
+    try:
+        result = nemorun.submit(la, specs, title_for(ctx), home_for(ctx), dryrun=dryrun)
+    except nemorun.SubmitError as exc:
+        if exc.launched:  # the jobs sbatch took before it refused one: --status and --cancel must know them
+            records.add_submission(ctx.run_dir, {**exc.launched, "executor": la.executor, "time": started,
+                                                 "seconds": time.time() - started})
+        raise
     if dryrun:
         sbatch = result.get("scripts", {})
         for spec in specs:

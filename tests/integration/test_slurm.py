@@ -251,6 +251,11 @@ def test_bad_input_ends_in_a_message(tiny_model, slurm, tmp_path):
     no_slurm = dict(env, PATH=os.path.dirname(sys.executable) + ":/usr/bin/nonexistent")
     gone = cli(no_slurm, *base, "--submit", check=False)
     assert gone.returncode == 1 and "sbatch is not on PATH" in gone.stderr
+    # refused halfway (build asks more memory than a node has): the jobs taken before are recorded
+    half = cli(env, *base, "launch.build.mem=99G", "--submit", check=False)
+    assert half.returncode == 1 and "Memory specification can not be satisfied" in half.stderr, half.stderr
+    assert "submitted before the refusal" in half.stderr and "iter_01/annotate job" in half.stderr
+    assert "cancelled 3 job(s)" in cli(env, *base, "launch.build.mem=99G", "--cancel").stdout
 
 
 def test_a_launch_section_with_unknown_keys_is_a_recipe_error(tiny_model, tmp_path):
