@@ -25,6 +25,10 @@ GAME_BACKENDS = {"generation.backend": "game", "judge.backend": "matrix", "train
 LossType = Literal["sppo", "sppo_pair", "dpo", "ipo"]
 LogZ = Literal["constant", "estimated"]
 Selection = Literal["all", "best_worst"]
+RankBy = Literal["win_rate", "score"]
+IpoForm = Literal["appendix_b", "azar"]
+Optimizer = Literal["adamw", "rmsprop"]
+WandbMode = Literal["offline", "online"]
 WinrateMethod = Literal["average", "score_diff"]
 GenerationBackend = Literal["hf", "vllm", "game"]
 VllmDtype = Literal["bf16", "fp16", "fp32", "auto"]
@@ -55,8 +59,11 @@ class PolicyConfig:
 
 @dataclass
 class DataConfig:
-    # A .jsonl or .parquet file, a `datasets.save_to_disk` directory, or "builtin".
+    # A .jsonl or .parquet file, a `datasets.save_to_disk` directory, "builtin", or a hub dataset
+    # "hf:owner/name" (read with datasets.load_dataset, cached; offline it needs the cache).
     prompts: str = BUILTIN_PROMPTS
+    split: Optional[str] = None  # the split of a hub dataset or of a saved DatasetDict; null: train
+    subset: Optional[str] = None  # a hub dataset's configuration name (load_dataset's `name`), if it has several
     prompt_field: str = "prompt"
     id_field: Optional[str] = "id"
     reference_field: Optional[str] = "reference"
@@ -73,8 +80,17 @@ class DataConfig:
 class LossConfig:
     type: LossType = "sppo"  # sppo (eq. 3.7) | sppo_pair (eq. B.1) | dpo (B.2) | ipo (B.3)
     log_z: LogZ = "constant"  # constant η/2 (eq. 3.6) | estimated from the K samples (eq. 3.5)
-    selection: Selection = "all"  # all K responses | best_worst pair by average preference (app. C)
-    winrate: WinrateMethod = "average"  # average (eq. 3.5) | score_diff (reference scripts' convention)
+    selection: Selection = "all"  # all K responses | best_worst: the winner and the loser (app. C)
+    # best_worst ranks by: win_rate, P̂ of eq. 3.5 | score, the judge's aggregated score
+    # s_i = (1/K) Σ_j (C[i,j] − C[j,i]) of its logits (section 4.1, app. C, the reference code)
+    rank_by: RankBy = "win_rate"
+    winrate: WinrateMethod = "average"  # average (eq. 3.5) | score_diff (the reference code: σ(s_i − s_j))
+    # How many of the K samples estimate P̂ and log Z (app. D.3): null all K; with best_worst, n ≥ 2
+    # takes the winner, the loser and the first n − 2 others in sampled order.
+    estimator_samples: Optional[int] = None
+    # ipo: appendix_b, eq. B.3 ((a − b) − 1)² | azar, the IPO paper's (Δ − 1/(2β))² with Δ the
+    # log-ratio difference, as the SPPO authors' trainer (the paper's iterative-IPO runs) trains
+    ipo_form: IpoForm = "appendix_b"
 
 
 @dataclass
@@ -162,8 +178,12 @@ class MegatronConfig:
 class TrainerConfig:
     backend: TrainerBackend = "torch"
     lr: float = 5.0e-7
+    optimizer: Optimizer = "adamw"  # adamw | rmsprop (torch's RMSprop, the reference SPPO code's; torch trainer)
     schedule: Schedule = "linear"  # after warmup
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # of the schedule's horizon
+    # The horizon of the learning-rate schedule (warm-up and decay), in epochs; null: trainer.epochs.
+    # The paper (app. C) schedules 18 epochs and keeps the first: epochs=1, schedule_epochs=18.
+    schedule_epochs: Optional[int] = None
     batch_size: int = 8  # rows per micro-batch (a pair counts as one row)
     grad_accum: int = 1
     epochs: int = 1
@@ -184,6 +204,23 @@ class EvalConfig:
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     max_new_tokens: Optional[int] = None
+    # More prompts to sample at every evaluation, e.g. AlpacaEval's 805 instructions (a .jsonl, .json
+    # list or .parquet file); written as AlpacaEval model_outputs, not judged here.
+    prompts: Optional[str] = None
+    prompt_field: str = "instruction"
+    # Best-of-n at test time (paper, Table 1): sample n per held-out prompt, keep the judge's first,
+    # and report its win rates beside the plain ones; null: off.
+    best_of: Optional[int] = None
+
+
+@dataclass
+class LoggingConfig:
+    """Optional experiment trackers; nothing leaves the machine unless wandb_mode=online."""
+
+    tensorboard: bool = False  # event files under <run dir>/tensorboard
+    wandb: bool = False
+    wandb_project: Optional[str] = None  # null: the recipe's name
+    wandb_mode: WandbMode = "offline"  # offline: files under <run dir>/wandb, `wandb sync` them later
 
 
 @dataclass
@@ -250,6 +287,7 @@ class Recipe:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 

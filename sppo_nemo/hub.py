@@ -20,6 +20,22 @@ SMOLLM2_CONFIG = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size":
                   "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
                   "tie_word_embeddings": True}
 
+# The shapes of the paper's base models (their hub config.json, the keys the layout and cost checks
+# read), so that a recipe naming them validates, dry-runs and estimates on a machine without the
+# weights; a local checkpoint or a cached snapshot's own config.json comes first.
+KNOWN_CONFIGS = {
+    "mistralai/Mistral-7B-Instruct-v0.2": {
+        "model_type": "mistral", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000,
+        "max_position_embeddings": 32768, "rope_theta": 1000000.0, "sliding_window": None,
+        "rms_norm_eps": 1e-05, "tie_word_embeddings": False, "hidden_act": "silu"},
+    "meta-llama/Meta-Llama-3-8B-Instruct": {
+        "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-05,
+        "tie_word_embeddings": False, "hidden_act": "silu"},
+}
+
 # Configs, tokenizers and safetensors weights; *.bin only when a repo has no safetensors.
 PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
@@ -57,12 +73,14 @@ class UnreadableConfig(UserError):
 
 def policy_config(model: str, base_dir: Path) -> dict | None:
     """The policy's ``config.json`` when it can be read without the network (the shipped SmolLM2's
-    shape, or a local checkpoint directory's file), for load-time checks of a parallel layout;
-    None for a hub id. A damaged file is an UnreadableConfig naming it."""
+    shape, a local checkpoint directory's file, a hub id's cached snapshot, or the known shape of the
+    paper's base models), for load-time checks of a parallel layout and the cost estimate; None for
+    another hub id. A damaged file is an UnreadableConfig naming it."""
     if model == SHIPPED_SMOLLM2:
         return SMOLLM2_CONFIG
     if not looks_like_path(model):
-        return None
+        cached = _cached_hub_config(model)
+        return cached if cached is not None else KNOWN_CONFIGS.get(model)
     path = resolve_path(model, base_dir) / "config.json"
     if not path.is_file():
         return None
@@ -71,3 +89,34 @@ def policy_config(model: str, base_dir: Path) -> dict | None:
     except (OSError, ValueError) as e:
         raise UnreadableConfig(f"policy.model: cannot read {model}/config.json ({e}); give an HF checkpoint "
                               f"directory") from None
+
+
+def _cached_hub_config(model: str) -> dict | None:
+    """A hub id's config.json from the local Hugging Face cache, never the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        got = try_to_load_from_cache(model, "config.json")
+    except Exception:  # a malformed id
+        return None
+    if not isinstance(got, str):
+        return None
+    try:
+        return json.loads(Path(got).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def config_source(model: str, base_dir: Path) -> str:
+    """Where :func:`policy_config` found the shape, for messages that must say so."""
+    if model == SHIPPED_SMOLLM2:
+        return "the shipped SmolLM2-135M-Instruct's shape"
+    if looks_like_path(model):
+        return f"{model}/config.json"
+    if _cached_hub_config(model) is not None:
+        return f"{model}'s cached config.json"
+    if model in KNOWN_CONFIGS:
+        return f"{model}'s published architecture (sppo_nemo/hub.py KNOWN_CONFIGS; the checkpoint is not local)"
+    return f"nothing: {model} is not local, cached or known"

@@ -319,6 +319,16 @@ def _check_general(r: Recipe, base_dir: Path) -> list[str]:
         r.loss.log_z == "constant" or lt == "sppo",
         "loss.log_z: 'estimated' applies to the square loss only; use loss.type=sppo or loss.log_z=constant",
     )
+    need(r.loss.rank_by == "win_rate" or sel == "best_worst",
+         "loss.rank_by: ranks the responses to pick the winner and the loser; it needs loss.selection=best_worst")
+    n_est = r.loss.estimator_samples
+    if n_est is not None:
+        need(2 <= n_est <= r.K, f"loss.estimator_samples: {n_est}; P̂ needs 2 to K={r.K} of the samples")
+        need(sel == "best_worst" and lt == "sppo",
+             "loss.estimator_samples: estimates P̂ from the winner, the loser and n − 2 others (app. D.3), for "
+             "the square loss on the selected pair: set loss.type=sppo and loss.selection=best_worst, or null")
+    need(r.loss.ipo_form == "appendix_b" or lt == "ipo",
+         f"loss.ipo_form: applies to loss.type=ipo; it is {lt}, so remove it")
 
     s = r.sampling
     need(s.temperature > 0, f"sampling.temperature: {s.temperature}; must be > 0 (SPPO samples from π_t)")
@@ -342,6 +352,12 @@ def _check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(t.batch_size >= 1, f"trainer.batch_size: {t.batch_size}; must be at least 1")
     need(t.grad_accum >= 1, f"trainer.grad_accum: {t.grad_accum}; must be at least 1")
     need(t.epochs >= 1, f"trainer.epochs: {t.epochs}; must be at least 1")
+    need(t.schedule_epochs is None or t.schedule_epochs >= t.epochs,
+         f"trainer.schedule_epochs: {t.schedule_epochs}; the schedule's horizon must hold the "
+         f"trainer.epochs={t.epochs} trained (at least that many), or null")
+    need(t.optimizer == "adamw" or t.backend in ("torch", "game"),
+         f"trainer.optimizer: {t.optimizer} is not offered by megatron-core's optimizer (adam and sgd only); "
+         f"use trainer.optimizer=adamw with trainer.backend=megatron, or trainer.backend=torch")
     need(t.max_grad_norm > 0, f"trainer.max_grad_norm: {t.max_grad_norm}; must be > 0")
     need(t.weight_decay >= 0, f"trainer.weight_decay: {t.weight_decay}; must be >= 0")
     need(t.max_prompt_length >= 1, f"trainer.max_prompt_length: {t.max_prompt_length}; must be at least 1")
@@ -356,6 +372,9 @@ def _check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(e.temperature is None or e.temperature > 0, f"evaluation.temperature: {e.temperature}; must be > 0")
     need(e.top_p is None or 0 < e.top_p <= 1, f"evaluation.top_p: {e.top_p}; must be in (0, 1]")
     need(e.max_new_tokens is None or e.max_new_tokens >= 1, "evaluation.max_new_tokens: must be at least 1")
+    need(e.best_of is None or e.best_of >= 2,
+         f"evaluation.best_of: {e.best_of}; best-of-n needs n ≥ 2 samples per prompt, or null for off")
+    need(bool(e.prompt_field.strip()), "evaluation.prompt_field: empty; name the field holding the instruction")
 
     model = r.policy.model
     if not uses_games(r) and model != SHIPPED_SMOLLM2 and looks_like_path(model):
