@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from sppo_nemo.config import ADDED_KEYS
 from sppo_nemo.errors import StaleStageError, UserError
 
 
@@ -168,6 +169,14 @@ def canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(flat, sort_keys=True))
 
 
+def _added_at_default(key: str, value: Any) -> bool:
+    """A fingerprint key the schema gained later (config.ADDED_KEYS), at the value older code implied."""
+    for added, default in ADDED_KEYS.items():
+        if (key == added or key.endswith("." + added)) and value == default:
+            return True
+    return False
+
+
 class Stage:
     """One stage folder of one iteration, e.g. ``runs/demo/iter_01/generate``."""
 
@@ -213,7 +222,8 @@ class Stage:
         """Raise StaleStageError naming every key whose value differs from the finished stage's."""
         old = self.manifest().get("fingerprint", {})
         new = canonical(fingerprint)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and not (k not in old and _added_at_default(k, new[k])))
         if not changed:
             return
         lines = [f"{self.label} was finished with a different recipe or different inputs:"]

@@ -104,12 +104,25 @@ def ipo_loss(
     reference_chosen_logps: torch.Tensor,
     reference_rejected_logps: torch.Tensor,
     eta: float,
+    form: str = "appendix_b",
 ) -> torch.Tensor:
-    """IPO, eq. (B.3): ((a − b) − 1)², a and b the β-scaled log-ratios.
+    """IPO in one of two forms (``loss.ipo_form``), with β = 1/η:
 
-    Hand-worked: at π = π_ref the loss is 1; with η = 2 and log-ratios +1, −1 the margin is
-    ½·2 = 1 and the loss 0.
+    ``appendix_b``, eq. (B.3): ((a − b) − 1)², a and b the β-scaled log-ratios: the margin
+        Δ = log-ratio_w − log-ratio_l is regressed on 1/β.
+    ``azar``, the IPO paper's (Azar et al. 2023, eq. 17) sampled loss (Δ − 1/(2β))², as the SPPO
+        authors' trainer and TRL train it (TRL, with ``loss_type="ipo"``, also divides each
+        log-ratio by the response length; not offered here): Δ regressed on 1/(2β) = η/2, and the
+        loss in log-ratio units, so its gradient is η² times larger than B.3's at the same margin.
+
+    Hand-worked: at π = π_ref the loss is 1 (B.3) and (η/2)² (azar); with η = 2 and log-ratios
+    +1, −1 (Δ = 2): B.3's margin is ½·2 = 1 and its loss 0; azar's is (2 − 1)² = 1.
     """
+    if form == "azar":
+        delta = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+        return (delta - eta / 2.0) ** 2
+    if form != "appendix_b":
+        raise ValueError(f"ipo form {form!r}; use appendix_b or azar")
     margin = _scaled_margin(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, eta
     )

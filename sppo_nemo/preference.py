@@ -112,32 +112,61 @@ def win_rate_estimates(m: np.ndarray) -> np.ndarray:
     return _with_half_diagonal(m).mean(axis=-1)
 
 
-def score_diff_win_rates(m: np.ndarray) -> np.ndarray:
+def matrix_scores(m: np.ndarray) -> np.ndarray:
+    """One score per response read back from a probability matrix: s_i = (1/K) Σ_k logit M[i, k]
+    (diagonal ½, logit 0; M clipped to [1e-6, 1 − 1e-6]), for judges that give no logits.
+
+    On a ``symmetric`` PairRM matrix this is exactly half of :func:`aggregated_scores` of the
+    logits (logit σ(d/2) = d/2), so it ranks the responses as the judge's scores do; on a
+    ``score_diff`` matrix it gives the scores back up to a constant. Both hold only while no
+    |logit| exceeds the clip (about 13.8) and the 8-decimal rounding of stored matrices: beyond
+    that the stored matrix has lost the logit, which is why the annotate stage keeps the judge's
+    own scores (``matrices.jsonl`` "scores") where it has logits.
+
+    Hand-worked: M = [[½, σ(2)], [σ(−2), ½]] gives s = [1, −1].
+    """
+    m = _with_half_diagonal(m)
+    return (np.log(np.clip(m, _EPS, 1 - _EPS)) - np.log(np.clip(1 - m, _EPS, 1 - _EPS))).mean(axis=-1)
+
+
+def score_win_rates(s: np.ndarray) -> np.ndarray:
+    """P̂_i = (1/K) Σ_j σ(s_i − s_j) (diagonal σ(0) = ½): the reference SPPO scripts' win rate
+    (uclaml/SPPO ``compute_prob.py``) from one score per response.
+
+    Hand-worked: s = [1, −1]: [(½ + σ(2))/2, (½ + σ(−2))/2] = [0.6904, 0.3096].
+    """
+    return score_probabilities(s).mean(axis=-1)
+
+
+def score_diff_win_rates(m: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     """The reference SPPO scripts' convention, offered for comparison (not the paper's eq. 3.5).
 
-    The reference scripts (uclaml/SPPO ``compute_prob.py``) never use the pairwise
-    probabilities directly: they take one aggregated PairRM score per response,
-    s_i = (1/K) Σ_k s(y_i, y_k; x) (appendix C), rebuild P'(y_i ≻ y_j) = σ(s_i − s_j)
-    (:func:`score_probabilities`), and average P' over j (diagonal σ(0) = ½). From a probability
-    matrix we recover the relative rewards as logits, s(y_i, y_k) = logit M[i, k] (clipped to
-    [1e-6, 1 − 1e-6]). The result is a Bradley-Terry reading of the judge: intransitive
-    preferences are flattened into one score per response.
+    The reference scripts never use the pairwise probabilities directly: they take one aggregated
+    PairRM score per response, s_i = (1/K) Σ_k (C[i, k] − C[k, i]) (appendix C; llm-blender's
+    ``Blender.rank(return_scores=True)``), rebuild P'(y_i ≻ y_j) = σ(s_i − s_j) and average P' over
+    j (:func:`score_win_rates`). A Bradley-Terry reading of the judge: intransitive preferences
+    are flattened into one score per response.
+
+    ``scores``: the judge's own aggregated scores (what the annotate stage stores for PairRM and
+    llm-blender); with them this equals the reference scripts exactly, on either
+    ``judge.probability``. Without them (judges that give no logits) the scores are read back
+    from ``m`` by :func:`matrix_scores`, which on a ``symmetric`` PairRM matrix are half the
+    judge's scores and so give other P̂ (up to 0.12 apart): exact only on a ``score_diff`` matrix.
 
     Hand-worked (K = 2): M = [[½, σ(2)], [σ(−2), ½]]: s = [1, −1], P'(1 ≻ 2) = σ(2) ≈ 0.8808,
     P̂ = [(0.5 + 0.8808)/2, (0.5 + 0.1192)/2] = [0.6904, 0.3096].
     """
-    m = _with_half_diagonal(m)
-    logits = np.log(np.clip(m, _EPS, 1 - _EPS)) - np.log(np.clip(1 - m, _EPS, 1 - _EPS))
-    return score_probabilities(logits.mean(axis=-1)).mean(axis=-1)
+    return score_win_rates(matrix_scores(m) if scores is None else np.asarray(scores, dtype=np.float64))
 
 
-def estimate(m: np.ndarray, method: str) -> np.ndarray:
-    """Dispatch on the recipe's ``loss.winrate``: ``average`` (eq. 3.5) or ``score_diff``."""
+def estimate(m: np.ndarray, method: str, scores: np.ndarray | None = None) -> np.ndarray:
+    """Dispatch on the recipe's ``loss.winrate``: ``average`` (eq. 3.5) or ``score_diff`` (with the
+    judge's ``scores`` when it gave them)."""
     match method:
         case "average":
             return win_rate_estimates(m)
         case "score_diff":
-            return score_diff_win_rates(m)
+            return score_diff_win_rates(m, scores)
         case _:
             raise ValueError(f"unknown win-rate method {method!r}; use 'average' or 'score_diff'")
 
@@ -156,18 +185,40 @@ def log_partition_estimate(win_rates: np.ndarray, eta: float) -> np.ndarray:
     return (top[..., 0] + np.log(np.exp(x - top).mean(axis=-1)))
 
 
-def best_worst(m: np.ndarray) -> tuple[int, int]:
-    """Indices of the winner y_w and loser y_l by average preference (appendix C).
+def best_worst(m: np.ndarray, scores: np.ndarray | None = None, rank_by: str = "win_rate") -> tuple[int, int]:
+    """Indices of the winner y_w and loser y_l (appendix C), by ``rank_by``:
 
-    The paper ranks by the mean PairRM relative reward s_PairRM(y_i) = (1/K) Σ_k s(y_i, y_k);
-    with only probabilities available we rank by P̂ (eq. 3.5), the same ordering when the
-    judge is monotone in s. Ties resolve to the lowest index, so the choice is deterministic.
-    For K ≥ 2 the two indices differ even when every response ties.
+    ``win_rate``: the average preference P̂ (eq. 3.5);
+    ``score``: the judge's aggregated score s_i = (1/K) Σ_k (C[i, k] − C[k, i]) of its logits, as
+        the paper (section 4.1: "the highest and lowest PairRM score") and the reference code
+        rank; ``scores`` None (a judge without logits): :func:`matrix_scores` of ``m``.
+
+    On a transitive matrix the two orderings agree; on intransitive ones they can differ (P̂
+    averages probabilities, the score averages logits). Ties resolve to the lowest index, so the
+    choice is deterministic; for K ≥ 2 the two indices differ even when every response ties.
 
     Hand-worked: P̂ = [0.4, 0.7, 0.4] → (1, 0).
     """
-    p = win_rate_estimates(m)
-    best = int(np.argmax(p))
-    rest = [i for i in range(len(p)) if i != best]
-    worst = rest[int(np.argmin(p[rest]))]
+    if rank_by == "score":
+        key = matrix_scores(m) if scores is None else np.asarray(scores, dtype=np.float64)
+    elif rank_by == "win_rate":
+        key = win_rate_estimates(m)
+    else:
+        raise ValueError(f"rank_by={rank_by!r}; use win_rate or score")
+    best = int(np.argmax(key))
+    rest = [i for i in range(len(key)) if i != best]
+    worst = rest[int(np.argmin(key[rest]))]
     return best, worst
+
+
+def estimator_sample(k: int, best: int, worst: int, n: int | None) -> list[int]:
+    """The responses that estimate P̂ and log Z (appendix D.3): all K (n None), or the winner,
+    the loser and the first n − 2 others in sampled order (the samples are i.i.d., so the first
+    ones are a random choice).
+
+    Hand-worked: K = 5, winner 3, loser 1, n = 3 → [3, 1, 0]; n = 2 → [3, 1].
+    """
+    if n is None or n >= k:
+        return list(range(k))
+    others = [i for i in range(k) if i not in (best, worst)]
+    return [best, worst] + others[:n - 2]

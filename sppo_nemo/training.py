@@ -9,8 +9,10 @@ losses across backends" holds by construction rather than by copying:
   steps span epoch boundaries, and a short last step is padded with empty slots;
 - each micro-batch contributes ``mean(per-row loss) / grad_accum`` to the gradient (a backend whose
   schedule divides by the micro-batch count itself, as megatron's does, passes the mean);
-- the learning rate: linear warm-up over ``round(warmup_ratio · steps)`` steps, then constant,
-  linear or cosine decay to 0 at the last step;
+- the learning rate: linear warm-up over ``round(warmup_ratio · horizon)`` steps, then constant,
+  linear or cosine decay to 0 at the horizon: the steps of ``schedule_epochs`` epochs (default
+  ``epochs``, so the decay ends at the last step trained; the paper's appendix C schedules 18
+  epochs and keeps the first, so there training stops where the schedule has barely begun);
 - the loss of a micro-batch: :func:`batch_loss`, eq. 3.7 or B.1–B.3 (``sppo_nemo/loss.py``);
 - the metrics of a step (:class:`StepStats`, reducible over data-parallel ranks) and the summary.
 """
@@ -59,6 +61,13 @@ def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: i
     return steps
 
 
+def horizon_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: int) -> int:
+    """The optimizer steps ``epochs`` epochs take: :func:`plan_steps`'s count, without the plan.
+    Hand-worked: 10 rows, batch 2, accum 1, dp 1 → 5 micro-batches an epoch; 18 epochs → 90 steps."""
+    micro = epochs * math.ceil(n_rows / batch_size)
+    return math.ceil(micro / (grad_accum * dp))
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 
@@ -76,9 +85,27 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_optimizer(groups, cfg: TrainerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimizer over parameter groups (each may carry its own weight_decay).
+
+    - ``adamw``: AdamW, betas (0.9, 0.999), eps 1e-8 (torch's and TRL's defaults);
+    - ``rmsprop``: torch's RMSprop at its defaults (alpha 0.99, eps 1e-8, no momentum, not
+      centred), what transformers' Trainer builds for ``--optim rmsprop``, the reference SPPO
+      scripts' choice (uclaml/SPPO ``scripts/pipeline.sh``: OPTIM="rmsprop").
+
+    ``fused`` asks for torch's single-kernel AdamW (RMSprop has no fused form in torch).
+    """
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.99, eps=1e-8, weight_decay=cfg.weight_decay,
+                                   momentum=0.0, centered=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay,
+                             **({"fused": True} if fused else {}))
+
+
 def batch_loss(loss_type: str, eta: float, pol: torch.Tensor, ref: torch.Tensor, rows) -> torch.Tensor:
     """Per-row loss of a micro-batch: ``pol`` and ``ref`` are (rows, 1) for SPPO (eq. 3.7) and
-    (rows, 2) = (chosen, rejected) for the pairwise losses (eq. B.1, B.2, B.3)."""
+    (rows, 2) = (chosen, rejected) for the pairwise losses (eq. B.1, B.2, B.3; ``ipo_azar``: IPO in
+    the IPO paper's form, loss.ipo_form=azar)."""
     dtype = torch.promote_types(pol.dtype, torch.float32)
     if loss_type == "sppo":
         p = torch.tensor([r.win_prob for r in rows], dtype=dtype, device=pol.device)
@@ -90,8 +117,10 @@ def batch_loss(loss_type: str, eta: float, pol: torch.Tensor, ref: torch.Tensor,
     if loss_type == "sppo_pair":
         p = torch.tensor([r.pair_prob for r in rows], dtype=dtype, device=pol.device)
         return losses.sppo_pair_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], p, eta)
-    fn = {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss}[loss_type]
-    return fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], eta)
+    if loss_type == "dpo":
+        return losses.dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], eta)
+    form = "azar" if loss_type == "ipo_azar" else "appendix_b"  # loss.ipo_form (backends.TrainerSpec.loss_name)
+    return losses.ipo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], eta, form)
 
 
 def sequences_per_row(rows: Sequence) -> int:
@@ -179,12 +208,15 @@ class Fit:
         self.dp = dp
         self.grad_accum = grad_accum or cfg.grad_accum
         self.steps = plan_steps(len(rows), cfg.batch_size, self.grad_accum, dp, cfg.epochs, seed)
-        self.warmup = int(round(cfg.warmup_ratio * len(self.steps)))
+        horizon_epochs = cfg.schedule_epochs or cfg.epochs
+        self.horizon = (len(self.steps) if horizon_epochs == cfg.epochs else
+                        horizon_steps(len(rows), cfg.batch_size, self.grad_accum, dp, horizon_epochs))
+        self.warmup = int(round(cfg.warmup_ratio * self.horizon))
         self.epoch_sums = torch.zeros(cfg.epochs, dtype=torch.float64)
         self.metrics: list[dict] = []
 
     def lr(self, step: int) -> float:
-        return self.cfg.lr * lr_factor(step, len(self.steps), self.warmup, self.cfg.schedule)
+        return self.cfg.lr * lr_factor(step, self.horizon, self.warmup, self.cfg.schedule)
 
     def local_slots(self, slots: list[Slot], dp_rank: int = 0) -> list[Slot]:
         """The slots data-parallel rank ``dp_rank`` computes in this step."""
@@ -218,6 +250,7 @@ class Fit:
         n = max(1, len(self.rows))
         return {
             "steps": len(self.metrics),
+            "schedule_steps": self.horizon,
             "rows": len(self.rows),
             "reference_logps_seconds": round(ref_seconds, 3),
             "first_loss": first.get("loss"),

@@ -77,11 +77,19 @@ class TrainerSpec:
     seed: int  # derive_seed(run seed, "train", t)
     threads: int | None  # the megatron workers of a node share the recipe's CPU threads
     game: GameRef | None
+    ipo_form: str = "appendix_b"  # loss.ipo_form, read with loss.type=ipo only
+
+    @property
+    def loss_name(self) -> str:
+        """The loss the trainer core computes (training.batch_loss): loss.type, and IPO's form."""
+        return "ipo_azar" if self.loss_type == "ipo" and self.ipo_form == "azar" else self.loss_type
 
     def fingerprint(self) -> dict:
         keys = dataclasses.asdict(self.trainer)
         out = {"loss.type": self.loss_type, "eta": self.eta, "system_prompt": self.system_prompt, "seed": self.seed,
                "game": self.game.fingerprint() if self.game else None}
+        if self.loss_type == "ipo":
+            out["loss.ipo_form"] = self.ipo_form
         if self.trainer.backend == "megatron":  # the megatron keys count only when that backend trains
             out["threads"] = self.threads
         else:
@@ -104,7 +112,7 @@ def judge_spec(r: Recipe) -> JudgeSpec:
 
 def trainer_spec(r: Recipe, t: int) -> TrainerSpec:
     return TrainerSpec(r.trainer, r.loss.type, r.eta, r.policy.system_prompt, derive_seed(r.seed, "train", t),
-                       r.threads, game_ref(r))
+                       r.threads, game_ref(r), r.loss.ipo_form)
 
 
 def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
@@ -157,15 +165,15 @@ def make_trainer(spec: TrainerSpec) -> Trainer:
         case "torch":
             from sppo_nemo.backends.torch_trainer import TorchTrainer
 
-            return TorchTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed)
+            return TorchTrainer(c, spec.loss_name, spec.eta, spec.system_prompt, seed=spec.seed)
         case "megatron":
             from sppo_nemo.backends.megatron.controller import MegatronTrainer
 
-            return MegatronTrainer(c, spec.loss_type, spec.eta, spec.system_prompt, seed=spec.seed, threads=spec.threads)
+            return MegatronTrainer(c, spec.loss_name, spec.eta, spec.system_prompt, seed=spec.seed, threads=spec.threads)
         case "game":
             from sppo_nemo.backends.game import GameTrainer, load_game
 
-            return GameTrainer(load_game(spec.game.path), c, spec.loss_type, spec.eta, seed=spec.seed)
+            return GameTrainer(load_game(spec.game.path), c, spec.loss_name, spec.eta, seed=spec.seed)
     raise ValueError(f"trainer.backend={c.backend!r} is not available")
 
 

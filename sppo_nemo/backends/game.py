@@ -16,7 +16,7 @@ The mathematics lives in sppo_nemo/games.py.
 - :class:`MatrixJudge` reads P: M[i, j] = P[y_i, y_j].
 - :class:`GameTrainer` fits π_{t+1} to the build stage's rows with the recipe's loss, π_t's exact
   log-probabilities as the reference, through the one trainer core (sppo_nemo/training.py) with
-  torch.optim.AdamW (β = 0.9, 0.999, ε = 1e-8, as the torch trainer) and clip_grad_norm_ on the
+  the recipe's optimizer (training.make_optimizer, as the torch trainer) and clip_grad_norm_ on the
   float64 logits (trainer.precision and the length keys do not apply).
 """
 
@@ -343,7 +343,7 @@ class GameTrainer:
         import torch  # the trainer core's dependency; the generator, judge and check need numpy only
 
         from sppo_nemo.rows import read_rows
-        from sppo_nemo.training import Fit, StepStats, sequences_per_row
+        from sppo_nemo.training import Fit, StepStats, make_optimizer, sequences_per_row
 
         rows = read_rows(rows_file)
         policy = load_policy(policy_dir, self.game)
@@ -369,7 +369,7 @@ class GameTrainer:
 
         c = self.cfg
         fit = Fit(rows, c, self.loss_type, self.eta, self.seed)
-        opt = torch.optim.AdamW([theta], lr=c.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=c.weight_decay)
+        opt = make_optimizer([theta], c)
         for step, slots in enumerate(fit.steps):
             started = time.time()
             lr = fit.lr(step)

@@ -2,7 +2,7 @@
 
 π_t is loaded once. Before the first update its sequence log-probabilities on every training
 row are computed (no gradients) and kept as the reference: no second model is held in memory.
-Then AdamW with clipping fits π_{t+1} along the one trainer core's plan and schedule
+Then AdamW (or RMSprop: trainer.optimizer) with clipping fits π_{t+1} along the one trainer core's plan and schedule
 (``sppo_nemo/training.py``), and π_{t+1} is saved as an HF checkpoint (safetensors).
 """
 
@@ -19,7 +19,7 @@ from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.protocols import ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
-from sppo_nemo.training import Fit, StepStats
+from sppo_nemo.training import Fit, StepStats, make_optimizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -106,8 +106,7 @@ class TorchTrainer:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        return torch.optim.AdamW(
+        # fused AdamW: one kernel per step, no foreach temporaries the size of the model
+        return make_optimizer(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-            fused=True,  # one kernel per step, no foreach temporaries the size of the model
-        )
+            self.cfg, fused=True)

@@ -1,7 +1,11 @@
 """Stage 2 (Algorithm 1, line 4): the K×K matrix P(y_i ≻ y_j | x) per prompt, from the judge.
 
 The judge scores chunks of prompts (its one batched method, ``preference_matrices``); each
-finished chunk is appended to the stage's chunk log, so a crash resumes mid-annotation.
+finished chunk is appended to the stage's chunk log, so a crash resumes mid-annotation. A judge
+with logits (PairRM, llm-blender: ``logit_matrices``) is asked for those instead, and each row also
+keeps its aggregated scores s_i = (1/K) Σ_j (C[i,j] − C[j,i]) ("scores"), which the build stage
+ranks by (loss.rank_by=score) and the reference scripts' win rate uses (loss.winrate=score_diff):
+the matrix alone has lost them where a logit passes the 8-decimal rounding of a probability.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sppo_nemo import preference
 from sppo_nemo.artifacts import read_jsonl, write_jsonl
 from sppo_nemo.backends import JudgeSpec, judge_spec, make_judge
 from sppo_nemo.chunklog import ChunkLog, run_chunks
@@ -44,12 +49,14 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     def work(c: int, report) -> list[dict]:
         lo = starts[c]
         chunk = prompts[lo:lo + CHUNK_PROMPTS]
-        matrices = judge.preference_matrices(chunk, texts[lo:lo + CHUNK_PROMPTS])
         rows = []
-        for p, m in zip(chunk, matrices):
+        for p, (m, scores) in zip(chunk, judged(judge, chunk, texts[lo:lo + CHUNK_PROMPTS])):
             m = np.asarray(m, dtype=np.float64)
             check_preference_matrix(m)
-            rows.append({"prompt_id": p.id, "matrix": m.round(8).tolist()})
+            row = {"prompt_id": p.id, "matrix": m.round(8).tolist()}
+            if scores is not None:
+                row["scores"] = np.asarray(scores, dtype=np.float64).round(8).tolist()
+            rows.append(row)
         report(len(chunk))
         return rows
 
@@ -62,5 +69,21 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     return {"prompts": len(rows), "judge": judge.name, "mean_abs_margin": float(np.mean(off))}
 
 
+def judged(judge, prompts, responses) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(M, the judge's aggregated scores or None) per prompt: from the logits when the judge has
+    them (M by its own ``probability`` convention, as its preference_matrices would give)."""
+    logit_matrices = getattr(judge, "logit_matrices", None)
+    if logit_matrices is None:
+        return [(m, None) for m in judge.preference_matrices(prompts, responses)]
+    return [(preference.probabilities(c, judge.probability), preference.aggregated_scores(c))
+            for c in logit_matrices(prompts, responses)]
+
+
 def read_matrices(path: Path) -> list[np.ndarray]:
     return [np.asarray(r["matrix"], dtype=np.float64) for r in read_jsonl(path)]
+
+
+def read_scores(path: Path) -> list[np.ndarray | None]:
+    """The judge's aggregated scores per prompt; None for a judge without logits (or a stage
+    annotated before scores were kept)."""
+    return [None if r.get("scores") is None else np.asarray(r["scores"], dtype=np.float64) for r in read_jsonl(path)]
