@@ -1,4 +1,8 @@
-"""report.md, winrate.png and the per-iteration table printed at the end of a run."""
+"""report.md, winrate.png, length.png and the per-iteration table printed at the end of a run.
+
+Columns and sections that only some recipes produce appear only when present: the exact game
+figures, best-of-n (evaluation.best_of), the AlpacaEval output files, and the cost estimate
+(``<run dir>/estimate.md``, written at run start)."""
 
 from __future__ import annotations
 
@@ -50,6 +54,9 @@ def table(rows: list[dict]) -> str:
     exact = any("duality_gap" in r for r in rows)  # the game backends evaluate exactly
     if exact:
         header += " duality gap π_{t+1} | duality gap π̄ | TV to Nash π̄ |"
+    best = [r["best_of"] for r in rows if "best_of" in r]  # evaluation.best_of
+    if best:
+        header += f" best-of-{best[0]} vs π_1 [95% CI] | best-of-{best[0]} tokens |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in rows:
         t = r["iteration"]
@@ -65,21 +72,36 @@ def table(rows: list[dict]) -> str:
             f"{loss} | {secs:.0f} |"
             + (f" {_fmt(r.get('duality_gap'), 4)} | {_fmt(r.get('duality_gap_avg'), 4)} | "
                f"{_fmt(r.get('nash_tv_avg'), 4)} |" if exact else "")
+            + (f" {_ci(r, 'win_rate_best_of_vs_base')} | {_fmt(r.get('best_of_mean_tokens'), 1)} |" if best else "")
         )
     return "\n".join(lines)
 
 
-def plot(ctx: Context, rows: list[dict]) -> None:
+def _n(rows: list[dict]) -> str:
+    return next((str(r["best_of"]) for r in rows if "best_of" in r), "n")
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if "win_rate_vs_base" in r]
-    if not pts:
+    return plt
+
+
+def plot(ctx: Context, rows: list[dict]) -> None:
+    """winrate.png: win rates per iteration with their 95% intervals (best-of-n too when run)."""
+    series = [(key, label) for key, label in (("win_rate_vs_base", "vs π_1 (base)"),
+                                              ("win_rate_vs_previous", "vs π_t (previous)"),
+                                              ("win_rate_best_of_vs_base", f"best-of-{_n(rows)} vs π_1"))
+              if any(key in r for r in rows)]
+    if not any(key == "win_rate_vs_base" for key, _ in series):
         return
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for key, label in (("win_rate_vs_base", "vs π_1 (base)"), ("win_rate_vs_previous", "vs π_t (previous)")):
+    for key, label in series:
+        pts = [r for r in rows if key in r]
         xs = [r["iteration"] for r in pts]
         ys = [r[key] for r in pts]
         lo = [r[key] - r[f"{key}_ci"][0] for r in pts]
@@ -88,7 +110,7 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("SPPO iteration t (policy π_{t+1})")
     ax.set_ylabel("held-out win rate")
-    ax.set_xticks([r["iteration"] for r in pts])
+    ax.set_xticks(sorted({r["iteration"] for r in rows if any(key in r for key, _ in series)}))
     ax.set_title(f"{ctx.recipe.name}: judge {ctx.recipe.judge.backend}, 95% CI")
     ax.legend()
     fig.tight_layout()
@@ -96,9 +118,74 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def plot_length(ctx: Context, rows: list[dict]) -> bool:
+    """length.png: mean response tokens per iteration (and of the best-of-n outputs when run);
+    False when no iteration has been evaluated yet."""
+    series = [(key, label) for key, label in (("mean_tokens", "held-out samples"),
+                                              ("best_of_mean_tokens", f"best-of-{_n(rows)} outputs"))
+              if any(key in r for r in rows)]
+    if not series:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=120)
+    for key, label in series:
+        pts = [r for r in rows if key in r]
+        ax.plot([r["iteration"] for r in pts], [r[key] for r in pts], marker="o", label=label)
+    ax.set_xlabel("SPPO iteration t (policy π_{t+1})")
+    ax.set_ylabel("mean response tokens")
+    ax.set_xticks(sorted({r["iteration"] for r in rows if "mean_tokens" in r}))
+    ax.set_title(f"{ctx.recipe.name}: response length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(ctx.run_dir / "length.png")
+    plt.close(fig)
+    return True
+
+
+def outputs_section(ctx: Context, rows: list[dict]) -> list[str]:
+    """The AlpacaEval files of the finished evaluations, for `alpaca_eval evaluate --model_outputs`."""
+    files = []
+    for r in rows:
+        ev = ctx.stage(r["iteration"], "evaluate")
+        if ev.done():
+            files += [f"`{p.relative_to(ctx.run_dir)}`" for name in ("model_outputs.json", "best_of_outputs.json",
+                                                                       "alpaca_eval_outputs.json")
+                      if (p := ev.path / name).exists()]
+    if not files:
+        return []
+    return ["## AlpacaEval outputs", "",
+            "Generators are named `<run name>-iter<t>` (iter0: the base policy π_1; best-of-n adds `-best-of-<n>`); "
+            "held-out outputs carry dataset `sppo-heldout`. Files: " + ", ".join(files) + ".", ""]
+
+
+def cost_section(ctx: Context) -> list[str]:
+    """The run's cost estimate, as written at run start (<run dir>/estimate.md), when there is one."""
+    path = ctx.run_dir / "estimate.md"
+    if not path.is_file():
+        return []
+    return ["## Cost estimate", "", *nested(path.read_text(encoding="utf-8")), ""]
+
+
+def nested(markdown: str) -> list[str]:
+    """A markdown document as a section of the report: its title line (``# ...``) dropped and every
+    other heading one level down, so ``## One iteration`` becomes ``### One iteration``."""
+    lines = markdown.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    out, fenced = [], False
+    for line in lines:
+        if line.startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    while out and not out[0].strip():
+        out.pop(0)
+    return out
+
+
 def write_report(ctx: Context) -> str:
     rows = collect(ctx)
     r = ctx.recipe
+    have_length = any("mean_tokens" in row for row in rows)
     text = "\n".join([
         f"# {r.name}",
         "",
@@ -111,10 +198,17 @@ def write_report(ctx: Context) -> str:
         "Win rates are the judge's mean P(π_{t+1} ≻ opponent) over held-out prompts with a percentile-bootstrap "
         "95% interval; KL is the mean sampled log-ratio log π_{t+1}(y|x) − log π_1(y|x), y ~ π_{t+1}. "
         "Scaled loss is the square loss divided by η² (appendix B units).",
+        *(["Best-of-n keeps, per held-out prompt, the sample of n with the largest judged win rate among the n "
+           "(eq. 3.5); its win rate is against π_1's plain samples, iteration 0 included."]
+          if any("best_of" in row for row in rows) else []),
         "",
         "![win rates](winrate.png)",
         "",
+        *(["![response length](length.png)", ""] if have_length else []),
+        *outputs_section(ctx, rows),
+        *cost_section(ctx),
     ])
     (ctx.run_dir / "report.md").write_text(text)
     plot(ctx, rows)
+    plot_length(ctx, rows)
     return table(rows)

@@ -13,6 +13,20 @@
 
 Iteration 0 is the base policy π_1: its samples are the opponents of every later iteration.
 All policies sample the held-out prompts with the same seeds (common random numbers).
+
+Every iteration writes the held-out outputs (sample 0 of each prompt) as AlpacaEval's
+``model_outputs.json`` (sppo_nemo/alpaca.py). Two optional keys add work, never changing the above:
+
+- ``evaluation.prompts``: one response per instruction of that file (AlpacaEval's 805, say), with
+  the evaluation sampling settings, written as ``alpaca_eval_outputs.json``; not judged here.
+- ``evaluation.best_of: n`` (paper, Table 1, "best-of-16"): n more samples per held-out prompt,
+  ranked by the judge: the kept one has the largest P̂(y_i ≻ π | x) = (1/n) Σ_j M[i, j] over the
+  n samples (eq. 3.5; the first on ties). ``win_rate_best_of_vs_base`` is its win probability
+  against each of π_1's plain samples of the prompt, averaged per prompt, with a 95% interval over
+  prompts; at iteration 0 that is best-of-n π_1 against plain π_1.
+
+Each sampling pass has its own seed tag, none with the iteration: plain samples keep the seeds
+they had before these keys existed, and best-of-n samples share theirs across iterations.
 """
 
 from __future__ import annotations
@@ -23,14 +37,40 @@ from pathlib import Path
 
 import numpy as np
 
+from sppo_nemo.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, read_eval_prompts,
+                              write_outputs)
 from sppo_nemo.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
+from sppo_nemo.config import resolve_path
 from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
-from sppo_nemo.protocols import SamplingParams
+from sppo_nemo.preference import win_rate_estimates
+from sppo_nemo.protocols import Sample, SamplingParams
 from sppo_nemo.stages.generate import STATE, read_responses, write_responses
 from sppo_nemo.stats import mean_interval
 
 NAME = "evaluate"
+BEST_OF_STATE = "sampling_best_of"  # resumable state of each extra sampling pass, removed at the end
+PROMPTS_STATE = "sampling_prompts"
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What the optional evaluation keys add. Its fingerprint holds only the keys that are set, so
+    with none set it flattens to nothing (artifacts.canonical) and a stage's fingerprint is exactly
+    what it was before these keys existed: finished runs stay fresh. ``run_name`` only names the
+    generator in the AlpacaEval files; the run directory bears the same name, so it is not keyed."""
+
+    run_name: str
+    prompts: EvalPrompts | None = None  # evaluation.prompts, read
+    best_of: int | None = None
+
+    def fingerprint(self) -> dict:
+        out: dict = {}
+        if self.prompts is not None:
+            out["prompts"] = self.prompts.fingerprint()
+        if self.best_of is not None:
+            out["best_of"] = self.best_of
+        return out
 
 
 @dataclass(frozen=True)
@@ -42,27 +82,31 @@ class Inputs:
     sampling: SamplingParams  # seed 0: each chunk's seed is derived from its position
     seed: int
     generation: GeneratorSpec
-    judge: JudgeSpec | None  # None at iteration 0
+    judge: JudgeSpec | None  # None at iteration 0, unless best-of-n needs it to rank π_1's samples
     opponents: tuple[Upstream, ...]  # iter_00/evaluate and iter_{t-1}/evaluate; empty at iteration 0
+    extras: Extras  # evaluation.prompts and evaluation.best_of
 
 
 def inputs(ctx: Context, t: int) -> Inputs:
     r = ctx.recipe
+    e = r.evaluation
     policies = tuple(ctx.policy(s) for s in range(1, t + 2))
     opponents = (ctx.upstream(0, NAME), ctx.upstream(t - 1, NAME)) if t >= 1 else ()
-    return Inputs(t, policies, ctx.eval_prompts(), r.evaluation.samples_per_prompt, ctx.sampling(evaluation=True),
-                  r.seed, generator_spec(r), judge_spec(r) if t >= 1 else None, opponents)
+    # evaluation.prompts: relative to the working directory (the recipe loader anchors data.prompts only)
+    extra = read_eval_prompts(resolve_path(e.prompts, Path(".")), e.prompt_field) if e.prompts else None
+    return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
+                  r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
+                  Extras(r.name, extra, e.best_of))
 
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:
-    t, n = inp.iteration, inp.samples_per_prompt
+    t, n, best_of = inp.iteration, inp.samples_per_prompt, inp.extras.best_of
     prompts = list(inp.prompts.prompts)
     generator = make_generator(inp.generation, inp.policies[-1].location)
     with bar(len(prompts) * n, f"iter {t} evaluate: sample") as b:
         # the same seeds for every policy (common random numbers): the tag has no iteration
         samples = generator.sample(prompts, n, inp.sampling, workdir / STATE, (inp.seed, NAME), b.update)
     write_responses(workdir / "responses.jsonl", prompts, samples)
-    shutil.rmtree(workdir / STATE)
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [s for ss in samples for s in ss]
     lengths = np.array([s.num_tokens for s in flat], dtype=np.float64)
@@ -75,21 +119,30 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     }
     if inp.generation.backend == "game":  # finite games: exact duality gaps of π_{t+1} and of π̄
         metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))
-    if t == 0:
-        generator.close()
-        write_json(workdir / "metrics.json", metrics)
-        return metrics
+    name = generator_name(inp.extras.run_name, t)
+    write_outputs(workdir / "model_outputs.json", output_records(
+        [p.text for p in prompts], [ss[0].text for ss in samples], name, [HELDOUT_DATASET] * len(prompts)))
+    candidates = None
+    if best_of:
+        with bar(len(prompts) * best_of, f"iter {t} evaluate: best-of-{best_of} sample") as b:
+            candidates = generator.sample(prompts, best_of, inp.sampling, workdir / BEST_OF_STATE,
+                                          (inp.seed, NAME, "best_of"), b.update)
+        write_responses(workdir / "best_of_responses.jsonl", prompts, candidates)
+    if inp.extras.prompts is not None:
+        metrics.update(_sample_prompt_file(generator, inp, workdir, bar, name))
 
-    own = generator.sequence_logprobs(flat_prompts, flat)
+    if t >= 1:
+        own = generator.sequence_logprobs(flat_prompts, flat)
     generator.close()
-    base = make_generator(inp.generation, inp.policies[0].location)
-    base_logps = base.sequence_logprobs(flat_prompts, flat)
-    base.close()
-    log_ratio = (own - base_logps).reshape(len(prompts), n).mean(axis=1)
-    kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=inp.seed)
-    metrics.update({"kl_to_base": kl, "kl_to_base_ci": [kl_lo, kl_hi]})
+    if t >= 1:
+        base = make_generator(inp.generation, inp.policies[0].location)
+        base_logps = base.sequence_logprobs(flat_prompts, flat)
+        base.close()
+        log_ratio = (own - base_logps).reshape(len(prompts), n).mean(axis=1)
+        kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=inp.seed)
+        metrics.update({"kl_to_base": kl, "kl_to_base_ci": [kl_lo, kl_hi]})
 
-    judge = make_judge(inp.judge)
+    judge = make_judge(inp.judge) if inp.judge is not None else None
     rows = []
     for label, opponent in zip(("base", "previous"), inp.opponents):
         theirs = [s for ss in read_responses(opponent.path / "responses.jsonl") for s in ss]
@@ -99,10 +152,66 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         metrics[f"win_rate_vs_{label}"] = mean
         metrics[f"win_rate_vs_{label}_ci"] = [lo, hi]
         rows += [{"opponent": label, "prompt_id": q.id, "win_prob": float(v)} for q, v in zip(prompts, per_prompt)]
-    judge.close()
-    write_jsonl(workdir / "judgements.jsonl", rows)
+    if candidates is not None:
+        base_samples = read_responses(inp.opponents[0].path / "responses.jsonl") if t >= 1 else samples
+        metrics.update(_best_of(judge, inp, workdir, bar, candidates, base_samples))
+    if judge is not None:
+        judge.close()
+    if rows:
+        write_jsonl(workdir / "judgements.jsonl", rows)
+    for state in (STATE, BEST_OF_STATE, PROMPTS_STATE):
+        shutil.rmtree(workdir / state, ignore_errors=True)
     write_json(workdir / "metrics.json", metrics)
     return metrics
+
+
+def best_index(m: np.ndarray) -> int:
+    """The sample best-of-n keeps from one prompt's n×n matrix M[i, j] = P(y_i ≻ y_j | x): the
+    largest P̂(y_i ≻ π | x) = (1/n) Σ_j M[i, j] (eq. 3.5, diagonal ½), the first on ties.
+    Hand-worked: M = [[½, .2, .9], [.8, ½, .4], [.1, .6, ½]] gives P̂ = [.533, .567, .4]: index 1."""
+    return int(np.argmax(win_rate_estimates(np.asarray(m, dtype=np.float64))))
+
+
+def _best_of(judge, inp: Inputs, workdir: Path, bar, candidates: list[list[Sample]],
+             base: list[list[Sample]]) -> dict:
+    """Rank each prompt's n samples by the judge, keep the best, judge it against π_1's plain samples."""
+    t, n = inp.iteration, inp.extras.best_of
+    prompts = list(inp.prompts.prompts)
+    with bar(len(prompts), f"iter {t} evaluate: best-of-{n} rank") as b:
+        matrices = judge.preference_matrices(prompts, [[s.text for s in ss] for ss in candidates], b.update)
+    kept = [best_index(m) for m in matrices]
+    best = [ss[k] for ss, k in zip(candidates, kept)]
+    flat_prompts = [p for p, ss in zip(prompts, base) for _ in ss]
+    p = judge.compare(flat_prompts, [b.text for b, ss in zip(best, base) for _ in ss],
+                      [s.text for ss in base for s in ss])
+    per_prompt, i = [], 0
+    for ss in base:
+        per_prompt.append(float(np.mean(p[i:i + len(ss)])))
+        i += len(ss)
+    mean, lo, hi = mean_interval(per_prompt, seed=inp.seed)
+    write_jsonl(workdir / "best_of.jsonl", (
+        {"prompt_id": q.id, "win_rates": win_rate_estimates(np.asarray(m, dtype=np.float64)).round(8).tolist(),
+         "kept": k, "win_prob_vs_base": v} for q, m, k, v in zip(prompts, matrices, kept, per_prompt)))
+    write_outputs(workdir / "best_of_outputs.json", output_records(
+        [q.text for q in prompts], [b.text for b in best], generator_name(inp.extras.run_name, t, n),
+        [HELDOUT_DATASET] * len(prompts)))
+    return {"best_of": n, "win_rate_best_of_vs_base": mean, "win_rate_best_of_vs_base_ci": [lo, hi],
+            "best_of_mean_tokens": float(np.mean([b.num_tokens for b in best])),
+            "best_of_finished_fraction": float(np.mean([b.finished for b in best]))}
+
+
+def _sample_prompt_file(generator, inp: Inputs, workdir: Path, bar, name: str) -> dict:
+    """One response per instruction of evaluation.prompts, as alpaca_eval_outputs.json."""
+    extra = inp.extras.prompts
+    prompts = list(extra.prompts)
+    with bar(len(prompts), f"iter {inp.iteration} evaluate: evaluation.prompts") as b:
+        samples = generator.sample(prompts, 1, inp.sampling, workdir / PROMPTS_STATE, (inp.seed, NAME, "prompts"),
+                                   b.update)
+    write_outputs(workdir / "alpaca_eval_outputs.json", output_records(
+        [p.text for p in prompts], [ss[0].text for ss in samples], name, list(extra.datasets)))
+    return {"alpaca_eval_outputs": len(prompts),
+            "alpaca_eval_mean_tokens": float(np.mean([ss[0].num_tokens for ss in samples])),
+            "alpaca_eval_prompts_cut": generator.cut_prompts(prompts)}
 
 
 def read_metrics(ctx: Context, t: int) -> dict | None:
