@@ -1,4 +1,4 @@
-"""sppo-run RECIPE [key=value ...] [--validate | --dry-run | --submit | --status | --cancel] [--stage S] [--restart-from S]"""
+"""sppo-run RECIPE [key=value ...] [--validate | --dry-run | --submit | --status | --cancel | --estimate] [--stage S] [--restart-from S]"""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 from sppo_nemo import recipe as recipe_mod
 from sppo_nemo.errors import UsageError, UserError
+from sppo_nemo.estimate import GPUS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "--dry-run print the job scripts instead")
     mode.add_argument("--status", action="store_true", help="the state of every stage and of its submitted job")
     mode.add_argument("--cancel", action="store_true", help="cancel the queued and running jobs of the last --submit")
+    mode.add_argument("--estimate", action="store_true",
+                      help="print the work and GPU hours of each stage, per iteration and for the run; run nothing")
+    ap.add_argument("--gpus", type=int, metavar="N", help="with --estimate: GPUs (default: the megatron layout's, or 8)")
+    ap.add_argument("--gpu", choices=sorted(GPUS), help="with --estimate: the GPU kind (default: h100)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and which stages are done")
     ap.add_argument("--stage", metavar="ITER/STAGE", help="run this one stage alone, e.g. iter_02/train")
     ap.add_argument("--restart-from", metavar="ITER/STAGE",
@@ -41,8 +46,11 @@ def main(argv=None) -> int:
     """Exit 0 done; 1 a run-time problem; 2 a bad recipe or command line; 3 a stale stage; 130
     interrupted. Every problem a user can cause is a UserError: its message, never a traceback."""
     args = parse_args(argv)
-    if args.dry_run and (args.validate or args.status or args.cancel):
+    if args.dry_run and (args.validate or args.status or args.cancel or args.estimate):
         print("sppo-run: --dry-run goes alone or with --submit", file=sys.stderr)
+        return 2
+    if (args.gpus is not None or args.gpu is not None) and not args.estimate:
+        print("sppo-run: --gpus and --gpu go with --estimate", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -91,7 +99,7 @@ def os_error_message(exc: OSError) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    r = recipe_mod.load(args.recipe, args.overrides)
+    r = recipe_mod.load(args.recipe, args.overrides, check_data=not args.estimate)  # estimates read no prompts
     if args.validate:
         print(recipe_mod.to_yaml(r), end="")
         print(f"# {args.recipe}: valid", file=sys.stderr)
@@ -101,6 +109,13 @@ def _main(args: argparse.Namespace) -> int:
     from sppo_nemo.report import collect, table
     from sppo_nemo.runner import execute, parse_stage, run_dir_for, status
 
+    if args.estimate:
+        from sppo_nemo import estimate
+
+        if args.stage or args.restart_from:
+            raise UsageError("--stage and --restart-from go without --estimate")
+        print(estimate.estimate_markdown(r, run_dir_for(r), args.gpus, args.gpu), end="")
+        return 0
     ctx = Context(r, run_dir_for(r), progress=not args.no_progress, full_verify=args.verify_hashes)
     if args.submit or args.status or args.cancel:
         from sppo_nemo.launch import submit
@@ -118,6 +133,9 @@ def _main(args: argparse.Namespace) -> int:
     only = parse_stage(args.stage, r) if args.stage else None
     restart = parse_stage(args.restart_from, r) if args.restart_from else None
     started = time.time()
+    from sppo_nemo.estimate import write_estimate
+
+    write_estimate(r, ctx.run_dir)  # best effort: <run dir>/estimate.md for the report
     if only is not None:
         return _one_stage(ctx, only, restart)
     timings = execute(ctx, only=only, restart_from=restart)
