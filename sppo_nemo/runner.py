@@ -86,10 +86,12 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
 
 def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tuple[int, str] | None = None,
             log=print) -> list[dict]:
+    from sppo_nemo import tracking  # logging.tensorboard / logging.wandb; nothing when both are off
+
     r = ctx.recipe
     steps = list(plan(r))
     labels = [(t, m.NAME) for t, m in steps]
-    with run_lock(ctx.run_dir):
+    with run_lock(ctx.run_dir), tracking.session(ctx, log) as tracker:
         if restart_from is not None:
             for t, name in labels[labels.index(restart_from):]:
                 stage = ctx.stage(t, name)
@@ -125,6 +127,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             extra = module.run(inputs, workdir, ctx.bar)
             manifest = stage.commit(fp, started, {"result": extra})
             log(f"{stage.label}: finished in {manifest['seconds']:.1f}s")
+            tracker.stage_committed(t, module.NAME)
             timings.append({"stage": stage.label, "seconds": manifest["seconds"]})
         write_report(ctx)
     return timings
