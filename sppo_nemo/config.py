@@ -316,6 +316,13 @@ def uses_games(r: Recipe) -> list[str]:
     return picked
 
 
+HUB_DATASET = "hf:"  # data.prompts "hf:owner/name": a hub dataset, not a path
+
+
+def is_hub_dataset(s: str) -> bool:
+    return s.startswith(HUB_DATASET)
+
+
 def looks_like_path(s: str) -> bool:
     """A policy/judge model string names a local path rather than a hub id ``org/name``."""
     return s.startswith(("/", ".", "~")) or s.count("/") != 1 or Path(s).exists()

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sppo_nemo.config import (BUILTIN_PROMPTS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
-                              choices, looks_like_path, resolve_path, uses_games)
+                              choices, is_hub_dataset, looks_like_path, resolve_path, uses_games)
 from sppo_nemo.errors import RecipeError
 from sppo_nemo.recipe_checks import GAME_HINT, check_general
 from sppo_nemo.recipe_yaml import SEXAGESIMAL, RecipeLoader
@@ -65,7 +65,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
         raise RecipeError(str(path), [_name_origin(p, origins, path) for p in problems])
     # Paths were made absolute relative to the recipe file that wrote them (_read_with_base);
     # overrides given on the command line are relative to the working directory.
-    if recipe.data.prompts != BUILTIN_PROMPTS:
+    if recipe.data.prompts != BUILTIN_PROMPTS and not is_hub_dataset(recipe.data.prompts):
         recipe.data.prompts = str(Path(recipe.data.prompts).expanduser().resolve())
     if recipe.policy.model not in (SHIPPED_SMOLLM2, GAME_POLICY) and looks_like_path(recipe.policy.model):
         recipe.policy.model = str(Path(recipe.policy.model).expanduser().resolve())
@@ -166,6 +166,8 @@ def _anchor_paths(data: dict, base_dir: Path) -> None:
             value = sec[key]
             if key == "model" and (not looks_like_path(value) or value == GAME_POLICY):
                 continue  # a hub id, or the game's initial policy
+            if key == "prompts" and is_hub_dataset(value):
+                continue  # a hub dataset
             sec[key] = str(resolve_path(value, base_dir))
 
 
