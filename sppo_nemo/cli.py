@@ -102,6 +102,8 @@ def _main(args: argparse.Namespace) -> int:
     r = recipe_mod.load(args.recipe, args.overrides, check_data=not args.estimate)  # estimates read no prompts
     if args.validate:
         print(recipe_mod.to_yaml(r), end="")
+        for note in _validate_notes(r, args.recipe):
+            print(f"# {note}", file=sys.stderr)
         print(f"# {args.recipe}: valid", file=sys.stderr)
         return 0
 
@@ -143,6 +145,22 @@ def _main(args: argparse.Namespace) -> int:
     print(table(collect(ctx)))
     print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
     return 0
+
+
+def _validate_notes(r, recipe_path: str) -> list[str]:
+    """What --validate could not read itself and how it checked instead: a policy that is not local
+    (its shape from the HF cache or the known shapes of the paper's models)."""
+    from pathlib import Path
+
+    from sppo_nemo.config import GAME_POLICY, SHIPPED_SMOLLM2, looks_like_path
+    from sppo_nemo.hub import config_source
+
+    notes = []
+    model = r.policy.model
+    if model not in (SHIPPED_SMOLLM2, GAME_POLICY) and not looks_like_path(model):
+        notes.append(f"policy.model: {model} is a hub id; its shape (heads, layers for the parallel layout) is "
+                     f"{config_source(model, Path(recipe_path).parent)}")
+    return notes
 
 
 def _one_stage(ctx, only: tuple[int, str], restart) -> int:
