@@ -61,7 +61,17 @@ def run_lock(run_dir: Path):
 
 
 def status(ctx: Context) -> list[tuple[int, str, str]]:
-    """(iteration, stage, state) for the dry run: done, stale (with why), partial, todo."""
+    """(iteration, stage, state) for the dry run: done, stale (with why), partial, todo. Prompts that
+    cannot be read (a hub dataset neither cached nor reachable, a broken file: a DataError) still
+    give the whole plan: the first state ends with why, and a finished stage whose inputs need the
+    prompts is "done, not checked"."""
+    from sppo_nemo.data import DataError
+
+    unreadable = None
+    try:
+        ctx.splits  # read the prompts once, so that a fresh plan says too why they cannot be read
+    except DataError as exc:
+        unreadable = str(exc)
     out = []
     upstream_done = True
     for t, module in plan(ctx.recipe):
@@ -77,10 +87,16 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
                 lines = str(exc).splitlines()
                 state = f"{kind}: " + "; ".join(line.strip() for line in (lines[1:-1] or lines))
                 upstream_done = False
+            except DataError as exc:
+                state = "done, not checked (prompts not readable)"
+                unreadable = unreadable or str(exc)
         else:
             state = "partial (will resume)" if stage.partial.exists() else "todo"
             upstream_done = False
         out.append((t, module.NAME, state))
+    if unreadable is not None and out:
+        t, name, state = out[0]
+        out[0] = (t, name, f"{state.removesuffix(' (prompts not readable)')}; prompts not readable: {unreadable}")
     return out
 
 
