@@ -43,6 +43,7 @@ from sppo_nemo.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
 from sppo_nemo.config import resolve_path
 from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
+from sppo_nemo.data import DataError
 from sppo_nemo.preference import win_rate_estimates
 from sppo_nemo.protocols import Sample, SamplingParams
 from sppo_nemo.stages.generate import STATE, read_responses, write_responses
@@ -92,11 +93,18 @@ def inputs(ctx: Context, t: int) -> Inputs:
     e = r.evaluation
     policies = tuple(ctx.policy(s) for s in range(1, t + 2))
     opponents = (ctx.upstream(0, NAME), ctx.upstream(t - 1, NAME)) if t >= 1 else ()
-    # evaluation.prompts: relative to the working directory (the recipe loader anchors data.prompts only)
-    extra = read_eval_prompts(resolve_path(e.prompts, Path(".")), e.prompt_field) if e.prompts else None
+    extra = _prompt_file(r) if e.prompts else None
     return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
                   r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
                   Extras(r.name, extra, e.best_of))
+
+
+def _prompt_file(r) -> EvalPrompts:
+    """evaluation.prompts, read; a relative path is taken from the working directory."""
+    if r.generation.backend == "game":
+        raise DataError("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
+                        "set evaluation.prompts=null")
+    return read_eval_prompts(resolve_path(r.evaluation.prompts, Path(".")), r.evaluation.prompt_field)
 
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:

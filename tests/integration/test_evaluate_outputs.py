@@ -5,12 +5,16 @@ samples are the same with and without these keys."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_RECIPE, read_json, read_jsonl, sppo_run
+from tests.helpers import TINY_RECIPE, cli_env, read_json, read_jsonl, sppo_cmd, sppo_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,6 +90,30 @@ def test_the_plain_samples_do_not_change(runs):
     extra, base = read_json(run / "iter_00/evaluate/metrics.json"), read_json(plain / "iter_00/evaluate/metrics.json")
     assert {k: v for k, v in extra.items() if k in base} == base
     assert not (plain / "iter_00/evaluate/best_of_outputs.json").exists()
+
+
+def test_the_prompt_file_sampling_resumes_after_kill_9(tiny_model, tmp_path):
+    """70 instructions in chunks of sampling.batch_size=32: killed once the first chunk is logged,
+    the rerun resumes and writes what an uninterrupted run writes."""
+    prompts = tmp_path / "many.json"
+    prompts.write_text(json.dumps([{"instruction": f"What is {i} + 7?"} for i in range(70)]))
+    args = [TINY_RECIPE, *SMALL, f"evaluation.prompts={prompts}", "--stage", "iter_00/evaluate"]
+    sppo_run(tiny_model, *args, f"output_dir={tmp_path / 'whole'}")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(sppo_cmd(*args, f"output_dir={out}"), env=cli_env(tiny_model),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "tiny_sppo/iter_00/evaluate.partial/sampling_prompts/chunks.jsonl"
+    deadline = time.time() + 120
+    while not log.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "tiny_sppo/iter_00/evaluate/_DONE").exists()
+    sppo_run(tiny_model, *args, f"output_dir={out}")
+    name = "iter_00/evaluate/alpaca_eval_outputs.json"
+    assert len(read_json_list(out / "tiny_sppo" / name)) == 70
+    assert (out / "tiny_sppo" / name).read_bytes() == (tmp_path / "whole/tiny_sppo" / name).read_bytes()
 
 
 def read_json_list(path: Path) -> list[dict]:

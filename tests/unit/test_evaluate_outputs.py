@@ -208,3 +208,16 @@ def test_report_includes_the_cost_estimate_and_the_length_plot(ctx):
     assert "## Cost estimate\n\nAbout 3 GPU-hours.\n\n### The run\n\n```\n# a comment\n```\n" in report
     assert "Cost estimate: demo" not in report
     assert "| 0 | π_1 |" in report
+
+
+def test_a_missing_prompt_file_is_named_before_anything_runs(tmp_path):
+    c = context(tmp_path, f"evaluation.prompts={tmp_path / 'nope.json'}")
+    with pytest.raises(DataError, match="nope.json does not exist"):
+        evaluate.inputs(c, 0)
+
+
+def test_the_games_have_no_prompt_file(tmp_path):
+    r = recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml",
+                        [f"output_dir={tmp_path}", f"evaluation.prompts={tmp_path / 'p.jsonl'}"])
+    with pytest.raises(DataError, match="evaluation.prompts: the game backends"):
+        evaluate.inputs(Context(r, tmp_path / r.name, progress=False), 0)
