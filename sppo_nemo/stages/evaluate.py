@@ -104,7 +104,14 @@ def _prompt_file(r) -> EvalPrompts:
     if r.generation.backend == "game":
         raise DataError("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
                         "set evaluation.prompts=null")
-    return read_eval_prompts(resolve_path(r.evaluation.prompts, Path(".")), r.evaluation.prompt_field)
+    path = resolve_path(r.evaluation.prompts, Path("."))
+    if not path.is_file():
+        raise DataError(f"evaluation.prompts: {path} is not a file; give a .jsonl file, a .json list of objects "
+                        f"(AlpacaEval's alpaca_eval.json) or a .parquet file, or set evaluation.prompts=null")
+    try:
+        return read_eval_prompts(path, r.evaluation.prompt_field)
+    except DataError as exc:
+        raise DataError(f"evaluation.prompts: {exc}") from None
 
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:

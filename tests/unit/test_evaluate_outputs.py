@@ -212,7 +212,10 @@ def test_report_includes_the_cost_estimate_and_the_length_plot(ctx):
 
 def test_a_missing_prompt_file_is_named_before_anything_runs(tmp_path):
     c = context(tmp_path, f"evaluation.prompts={tmp_path / 'nope.json'}")
-    with pytest.raises(DataError, match="nope.json does not exist"):
+    with pytest.raises(DataError, match=r"evaluation.prompts: .*nope.json is not a file; .*alpaca_eval.json"):
+        evaluate.inputs(c, 0)
+    (tmp_path / "nope.json").write_text('[{"prompt": "x"}]')
+    with pytest.raises(DataError, match=r"evaluation.prompts: .*nope.json entry 1: field 'instruction'"):
         evaluate.inputs(c, 0)
 
 
