@@ -107,6 +107,23 @@ def read_eval_prompts(path: Path, field: str = "instruction") -> EvalPrompts:
     return EvalPrompts(tuple(prompts), tuple(datasets))
 
 
+def recipe_eval_prompts(r) -> EvalPrompts:
+    """A recipe's ``evaluation.prompts``, read, or a DataError naming the key and the fix (the
+    recipe check and the evaluate stage both read it here). The recipe loader makes the path
+    absolute (relative to the recipe file); a relative one is taken from the working directory."""
+    if r.generation.backend == "game":
+        raise DataError("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
+                        "set evaluation.prompts=null")
+    path = Path(r.evaluation.prompts).expanduser()
+    if not path.is_file():
+        raise DataError(f"evaluation.prompts: {path} is not a file; give a .jsonl file, a .json list of objects "
+                        f"(AlpacaEval's alpaca_eval.json) or a .parquet file, or set evaluation.prompts=null")
+    try:
+        return read_eval_prompts(path, r.evaluation.prompt_field)
+    except DataError as exc:
+        raise DataError(f"evaluation.prompts: {exc}") from None
+
+
 def _starts_a_list(path: Path) -> bool:
     try:
         with path.open("rb") as fh:

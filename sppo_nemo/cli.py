@@ -149,7 +149,8 @@ def _main(args: argparse.Namespace) -> int:
 
 def _validate_notes(r, recipe_path: str) -> list[str]:
     """What --validate could not read itself and how it checked instead: a policy that is not local
-    (its shape from the HF cache or the known shapes of the paper's models)."""
+    (its shape from the HF cache or the known shapes of the paper's models), prompts not readable
+    here (a hub dataset not in the cache: not counted)."""
     from pathlib import Path
 
     from sppo_nemo.config import GAME_POLICY, SHIPPED_SMOLLM2, looks_like_path
@@ -160,6 +161,11 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     if model not in (SHIPPED_SMOLLM2, GAME_POLICY) and not looks_like_path(model):
         notes.append(f"policy.model: {model} is a hub id; its shape (heads, layers for the parallel layout) is "
                      f"{config_source(model, Path(recipe_path).parent)}")
+    from sppo_nemo.data import availability
+
+    note = availability(r.data, Path(recipe_path).parent)
+    if note:
+        notes.append(f"data.prompts: {note}")
     return notes
 
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from sppo_nemo.config import (BUILTIN_PROMPTS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
                               choices, is_hub_dataset, looks_like_path, resolve_path, uses_games)
-from sppo_nemo.errors import RecipeError
+from sppo_nemo.errors import RecipeError, UserError
 from sppo_nemo.recipe_checks import GAME_HINT, check_general
 from sppo_nemo.recipe_yaml import SEXAGESIMAL, RecipeLoader
 
@@ -71,6 +71,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_da
         recipe.policy.model = str(Path(recipe.policy.model).expanduser().resolve())
     if recipe.game is not None:
         recipe.game = str(Path(recipe.game).expanduser().resolve())
+    if recipe.evaluation.prompts is not None:
+        recipe.evaluation.prompts = str(Path(recipe.evaluation.prompts).expanduser().resolve())
     return recipe
 
 
@@ -160,7 +162,8 @@ def _anchor_paths(data: dict, base_dir: Path) -> None:
     """Relative paths in a recipe are relative to the file that writes them."""
     if isinstance(data.get("game"), str):
         data["game"] = str(resolve_path(data["game"], base_dir))
-    for section, key, keep in (("data", "prompts", BUILTIN_PROMPTS), ("policy", "model", SHIPPED_SMOLLM2)):
+    for section, key, keep in (("data", "prompts", BUILTIN_PROMPTS), ("policy", "model", SHIPPED_SMOLLM2),
+                               ("evaluation", "prompts", None)):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] != keep:
             value = sec[key]
@@ -292,6 +295,13 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     p += launch_check.check(r)
     if check_data and r.data.split_size >= 1 and r.data.eval_size >= 0:
         p += data.check(r, base_dir)
+    if check_data and r.evaluation.prompts is not None:
+        from sppo_nemo import alpaca
+
+        try:
+            alpaca.recipe_eval_prompts(r)
+        except UserError as exc:
+            p.append(str(exc))
     return p
 
 

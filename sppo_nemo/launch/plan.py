@@ -74,7 +74,7 @@ def unfinished(ctx: Context, recipe_path: Path, overrides: list[str], workdir: P
     specs: list[JobSpec] = []
     for t, name, state in status(ctx):
         label = f"iter_{t:02d}/{name}"
-        if state == "done":
+        if state.startswith("done"):  # "done, not checked": the prompts are not readable here
             continue
         if state.startswith(("STALE", "CHANGED")):
             raise UserError(f"{label} is {state}; nothing was submitted. Run `sppo-run RECIPE --dry-run` to see "

@@ -37,11 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, read_eval_prompts,
+from sppo_nemo.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
                               write_outputs)
 from sppo_nemo.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
-from sppo_nemo.config import resolve_path
 from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
 from sppo_nemo.data import DataError
 from sppo_nemo.preference import win_rate_estimates
@@ -100,18 +99,8 @@ def inputs(ctx: Context, t: int) -> Inputs:
 
 
 def _prompt_file(r) -> EvalPrompts:
-    """evaluation.prompts, read; a relative path is taken from the working directory."""
-    if r.generation.backend == "game":
-        raise DataError("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
-                        "set evaluation.prompts=null")
-    path = resolve_path(r.evaluation.prompts, Path("."))
-    if not path.is_file():
-        raise DataError(f"evaluation.prompts: {path} is not a file; give a .jsonl file, a .json list of objects "
-                        f"(AlpacaEval's alpaca_eval.json) or a .parquet file, or set evaluation.prompts=null")
-    try:
-        return read_eval_prompts(path, r.evaluation.prompt_field)
-    except DataError as exc:
-        raise DataError(f"evaluation.prompts: {exc}") from None
+    """evaluation.prompts, read (alpaca.recipe_eval_prompts; the recipe check reads it the same way)."""
+    return recipe_eval_prompts(r)
 
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:

@@ -129,12 +129,12 @@ def finish(ctx: Context, t: int, name: str, files: dict[str, str]) -> None:
     stage.commit({"test": True}, 0.0)
 
 
-def context(tmp_path: Path, *overrides: str) -> Context:
+def context(tmp_path: Path, *overrides: str, check_data: bool = True) -> Context:
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text("{}")
     r = recipe_mod.load(ROOT / "recipes" / "smollm2_sppo_3iter.yaml",
-                        [f"output_dir={tmp_path}", f"policy.model={model}", *overrides])
+                        [f"output_dir={tmp_path}", f"policy.model={model}", *overrides], check_data=check_data)
     return Context(r, tmp_path / r.name, progress=False)
 
 
@@ -211,16 +211,33 @@ def test_report_includes_the_cost_estimate_and_the_length_plot(ctx):
 
 
 def test_a_missing_prompt_file_is_named_before_anything_runs(tmp_path):
-    c = context(tmp_path, f"evaluation.prompts={tmp_path / 'nope.json'}")
+    bad = f"evaluation.prompts={tmp_path / 'nope.json'}"
+    with pytest.raises(recipe_mod.RecipeError, match=r"evaluation.prompts: .*nope.json is not a file"):
+        context(tmp_path, bad)  # the recipe check reads the file: exit 2 before anything runs
+    c = context(tmp_path, bad, check_data=False)  # and the stage, should the file go after the check
     with pytest.raises(DataError, match=r"evaluation.prompts: .*nope.json is not a file; .*alpaca_eval.json"):
         evaluate.inputs(c, 0)
     (tmp_path / "nope.json").write_text('[{"prompt": "x"}]')
+    with pytest.raises(recipe_mod.RecipeError, match=r"evaluation.prompts: .*nope.json entry 1: field 'instruction'"):
+        context(tmp_path, bad)
     with pytest.raises(DataError, match=r"evaluation.prompts: .*nope.json entry 1: field 'instruction'"):
         evaluate.inputs(c, 0)
 
 
 def test_the_games_have_no_prompt_file(tmp_path):
-    r = recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml",
-                        [f"output_dir={tmp_path}", f"evaluation.prompts={tmp_path / 'p.jsonl'}"])
+    overrides = [f"output_dir={tmp_path}", f"evaluation.prompts={tmp_path / 'p.jsonl'}"]
+    with pytest.raises(recipe_mod.RecipeError, match="evaluation.prompts: the game backends"):
+        recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml", overrides)
+    r = recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml", overrides, check_data=False)
     with pytest.raises(DataError, match="evaluation.prompts: the game backends"):
         evaluate.inputs(Context(r, tmp_path / r.name, progress=False), 0)
+
+
+def test_a_relative_prompt_file_is_read_from_the_recipe_s_folder(tmp_path, monkeypatch):
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "alpaca.jsonl").write_text('{"instruction": "Say hi."}\n')
+    (tmp_path / "r.yaml").write_text(f"base: {ROOT / 'recipes' / 'smollm2_sppo_3iter.yaml'}\nname: r\n"
+                                     f"evaluation:\n  prompts: evals/alpaca.jsonl\n")
+    monkeypatch.chdir(ROOT)  # not the recipe's folder
+    r = recipe_mod.load(tmp_path / "r.yaml")
+    assert r.evaluation.prompts == str((tmp_path / "evals" / "alpaca.jsonl").resolve())
