@@ -3,7 +3,8 @@
 Every trainer backend (torch, megatron, game) drives the same :class:`Fit`, so "same steps, same
 losses across backends" holds by construction rather than by copying:
 
-- the plan: each epoch shuffles the rows with one seeded ``random.Random``, cuts them into
+- the plan: each epoch shuffles the rows (or, packing prompts, the prompts' groups of rows) with one
+  seeded ``random.Random``, cuts them into
   micro-batches of ``batch_size`` rows, and consecutive micro-batches form an optimizer step of
   ``grad_accum × dp`` of them (data-parallel rank r takes slots r·grad_accum … (r+1)·grad_accum − 1);
   steps span epoch boundaries, and a short last step is padded with empty slots;
@@ -44,14 +45,25 @@ class Slot:
     epoch: int
 
 
-def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: int, seed: int) -> list[list[Slot]]:
+def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: int, seed: int,
+               groups: Sequence[Sequence[int]] | None = None) -> list[list[Slot]]:
     """Optimizer steps, each ``grad_accum × dp`` slots. Hand-worked: 5 rows, batch 2, accum 2,
-    dp 1, 1 epoch → 3 micro-batches → steps [[mb0, mb1], [mb2, padding]]."""
+    dp 1, 1 epoch → 3 micro-batches → steps [[mb0, mb1], [mb2, padding]].
+
+    ``groups`` (the rows of each prompt, ``trainer.pack_prompts``): each epoch shuffles the groups
+    instead of the rows and lays each group's rows side by side, so a prompt's rows share a
+    micro-batch and its prompt is computed once (sppo_nemo/packing.py). Groups of one row each, in
+    order, give exactly the row shuffle."""
     rng = random.Random(seed)
     micro: list[Slot] = []
     for epoch in range(epochs):
-        order = list(range(n_rows))
-        rng.shuffle(order)
+        if groups is None:
+            order = list(range(n_rows))
+            rng.shuffle(order)
+        else:
+            shuffled = [list(g) for g in groups]
+            rng.shuffle(shuffled)
+            order = [i for g in shuffled for i in g]
         micro += [Slot(tuple(order[b:b + batch_size]), epoch) for b in range(0, n_rows, batch_size)]
     per_step = grad_accum * dp
     steps = []
@@ -59,6 +71,16 @@ def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: i
         step = micro[s:s + per_step]
         steps.append(step + [Slot((), -1)] * (per_step - len(step)))
     return steps
+
+
+def prompt_groups(rows: Sequence) -> list[list[int]]:
+    """Row indices per prompt id, in order of first appearance. Hand-worked: prompt ids
+    [a, b, a, c] → [[0, 2], [1], [3]]."""
+    by: dict[object, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = getattr(r, "prompt_id", None)
+        by.setdefault(("row", i) if key is None else key, []).append(i)
+    return list(by.values())
 
 
 def horizon_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: int) -> int:
@@ -207,7 +229,9 @@ class Fit:
         self.eta = eta
         self.dp = dp
         self.grad_accum = grad_accum or cfg.grad_accum
-        self.steps = plan_steps(len(rows), cfg.batch_size, self.grad_accum, dp, cfg.epochs, seed)
+        # the language-model trainers keep a prompt's rows together to pack them (trainer.pack_prompts)
+        groups = prompt_groups(rows) if cfg.pack_prompts and cfg.backend in ("torch", "megatron") else None
+        self.steps = plan_steps(len(rows), cfg.batch_size, self.grad_accum, dp, cfg.epochs, seed, groups)
         horizon_epochs = cfg.schedule_epochs or cfg.epochs
         self.horizon = (len(self.steps) if horizon_epochs == cfg.epochs else
                         horizon_steps(len(rows), cfg.batch_size, self.grad_accum, dp, horizon_epochs))
