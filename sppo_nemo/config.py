@@ -35,6 +35,7 @@ VllmDtype = Literal["bf16", "fp16", "fp32", "auto"]
 JudgeBackend = Literal["offline", "pairrm", "llm_blender", "matrix"]
 JudgeProbability = Literal["symmetric", "score_diff"]
 JudgeDtype = Literal["auto", "fp32", "bf16", "fp16"]
+JudgePairs = Literal["both", "single"]
 TrainerBackend = Literal["torch", "megatron", "game"]
 Schedule = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
@@ -55,6 +56,8 @@ ADDED_KEYS = {
     "loss.estimator_samples": None,
     "loss.ipo_form": "appendix_b",
     "trainer.pack_prompts": False,
+    "generation.precision": "fp32",
+    "judge.pairs": "both",
 }
 STAGE_NAMES = ("generate", "annotate", "build", "train", "evaluate")  # one plan iteration, in order
 
@@ -140,6 +143,8 @@ class VllmConfig:
 @dataclass
 class GenerationConfig:
     backend: GenerationBackend = "hf"
+    # hf: the dtype generation and evaluation's log-probs compute in (bf16 where the CPU or GPU has it)
+    precision: Precision = "fp32"
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -151,6 +156,9 @@ class JudgeConfig:
     model: Optional[str] = None
     backbone: Optional[str] = None  # encoder config/tokenizer for the original llm-blender/PairRM layout
     probability: JudgeProbability = "symmetric"  # symmetric: σ((s(i,j) − s(j,i))/2) | score_diff
+    # pairrm: both orders of every pair (K·(K−1) comparisons) | single: each unordered pair once in one
+    # order, C[j,i] = −C[i,j] (antisymmetric by construction): half the work, position bias not averaged
+    pairs: JudgePairs = "both"
     dtype: JudgeDtype = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"
     max_batch_tokens: Optional[int] = None  # tokens per forward when batching by length; null: by device

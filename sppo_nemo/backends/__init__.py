@@ -42,10 +42,13 @@ class GeneratorSpec:
     game: GameRef | None
     vllm: VllmConfig | None = None  # backend=vllm: the engines' keys
     max_model_len: int | None = None  # backend=vllm: the engines' context (backends.vllm.check.model_len)
+    precision: str = "fp32"  # backend=hf: generation.precision
 
     def fingerprint(self) -> dict:
         out = {"backend": self.backend, "system_prompt": self.system_prompt,
                "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
+        if self.backend == "hf":
+            out["precision"] = self.precision
         # What changes vLLM's samples (eager vs compiled does, measured on CPU); engines do not (chunks
         # are engine-independent), nor memory sizes. max_model_len as the recipe says: the derived
         # value follows evaluation's length, which must not make the generate stages stale.
@@ -103,7 +106,8 @@ def generator_spec(r: Recipe) -> GeneratorSpec:
 
         return GeneratorSpec("vllm", r.policy.system_prompt, r.trainer.max_prompt_length, None,
                              r.generation.vllm, model_len(r))
-    return GeneratorSpec(r.generation.backend, r.policy.system_prompt, r.trainer.max_prompt_length, game_ref(r))
+    return GeneratorSpec(r.generation.backend, r.policy.system_prompt, r.trainer.max_prompt_length, game_ref(r),
+                         precision=r.generation.precision)
 
 
 def judge_spec(r: Recipe) -> JudgeSpec:
@@ -120,7 +124,8 @@ def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
         case "hf":
             from sppo_nemo.backends.hf import HFGenerator
 
-            return HFGenerator(policy_location(policy), spec.system_prompt, spec.max_prompt_length)
+            return HFGenerator(policy_location(policy), spec.system_prompt, spec.max_prompt_length,
+                               dtype=spec.precision)
         case "vllm":
             from sppo_nemo.backends.vllm.controller import VLLMGenerator
 

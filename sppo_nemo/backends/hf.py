@@ -303,7 +303,9 @@ class HFGenerator(ChunkedSampling):
     """Samples from a policy checkpoint with transformers' generate, batched and seeded."""
 
     def __init__(self, path: str, system_prompt: str | None, max_prompt_length: int | None = None,
-                 dtype: torch.dtype = torch.float32, device: str | None = None):
+                 dtype: torch.dtype | str = torch.float32, device: str | None = None):
+        if isinstance(dtype, str):  # generation.precision
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         self.max_prompt = max_prompt_length  # the trainer's: prompts are cut as it cuts them
         self.tok = load_tokenizer(path)
         self.tok.padding_side = "left"
