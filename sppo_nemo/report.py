@@ -50,7 +50,7 @@ def _ci(row: dict, key: str) -> str:
 
 def table(rows: list[dict]) -> str:
     header = ("| iter | policy | win vs π_1 [95% CI] | win vs π_t [95% CI] | mean tokens | finished | "
-              "KL(π‖π_1) | loss first→last (scaled) | seconds |")
+              "KL(π‖π_1) | loss before→after (scaled) | seconds |")
     exact = any("duality_gap" in r for r in rows)  # the game backends evaluate exactly
     if exact:
         header += " duality gap π_{t+1} | duality gap π̄ | TV to Nash π̄ |"
@@ -61,7 +61,11 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         t = r["iteration"]
         loss = "–"
-        if r.get("train_first_loss_scaled") is not None:
+        if r.get("train_probe_loss_before_scaled") is not None:
+            loss = f"{r['train_probe_loss_before_scaled']:.4f}→{r['train_probe_loss_after_scaled']:.4f}"
+        elif r.get("train_probe_loss_before") is not None:
+            loss = f"{r['train_probe_loss_before']:.4f}→{r['train_probe_loss_after']:.4f}"
+        elif r.get("train_first_loss_scaled") is not None:
             loss = f"{r['train_first_loss_scaled']:.4f}→{r['train_last_loss_scaled']:.4f}"
         elif r.get("train_first_loss") is not None:
             loss = f"{r['train_first_loss']:.4f}→{r['train_last_loss']:.4f}"
@@ -197,7 +201,9 @@ def write_report(ctx: Context) -> str:
         "",
         "Win rates are the judge's mean P(π_{t+1} ≻ opponent) over held-out prompts with a percentile-bootstrap "
         "95% interval; KL is the mean sampled log-ratio log π_{t+1}(y|x) − log π_1(y|x), y ~ π_{t+1}. "
-        "Scaled loss is the square loss divided by η² (appendix B units).",
+        "Loss before→after: the training loss on the same fixed rows (up to 64 of the iteration's) at π_t, "
+        "before training, and at π_{t+1}, after it (a run trained before this figure existed shows its first and "
+        "last step's losses, on different rows). Scaled loss is the square loss divided by η² (appendix B units).",
         *(["Best-of-n keeps, per held-out prompt, the sample of n with the largest judged win rate among the n "
            "(eq. 3.5); its win rate is against π_1's plain samples, iteration 0 included."]
           if any("best_of" in row for row in rows) else []),

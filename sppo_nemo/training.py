@@ -150,6 +150,18 @@ def sequences_per_row(rows: Sequence) -> int:
     return 1 if not rows or isinstance(rows[0], PointRow) else 2
 
 
+PROBE_ROWS = 64  # rows scored before and after training, the same ones, for the report
+
+
+def probe_rows(n_rows: int, seed: int, size: int = PROBE_ROWS) -> list[int]:
+    """A fixed subset of the rows, the same before and after training: ``size`` of them drawn with
+    their own seeded generator (not the plan's), in row order. The first and last steps' losses
+    are on different rows, so they cannot show what training did; these can."""
+    if n_rows <= size:
+        return list(range(n_rows))
+    return sorted(random.Random(seed + 0x9E3779B9).sample(range(n_rows), size))
+
+
 class StepStats:
     """What one optimizer step saw, over its micro-batches (and, reduced, over data-parallel ranks)."""
 
@@ -238,6 +250,8 @@ class Fit:
         self.warmup = int(round(cfg.warmup_ratio * self.horizon))
         self.epoch_sums = torch.zeros(cfg.epochs, dtype=torch.float64)
         self.metrics: list[dict] = []
+        self.probe = probe_rows(len(rows), seed)
+        self.probe_losses: tuple[float, float] | None = None
 
     def lr(self, step: int) -> float:
         return self.cfg.lr * lr_factor(step, self.horizon, self.warmup, self.cfg.schedule)
@@ -268,11 +282,29 @@ class Fit:
         self.metrics.append(m)
         return m
 
+    def record_probe(self, pol_after: torch.Tensor, ref: torch.Tensor) -> None:
+        """The loss on the fixed probe rows (:attr:`probe`) before training and after it:
+        ``pol_after`` (probe rows, 1 or 2) are π_{t+1}'s log-probs of them, ``ref`` π_t's. Before
+        training π = π_t, so the loss there is the batch loss at log-ratio 0: no extra pass."""
+        rows = [self.rows[i] for i in self.probe]
+        ref = ref.double()
+        before = batch_loss(self.loss_type, self.eta, ref, ref, rows).mean().item()
+        after = batch_loss(self.loss_type, self.eta, pol_after.double(), ref, rows).mean().item()
+        self.probe_losses = (before, after)
+
     def summary(self, ref_seconds: float, **extra) -> dict:
         """The train stage's summary.json (timing keys are moved out of the digest by the stage)."""
         first, last = (self.metrics[0], self.metrics[-1]) if self.metrics else ({}, {})
         n = max(1, len(self.rows))
+        probe: dict = {}
+        if self.probe_losses is not None:
+            before, after = self.probe_losses
+            probe = {"probe_rows": len(self.probe), "probe_loss_before": before, "probe_loss_after": after}
+            if self.loss_type in ("sppo", "sppo_pair"):
+                probe["probe_loss_before_scaled"] = losses.sppo_loss_scaled(before, self.eta)
+                probe["probe_loss_after_scaled"] = losses.sppo_loss_scaled(after, self.eta)
         return {
+            **probe,
             "steps": len(self.metrics),
             "schedule_steps": self.horizon,
             "rows": len(self.rows),

@@ -77,3 +77,22 @@ def test_a_non_finite_loss_stops_training_naming_the_step():
     fit.micro_loss(Slot((0,), 0), torch.tensor([[float("nan")]]), torch.zeros(1, 1), stats, tokens=1)
     with pytest.raises(TrainingDiverged, match="step 0 of 1"):
         fit.end_step(0, 0.1, 1.0, 0.1, stats.totals())
+
+
+def test_probe_rows_are_fixed_and_scored_before_and_after_hand_worked():
+    from sppo_nemo.protocols import PointRow
+    from sppo_nemo.training import probe_rows
+
+    assert probe_rows(10, seed=0) == list(range(10))
+    big = probe_rows(1000, seed=3)
+    assert len(big) == 64 and big == sorted(big) and big == probe_rows(1000, seed=3)
+    rows = [PointRow(f"p{i}", "x", "y", True, 1.0) for i in range(4)]
+    cfg = TrainerConfig(lr=1.0, batch_size=2, epochs=1)
+    fit = Fit(rows, cfg, "sppo", 2.0, seed=0)
+    ref = torch.zeros(4, 1)
+    # η = 2, P̂ = 1: target η(P̂ − ½) = 1; at π = π_t the loss is 1, at log-ratio +1 it is 0
+    fit.record_probe(ref + 1.0, ref)
+    s = fit.summary(0.0)
+    assert s["probe_rows"] == 4 and s["probe_loss_before"] == pytest.approx(1.0)
+    assert s["probe_loss_after"] == pytest.approx(0.0)
+    assert s["probe_loss_before_scaled"] == pytest.approx(0.25)
