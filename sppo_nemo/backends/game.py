@@ -389,6 +389,8 @@ class GameTrainer:
             opt.zero_grad(set_to_none=True)
             fit.end_step(step, lr, grad_norm, time.time() - started, stats.totals())
 
+        with torch.no_grad():
+            fit.record_probe(logps(fit.probe), reference[fit.probe])
         trained = theta.detach().numpy()
         new = GamePolicy(policy.responses, policy.default.copy(), dict(policy.logits))
         for ctx, i in slot_of.items():
