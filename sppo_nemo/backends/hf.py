@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from sppo_nemo.packing import allowed, group, pack
 from sppo_nemo.protocols import PointRow, Prompt, Sample, SamplingParams, ProgressFn
 from sppo_nemo.errors import UserError
 from sppo_nemo.sampling import ChunkedSampling
@@ -239,6 +240,21 @@ def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, target
     return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
+def _token_logps(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log π(target | hidden) per gathered hidden state, the LM head applied ``chunk`` rows at a
+    time (under activation checkpointing when differentiating): never the (tokens, V) logits whole."""
+    lm_head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    parts = []
+    for s in range(0, h.shape[0], chunk):
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_response_token_logps, h[s:s + chunk], lm_head, targets[s:s + chunk],
+                                    softcap, use_reentrant=False))
+        else:
+            parts.append(_response_token_logps(h[s:s + chunk], lm_head, targets[s:s + chunk], softcap))
+    return torch.cat(parts)
+
+
 def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 128) -> torch.Tensor:
     """log π(y|x) = Σ_h log π(y_h | x, y_<h) for each encoded pair; differentiable.
 
@@ -268,18 +284,77 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
     cols_t = torch.tensor(cols, device=device)
     h = hidden[rows_t, cols_t - 1]
     targets = ids[rows_t, cols_t]
-    lm_head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    parts = []
-    for s in range(0, h.shape[0], chunk):
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(_response_token_logps, h[s:s + chunk], lm_head, targets[s:s + chunk],
-                                    softcap, use_reentrant=False))
-        else:
-            parts.append(_response_token_logps(h[s:s + chunk], lm_head, targets[s:s + chunk], softcap))
-    token_logps = torch.cat(parts)
+    token_logps = _token_logps(model, h, targets, chunk)
     out = torch.zeros(len(batch), dtype=torch.float32, device=device)
     return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
+
+
+# ------------------------------------------------------- packed sequence log-probs
+# The attention implementations that take a custom (B, 1, L, L) mask as it is given: transformers
+# 5.x's create_causal_mask returns a 4D mask unchanged (masking_utils._preprocess_mask_arguments),
+# sdpa passes it to F.scaled_dot_product_attention as attn_mask (bool: True = attend; with a mask,
+# is_causal is False), eager adds it to the scores (so it must be additive: 0 or the dtype's min).
+PACKED_MASKS = ("sdpa", "eager")
+
+
+def packs_prompts(model) -> bool:
+    """Whether :func:`packed_sequence_logps` can run on this model (its attention implementation
+    takes a custom 4D mask); flash-attention and flex models score unpacked."""
+    return getattr(model.config, "_attn_implementation", None) in PACKED_MASKS
+
+
+def _packed_mask(model, allow: torch.Tensor) -> torch.Tensor:
+    if model.config._attn_implementation == "sdpa":
+        return allow
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill(~allow, torch.finfo(dtype).min)
+
+
+def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 128) -> torch.Tensor:
+    """:func:`sequence_logps` with each prompt computed once; same values (to float summation order).
+
+    Consecutive sequences of ``batch`` with the same prompt ids form one packed sequence (the
+    prompt, then each response; ``sppo_nemo/packing.py``), right-padded to the longest. ONE decoder
+    pass runs over them with the layout's positions (each response continuing from the prompt) and
+    a (B, 1, L, L) mask where a token sees the prompt and its own response's earlier tokens, and a
+    padding position only itself (so no softmax row is empty). The hidden states that predict
+    response tokens are gathered and the LM head applied in chunks, as unpacked. Returns one value
+    per sequence of ``batch``, in its order. Needs an sdpa or eager model (:func:`packs_prompts`).
+    """
+    if not packs_prompts(model):
+        raise ValueError(f"packed scoring needs sdpa or eager attention, not {model.config._attn_implementation}")
+    device = next(model.parameters()).device
+    groups = group([e.prompt_ids for e in batch])
+    packs = [pack(batch[g[0]].prompt_ids, [batch[j].response_ids for j in g]) for g in groups]
+    width = max(len(p.ids) for p in packs)
+    ids = torch.full((len(packs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(packs), width), dtype=torch.long)
+    allow = torch.eye(width, dtype=torch.bool).repeat(len(packs), 1, 1, 1)  # padding sees itself
+    rows, cols, targets, seq_of = [], [], [], []
+    for b, (g, p) in enumerate(zip(groups, packs)):
+        n = len(p.ids)
+        ids[b, :n] = torch.tensor(p.ids)
+        positions[b, :n] = torch.tensor(p.positions)
+        allow[b, 0, :n, :n] = allowed(p.segment)
+        rows += [b] * len(p.predictors)
+        cols += p.predictors
+        targets += p.targets
+        seq_of += [g[j] for j in p.response_of]
+    mask = _packed_mask(model, allow.to(device))
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask,
+                                 position_ids=positions.to(device)).last_hidden_state
+    h = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    token_logps = _token_logps(model, h, torch.tensor(targets, device=device), chunk)
+    out = torch.zeros(len(batch), dtype=torch.float32, device=device)
+    return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
+
+
+def packed_tokens(seqs: list[list[Encoded]], ids) -> int:
+    """The tokens the decoder runs over for rows ``ids`` packed (:func:`row_tokens` counts each
+    sequence's prompt; packed, a run of sequences with one prompt counts it once)."""
+    batch = [e for i in ids for e in seqs[i]]
+    return sum(len(batch[g[0]].prompt_ids) + sum(len(batch[j].response_ids) for j in g)
+               for g in group([e.prompt_ids for e in batch]))
 
 
 # ------------------------------------------------------------------------ generation

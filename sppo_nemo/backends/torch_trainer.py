@@ -1,27 +1,41 @@
-"""Plain-torch trainer over an HF causal LM: any device, fp32 or bf16.
+"""Plain-torch trainer over an HF causal LM: any device, fp32 or bf16 autocast over fp32 weights.
 
 π_t is loaded once. Before the first update its sequence log-probabilities on every training
 row are computed (no gradients) and kept as the reference: no second model is held in memory.
 Then AdamW (or RMSprop: trainer.optimizer) with clipping fits π_{t+1} along the one trainer core's plan and schedule
 (``sppo_nemo/training.py``), and π_{t+1} is saved as an HF checkpoint (safetensors).
+
+Shared prompts (``trainer.pack_prompts``, on by default): the sequences of a micro-batch that
+share their prompt — a pair's chosen and rejected, the point rows of one prompt, which the plan
+keeps side by side — are scored as one packed sequence, the prompt computed once
+(:func:`sppo_nemo.backends.hf.packed_sequence_logps`; the same log-probs to float summation
+order). The reference pass packs too, over batches of consecutive rows that keep a prompt's rows
+together. Off, every sequence carries its own copy of the prompt (the code path of before).
+
+Precision (``trainer.precision``): ``fp32`` computes and keeps everything in fp32. ``bf16`` is
+mixed precision: the weights stay fp32 (the master copy the optimizer updates, and the saved
+checkpoint), and the forward passes — reference and training — run under
+``torch.autocast(device_type, bfloat16)``, so matrix products (the decoder's linear layers,
+attention, the LM head's logits) compute in bf16 while norms, the log-softmax, the loss, the
+gradients and the optimizer state stay fp32. (bf16 weights would lose every update smaller than
+their bf16 spacing, ~2⁻⁸ of the weight: at lr 5e-7 nothing would learn.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from pathlib import Path
 
 import torch
 
-from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, row_tokens,
-                                  save_checkpoint, sequence_logps)
+from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, packed_sequence_logps,
+                                  packed_tokens, packs_prompts, row_tokens, save_checkpoint, sequence_logps)
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.protocols import ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
 from sppo_nemo.training import Fit, StepStats, make_optimizer
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class TorchTrainer:
@@ -43,13 +57,17 @@ class TorchTrainer:
         model = self._load(policy_dir)
         seqs = encode_rows(ChatFormat(tok, self.system_prompt), rows, c.max_prompt_length, c.max_length)
         pad = tok.pad_token_id
+        packed = c.pack_prompts and packs_prompts(model)
+        score = packed_sequence_logps if packed else sequence_logps
+        tokens = packed_tokens if packed else row_tokens
 
         def logps(ids) -> torch.Tensor:
             """(rows, 1 or 2) sequence log-probs of the rows ``ids``."""
-            return sequence_logps(model, [e for i in ids for e in seqs[i]], pad).view(len(ids), -1)
+            with self._autocast():
+                return score(model, [e for i in ids for e in seqs[i]], pad).view(len(ids), -1)
 
         t0 = time.time()
-        reference = self._reference(model, logps, len(rows), ref_progress)
+        reference = self._reference(logps, model, reference_batches(rows, c.batch_size, packed), ref_progress)
         ref_seconds = time.time() - t0
 
         fit = Fit(rows, c, self.loss_type, self.eta, self.seed)
@@ -61,7 +79,7 @@ class TorchTrainer:
                 if not slot.rows:
                     continue
                 ids = list(slot.rows)
-                per_row = fit.micro_loss(slot, logps(ids), reference[ids], stats, row_tokens(seqs, ids))
+                per_row = fit.micro_loss(slot, logps(ids), reference[ids], stats, tokens(seqs, ids))
                 (per_row.mean() / fit.grad_accum).backward()
                 if progress:
                     progress(len(ids))
@@ -81,8 +99,15 @@ class TorchTrainer:
         save_checkpoint(model, tok, output_dir)
         return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds))
 
+    def _autocast(self):
+        """bf16 compute over the fp32 weights for trainer.precision=bf16; nothing for fp32."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
     def _load(self, policy_dir: Path):
-        model = load_causal_lm(str(policy_dir), dtype=DTYPES[self.cfg.precision]).to(self.device)
+        # fp32 in both precisions: bf16 is autocast compute over fp32 master weights (module docstring)
+        model = load_causal_lm(str(policy_dir), dtype=torch.float32).to(self.device)
         for m in model.modules():  # dropout off: the reference log-probs must equal π_t's exactly
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
@@ -90,17 +115,17 @@ class TorchTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
-    def _reference(self, model, logps, n_rows: int, ref_progress: ProgressFn | None) -> torch.Tensor:
+    def _reference(self, logps, model, batches: list[list[int]], ref_progress: ProgressFn | None) -> torch.Tensor:
         """π_t's log-probs of every row, once, before any update (eq. 3.7 uses π_t as reference)."""
         model.eval()
         out = []
         with torch.no_grad():
-            for b in range(0, n_rows, self.cfg.batch_size):
-                ids = list(range(b, min(n_rows, b + self.cfg.batch_size)))
+            for ids in batches:
                 out.append(logps(ids).float())
                 if ref_progress:
                     ref_progress(len(ids))
         return torch.cat(out)
+
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -110,3 +135,29 @@ class TorchTrainer:
         return make_optimizer(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             self.cfg, fused=True)
+
+
+def reference_batches(rows, batch_size: int, keep_prompts: bool) -> list[list[int]]:
+    """The reference pass's batches of consecutive row indices, in row order (so the log-probs
+    concatenate in row order). Unpacked: every ``batch_size`` rows. Packed: a batch is closed
+    before a run of rows with one prompt id that would not fit in it whole, so a prompt's rows
+    (adjacent in rows.jsonl: the build stage writes them per prompt) share a batch; a run longer
+    than ``batch_size`` is cut into full batches. Hand-worked: prompts [a, a, b, b, b, c], batch 4
+    → [[0, 1], [2, 3, 4, 5]]; unpacked → [[0, 1, 2, 3], [4, 5]]."""
+    n = len(rows)
+    if not keep_prompts:
+        return [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
+    runs: list[list[int]] = []
+    for i, r in enumerate(rows):
+        if runs and getattr(r, "prompt_id", None) is not None and rows[runs[-1][0]].prompt_id == r.prompt_id:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    batches: list[list[int]] = []
+    for run in runs:
+        if batches and len(batches[-1]) + len(run) <= batch_size:
+            batches[-1] += run
+            continue
+        for s in range(0, len(run), batch_size):
+            batches.append(run[s:s + batch_size])
+    return batches
