@@ -3,7 +3,10 @@ schedule (1F1B when pipelined).
 
 A sequence log-probability is log π(y|x) = Σ_h log π(y_h | x, y_<h) over the response tokens
 (the paper's π(y|x)). Each tensor-parallel rank holds a slice of the vocabulary; megatron's
-vocab-parallel cross entropy takes the softmax across the slices.
+vocab-parallel cross entropy takes the softmax across the slices. A micro-batch is either plain
+(:class:`MicroBatch`, one right-padded sequence per prompt and response) or packed
+(:class:`.packed.PackedMicroBatch`, ``trainer.pack_prompts``: a prompt once with its responses
+behind it); both give the same (rows, per_row) sequence log-probs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from sppo_nemo.backends.hf import Encoded
 from sppo_nemo.backends.megatron.model import unwrap
+from sppo_nemo.backends.megatron.packed import PackedMicroBatch
 
 
 @dataclass
@@ -31,6 +35,15 @@ class MicroBatch:
     resp_mask: torch.Tensor  # (n_seq, L) float: 1 where the target is a response token
     per_row: int  # sequences per row
     epoch: int = 0
+
+    @property
+    def n_seq(self) -> int:
+        return self.ids.shape[0]
+
+    def response_positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat index into (n_seq, L), sequence, target) of the positions whose target is a response token."""
+        index = self.resp_mask.flatten().nonzero().squeeze(1)
+        return index, index // self.ids.shape[1], self.targets.flatten()[index]
 
 
 def make_micro_batch(row_ids: Sequence[int], seqs: Sequence[Sequence[Encoded]], pad_id: int, per_row: int,
@@ -65,14 +78,46 @@ def vocab_parallel_token_logps(logits: torch.Tensor, targets: torch.Tensor, voca
     return -tensor_parallel.vocab_parallel_cross_entropy(x, targets)
 
 
-def forward_logits(model: torch.nn.Module, mb: MicroBatch, device: torch.device, causal_mask: bool) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, mb: MicroBatch | PackedMicroBatch, device: torch.device,
+                   causal_mask: bool) -> torch.Tensor:
     """Logits (n_seq, L, V/TP) on the last stage. ``causal_mask``: pass an explicit causal mask (the
-    local attention needs one; TE and SDPA attention are causal by themselves)."""
+    local attention needs one; TE and SDPA attention are causal by themselves). A packed micro-batch
+    always passes its own mask and position ids (:func:`forward_packed`)."""
+    if isinstance(mb, PackedMicroBatch):
+        return forward_packed(model, mb, device)
     ids = mb.ids.to(device)
     pos = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
     mask = None if not causal_mask else torch.triu(torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=device),
                                       diagonal=1)[None, None]
     return model(ids, pos, mask)
+
+
+class RopePositions:
+    """Forward hook on the GPTModel's rotary embedding, which computes the frequencies of positions
+    0..L−1 whatever the position ids (megatron-core 0.16 reads position ids only for learned
+    absolute embeddings): its [L, 1, 1, d] output becomes the [L, b, 1, d] frequencies of each
+    token's own position, which megatron's unfused RoPE (``apply_rope_fusion=False``) broadcasts
+    over the heads."""
+
+    def __init__(self, positions: torch.Tensor):
+        self.positions = positions.t()  # [L, b]: every position is below L (it is at most its index)
+
+    def __call__(self, module, args, out):
+        return out[:, 0][self.positions]
+
+
+def forward_packed(model: torch.nn.Module, mb: PackedMicroBatch, device: torch.device) -> torch.Tensor:
+    """Logits of a packed micro-batch: its position ids (into the learned position embedding, or
+    the rotary frequencies through :class:`RopePositions`) and its block mask (True = masked out)."""
+    ids, pos, mask = mb.ids.to(device), mb.positions.to(device), mb.mask.to(device)
+    inner = unwrap(model)
+    rope = getattr(inner, "rotary_pos_emb", None) if inner.position_embedding_type == "rope" else None
+    hook = rope.register_forward_hook(RopePositions(pos)) if rope is not None else None
+    try:
+        return model(ids, pos, mask)
+    finally:
+        if hook:
+            hook.remove()
 
 
 def sequence_logps(token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
@@ -85,17 +130,19 @@ class ResponseRows:
     """Forward pre-hook on the output layer: keep only the hidden states that predict response
     tokens, so the vocabulary projection, its logits and the cross entropy cover the responses
     alone (as the torch trainer does) instead of every position. The logits then come out
-    (1, n_response_tokens, V/TP), in (sequence, position) order."""
+    (1, n_response_tokens, V/TP), in (sequence, position) order. Packed, the rows are the
+    micro-batch's explicit predictor indices (response j's first token from the prompt's last
+    position), so one hidden state may be taken once per response."""
 
-    def __init__(self, mb: MicroBatch, device: torch.device):
-        flat = mb.resp_mask.flatten()
-        index = flat.nonzero().squeeze(1)
+    def __init__(self, mb: MicroBatch | PackedMicroBatch, device: torch.device):
+        index, seq_of, targets = mb.response_positions()
         self.weight = torch.ones(len(index))
         if len(index) == 0:  # a padding micro-batch: one position, weighted 0
-            index, self.weight = torch.zeros(1, dtype=torch.long), torch.zeros(1)
+            index, seq_of, targets = (torch.zeros(1, dtype=torch.long),) * 3
+            self.weight = torch.zeros(1)
         self.index = index.to(device)
-        self.seq_of = (index // mb.ids.shape[1]).to(device)
-        self.targets = mb.targets.flatten()[index].unsqueeze(0).to(device)
+        self.seq_of = seq_of.to(device)
+        self.targets = targets.unsqueeze(0).to(device)
         self.weight = self.weight.to(device)
 
     def __call__(self, module, args, kwargs):
@@ -103,8 +150,8 @@ class ResponseRows:
         rows = h.transpose(0, 1).reshape(-1, h.shape[-1]).index_select(0, self.index)
         return (rows.unsqueeze(1), *args[1:]), kwargs
 
-    def sequence_logps(self, token_logps: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
-        seq = torch.zeros(mb.ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+    def sequence_logps(self, token_logps: torch.Tensor, mb: MicroBatch | PackedMicroBatch) -> torch.Tensor:
+        seq = torch.zeros(mb.n_seq, dtype=token_logps.dtype, device=token_logps.device)
         return seq.index_add(0, self.seq_of, token_logps * self.weight).view(-1, mb.per_row)
 
 
@@ -115,7 +162,7 @@ def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only:
     micro-batch and returns the loss to back-propagate (its mean over rows: the schedule divides
     by the number of micro-batches); ``response_token_logps`` is flat, in (sequence, position)
     order. With sequence parallelism (hidden states split along the sequence at the output
-    layer) the logits of every position are computed and masked instead."""
+    layer) the logits of every position are computed and masked (packed: gathered) instead."""
 
     def step_fn(it, mdl):
         mb = next(it)
@@ -129,6 +176,11 @@ def schedule_pass(model: torch.nn.Module, micro: list[MicroBatch], forward_only:
                 hook.remove()
 
         def loss_fn(logits):
+            if select is None and isinstance(mb, PackedMicroBatch):  # sequence parallel: every position's logits
+                rows = ResponseRows(mb, device)
+                logits = logits.reshape(1, -1, logits.shape[-1]).index_select(1, rows.index)
+                tok_lp = vocab_parallel_token_logps(logits, rows.targets, vocab_size)[0]
+                return on_logps(mb, rows.sequence_logps(tok_lp, mb), tok_lp[rows.weight > 0]), {}
             if select:
                 tok_lp = vocab_parallel_token_logps(logits, select.targets, vocab_size)[0]
                 return on_logps(mb, select.sequence_logps(tok_lp, mb), tok_lp[select.weight > 0]), {}

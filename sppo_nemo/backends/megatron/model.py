@@ -120,8 +120,10 @@ def transformer_config(arch: Arch, opts: ModelOptions) -> TransformerConfig:
 class SDPAttention(DotProductAttention):
     """Megatron's core attention computed by ``torch.nn.functional.scaled_dot_product_attention``
     (flash / memory-efficient kernels on GPU) instead of materialising the (b, h, s, s) scores:
-    the local layer spec's attention when Transformer Engine is absent. Causal only, which is all a
-    right-padded decoder batch needs (padding comes after every real token)."""
+    the local layer spec's attention when Transformer Engine is absent. Causal without a mask,
+    which is all a right-padded decoder batch needs (padding comes after every real token); with
+    an ``attention_mask`` (a shared-prompt packed batch, :mod:`.packed`: megatron's convention,
+    True = masked out) that mask alone, which already holds the causal part."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
@@ -130,9 +132,38 @@ class SDPAttention(DotProductAttention):
             raise NotImplementedError("SDPAttention handles causal, unpacked, bias-free attention only")
         # [s, b, heads, d] → [b, heads, s, d]
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
-                                             enable_gqa=k.shape[1] != q.shape[1])
+        if attention_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                                 enable_gqa=k.shape[1] != q.shape[1])
+        else:  # torch's boolean mask is True where attention is allowed
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.softmax_scale,
+                                                 enable_gqa=k.shape[1] != q.shape[1])
         return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
+
+
+def te_core_attention():
+    """Transformer Engine's core attention (megatron's wrapper) that honours a packed batch's mask:
+    the layer spec says ``causal``, under which TE ignores any mask, so a call with an
+    ``attention_mask`` (True = masked out, [b, 1, s, s], as TE's ``arbitrary`` type reads it)
+    runs as ``arbitrary`` instead. The choice follows the mask handed in, so activation recompute
+    (which replays the call with its arguments) takes the same path. TE serves ``arbitrary`` masks
+    with its unfused backend, not flash attention. Not run on this project's CPU test machines."""
+    from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+    class MaskedTEDotProductAttention(TEDotProductAttention):
+        def forward(self, query, key, value, attention_mask, attn_mask_type, attention_bias=None,
+                    packed_seq_params=None, **kw):
+            if attention_mask is not None:
+                if not self.te_forward_mask_type or packed_seq_params is not None:
+                    raise NotImplementedError(
+                        "shared-prompt packing needs Transformer Engine ≥ 0.12 (a mask type per call) and "
+                        "no packed_seq_params; set trainer.pack_prompts=false or "
+                        "trainer.megatron.transformer_engine=off")
+                attn_mask_type = AttnMaskType.arbitrary
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                                   packed_seq_params, **kw)
+
+    return MaskedTEDotProductAttention
 
 
 def build_model(arch: Arch, opts: ModelOptions) -> tuple[GPTModel, TransformerConfig]:
@@ -140,6 +171,7 @@ def build_model(arch: Arch, opts: ModelOptions) -> tuple[GPTModel, TransformerCo
     cfg = transformer_config(arch, opts)
     if use_te(opts):
         spec = get_gpt_layer_with_transformer_engine_spec()
+        spec.submodules.self_attention.submodules.core_attention = te_core_attention()
     else:
         spec = get_gpt_layer_local_spec(normalization=arch.normalization)
         if opts.attention == "sdpa":

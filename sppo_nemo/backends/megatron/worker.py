@@ -23,7 +23,6 @@ rows of each step from the data-parallel totals, the reference pass's count all-
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
 from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_result
 from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
 from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
+from sppo_nemo.backends.megatron.packed import PackedMicroBatch, make_packed_micro_batch, reference_shares
 from sppo_nemo.backends.megatron.weights import gather_full_state, load_hf_weights, save_hf
 from sppo_nemo.backends.hf import encode_rows, row_tokens
 from sppo_nemo.protocols import TrainResult
@@ -75,12 +75,19 @@ class Setup:
             sys.stdout.write(progress_line(kind, n) + "\n")  # one write: under python -u print makes two,
             sys.stdout.flush()  # and another process's stderr could land between the report and its newline
 
-    def micro_batch(self, row_ids, epoch: int = 0) -> MicroBatch:
+    def micro_batch(self, row_ids, epoch: int = 0) -> MicroBatch | PackedMicroBatch:
+        """The rows' micro-batch; with trainer.pack_prompts, neighbouring sequences that share their
+        prompt packed into one (:mod:`.packed`), when any do."""
         # sequence parallelism splits the sequence over TP ranks: widths must be a multiple of TP
         multiple = ps.get_tensor_model_parallel_world_size() if self.cfg.sequence_parallel else 1
-        return make_micro_batch(row_ids, self.seqs, self.pad_id, sequences_per_row(self.rows), multiple, epoch=epoch)
+        per_row = sequences_per_row(self.rows)
+        if self.job.trainer.pack_prompts:
+            packed = make_packed_micro_batch(row_ids, self.seqs, self.pad_id, per_row, multiple, epoch=epoch)
+            if packed is not None:
+                return packed
+        return make_micro_batch(row_ids, self.seqs, self.pad_id, per_row, multiple, epoch=epoch)
 
-    def run(self, micro: list[MicroBatch], forward_only: bool, on_logps) -> None:
+    def run(self, micro: list, forward_only: bool, on_logps) -> None:
         causal_mask = not self.te and self.opts.attention == "local"
         schedule_pass(self.model, micro, forward_only, on_logps, self.device, causal_mask, self.arch.vocab_size)
 
@@ -111,24 +118,27 @@ def set_up(job: Job, device: torch.device) -> Setup:
 
 def reference_pass(s: Setup) -> tuple[torch.Tensor, float]:
     """π_t's (rows, 1 or 2) sequence log-probs, the reference of eq. 3.7 and B.1–B.3, on the last
-    pipeline stage (zeros elsewhere), and the seconds it took. Data-parallel rank d computes rows
-    d, d+DP, ...; the ranks then all-gather."""
+    pipeline stage (zeros elsewhere), and the seconds it took. Data-parallel rank d computes its
+    share of the rows (:func:`.packed.reference_shares`: rows d, d+DP, ...; packing prompts, a
+    contiguous block in prompt order, so a prompt's rows share micro-batches); the ranks then
+    all-gather."""
     t0 = time.time()
     n, per_row = len(s.rows), sequences_per_row(s.rows)
     dp, dp_rank, dp_group = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), ps.get_data_parallel_group()
     s.model.eval()
-    mine = list(range(dp_rank, n, dp))
-    ref_local = torch.zeros(max(1, math.ceil(n / dp)), per_row, dtype=torch.float32, device=s.device)
-    size = s.job.trainer.batch_size
-    chunks = [mine[b:b + size] for b in range(0, len(mine), size)]
+    shares = reference_shares(s.rows, dp, s.job.trainer.batch_size, s.job.trainer.pack_prompts)
+    assigned = [[i for ch in share for i in ch] for share in shares]
+    slot = {i: k for k, i in enumerate(assigned[dp_rank])}
+    ref_local = torch.zeros(max(1, max(len(a) for a in assigned)), per_row, dtype=torch.float32, device=s.device)
+    chunks = list(shares[dp_rank])
     n_chunks = torch.tensor([len(chunks)], device=s.device)
     dist.all_reduce(n_chunks, op=dist.ReduceOp.MAX, group=dp_group)
     chunks += [[]] * (int(n_chunks.item()) - len(chunks))  # equal pass counts keep DDP/pipeline in step
     done = torch.zeros(1, dtype=torch.float64, device=s.device)
 
-    def keep_ref(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
+    def keep_ref(mb, lp: torch.Tensor, _tok) -> torch.Tensor:
         for j, i in enumerate(mb.row_ids):
-            ref_local[(i - dp_rank) // dp] = lp[j].detach().float()
+            ref_local[slot[i]] = lp[j].detach().float()
         done.add_(len(mb.row_ids))
         return lp.sum() * 0.0
 
@@ -140,7 +150,8 @@ def reference_pass(s: Setup) -> tuple[torch.Tensor, float]:
         gathered = [torch.empty_like(ref_local) for _ in range(dp)]
         dist.all_gather(gathered, ref_local, group=dp_group)
         for r in range(dp):
-            reference[r::dp] = gathered[r][:len(range(r, n, dp))]
+            if assigned[r]:
+                reference[assigned[r]] = gathered[r][:len(assigned[r])]
         dist.all_reduce(done, group=dp_group)
         s.report("ref", int(done.item()))
     return reference, time.time() - t0
@@ -176,7 +187,7 @@ def train_steps(s: Setup, reference: torch.Tensor) -> Fit:
         micro = [s.micro_batch(slot.rows, epoch=max(slot.epoch, 0)) for slot in fit.local_slots(slots, dp_rank)]
         stats = StepStats()
 
-        def train_loss(mb: MicroBatch, lp: torch.Tensor, _tok) -> torch.Tensor:
+        def train_loss(mb, lp: torch.Tensor, _tok) -> torch.Tensor:
             if not mb.row_ids:
                 return lp.sum() * 0.0
             per_row = fit.micro_loss(Slot(tuple(mb.row_ids), mb.epoch), lp, reference[mb.row_ids], stats,
