@@ -151,7 +151,7 @@ def make_judge(spec: JudgeSpec) -> Judge:
             return PairRMJudge(model=j.model or "llm-blender/PairRM-hf", batch_size=j.batch_size,
                                max_batch_tokens=j.max_batch_tokens, dtype=j.dtype, device=j.device,
                                probability=j.probability, backbone=j.backbone, launcher=j.launcher,
-                               srun_args=j.srun_args)
+                               srun_args=j.srun_args, pairs=j.pairs)
         case "llm_blender":
             from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
 

@@ -16,7 +16,7 @@ import pytest
 from sppo_nemo.backends.pairrm.checkpoint import read_checkpoint, save_pairrm
 from sppo_nemo.backends.pairrm.errors import PairRMError
 from sppo_nemo.backends.pairrm.inputs import (CHARS_PER_TOKEN_CUT, MIN_FILL, candidate_budget, deberta_forward_flops,
-                                              make_batches)
+                                              executed_flops, make_batches)
 from sppo_nemo.backends.pairrm.judge import PairRMJudge
 from sppo_nemo.backends.pairrm.spm import read_spm_model
 from sppo_nemo.backends.pairrm.tokenizer import PREFIX_TOKENS, SOURCE_PREFIX, load_pairrm_tokenizer, tokenizer_from_spm
@@ -166,7 +166,13 @@ def test_stats_count_the_batches_actually_run(tiny):
     """FLOPs, pairs and tokens are exactly those of the forwards the network received."""
     j = PairRMJudge.from_model(tiny["net"], tiny["tokens"], device="cpu", batch_size=4, max_batch_tokens=10**6)
     shapes = []
-    hook = j._net.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+    batches = []
+
+    def seen(_m, args):
+        shapes.append(tuple(args[0].shape))
+        batches.append((args[1].sum(dim=1).tolist(), args[0].shape[1]))
+
+    hook = j._net.register_forward_pre_hook(seen)
     try:
         rng = random.Random(12)
         prompts = [Prompt("a", words(rng, 9)), Prompt("b", words(rng, 30)), Prompt("c", "alone")]
@@ -176,7 +182,8 @@ def test_stats_count_the_batches_actually_run(tiny):
         hook.remove()
     cfg = j._net.config
     assert len(shapes) > 1 and all(b <= 4 for b, _ in shapes)
-    assert j.stats["flops"] == sum(deberta_forward_flops(cfg, b, w) for b, w in shapes)
+    assert j.stats["flops"] == sum(executed_flops(cfg, lens, w, per_sequence=True) for lens, w in batches)
+    assert all(executed_flops(cfg, lens, w, True) < deberta_forward_flops(cfg, len(lens), w) for lens, w in batches)
     assert j.stats["pairs"] == sum(b for b, _ in shapes) == 3 * 2 + 2 * 1
     assert j.stats["padded_tokens"] == sum(b * w for b, w in shapes)
     seqs, _ = j.encoder.ordered_pairs(prompts[:2], resp[:2])

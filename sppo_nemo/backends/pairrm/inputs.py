@@ -104,10 +104,11 @@ class PairEncoder:
         ids = [*source, t.cls_id, t.cand1_id, *a[2:], t.cls_id, t.cand2_id, *b[2:]]
         return ids, 1, len(source) + 1, len(source) + len(a) + 1
 
-    def ordered_pairs(self, prompts: Sequence[Prompt],
-                      responses: Sequence[Sequence[str]]) -> tuple[list[Seq], list[tuple[int, int, int]]]:
+    def ordered_pairs(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                      single: bool = False) -> tuple[list[Seq], list[tuple[int, int, int]]]:
         """Every ordered pair i ≠ j of each prompt's responses as a sequence, and where its logit goes
-        (prompt n, i, j); each text tokenized once."""
+        (prompt n, i, j); ``single``: each unordered pair once, as (i, j) with i < j. Each text is
+        tokenized once."""
         sources = self.encode_sources([p.text for p in prompts])
         cands = self.encode_candidates([r for rs in responses for r in rs])
         seqs, where = [], []
@@ -116,7 +117,7 @@ class PairEncoder:
             cs = cands[start:start + len(rs)]
             start += len(rs)
             for i in range(len(rs)):
-                for j in range(len(rs)):
+                for j in range(i + 1 if single else 0, len(rs)):
                     if i != j:
                         seqs.append(self.pair(s, cs[i], cs[j]))
                         where.append((n, i, j))
@@ -143,8 +144,48 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
     return batches
 
 
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Padded tokens over real tokens, minus one, of ``batches`` (index lists into ``lengths``),
+    each padded to its longest row."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return padded / real - 1.0 if real else 0.0
+
+
+def _rel_rows(config, length: int) -> int:
+    """Relative-embedding rows a sequence of ``length`` reaches, as counted by
+    :func:`executed_flops`: min(2k, 2L − 1) (exact below the log buckets, an upper bound above)."""
+    k = config.position_buckets if getattr(config, "position_buckets", -1) > 0 else config.max_position_embeddings
+    return min(2 * k, 2 * length - 1)
+
+
+def executed_flops(config, lengths: Sequence[int], width: int, per_sequence: bool, rows: int = 3) -> float:
+    """Multiply-add FLOPs (×2) that :func:`~.encoder.encode_rows` runs on one batch: ``lengths``
+    padded to ``width``; attention at each row's own length (``per_sequence``) or at ``width``.
+
+    Per layer, on the T = b·W padded rows: projections 8·T·H², feed-forward 4·T·H·I; per
+    sequence of attention length n: scores and values 4·n²·H, c2p and p2c 2·2·n·R·H with
+    R = min(2k, 2n − 1) (:func:`_rel_rows`). The relative position projections are computed once
+    per model (not counted). The last layer runs only at ``rows`` query rows of each sequence:
+    keys and values 4·T·H², then per sequence 4·r·H² + 4·r·H·I + 4·r·n·H + 2·r·R·H + 2·n·R·H.
+
+    Hand-worked (H = 32, I = 64, 2 layers, k = 256, one sequence of 10 tokens, width 10, r = 3):
+    R = 19; layer 1: 8·10·32² + 4·10·32·64 + 4·10²·32 + 4·10·19·32 = 200,960; layer 2:
+    4·10·32² + 4·3·32² + 4·3·32·64 + 4·3·10·32 + 2·3·19·32 + 2·10·19·32 = 97,472; in all 298,432.
+    """
+    h, i, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    t = len(lengths) * width
+    att = [width if not per_sequence else n for n in lengths]
+    full = 8 * t * h * h + 4 * t * h * i + sum(4 * n * n * h + 4 * n * _rel_rows(config, n) * h for n in att)
+    last = 4 * t * h * h + sum(4 * rows * h * h + 4 * rows * h * i + 4 * rows * n * h
+                               + 2 * rows * _rel_rows(config, n) * h + 2 * n * _rel_rows(config, n) * h for n in att)
+    return float((n_layers - 1) * full + last)
+
+
 def deberta_forward_flops(config, batch: int, length: int) -> float:
-    """Multiply-add FLOPs (×2) of one DeBERTa-v2 encoder forward on a (batch, length) block.
+    """Multiply-add FLOPs (×2) of one DeBERTa-v2 encoder forward on a (batch, length) block as
+    transformers (and llm-blender) run it: every layer at every position, position projections
+    included; the reference work that :func:`executed_flops` is compared with.
 
     Per layer: Q, K, V, output projections 4·2·L·H²; feed-forward 2·2·L·H·I; scores and values
     2·2·L²·H; disentangled c2p and p2c scores 2·2·L·(2k)·H against the 2k relative embeddings

@@ -5,11 +5,21 @@ C[i, i] = 0 (the network: :mod:`.model`; the sequences: :mod:`.inputs`). ``proba
 how M[i, j] = P(y_i ≻ y_j | x) is made from C: ``symmetric`` (default) or ``score_diff``, both
 defined in :mod:`sppo_nemo.preference`.
 
+``pairs="single"`` (``judge.pairs: single``) is a speed/accuracy trade-off: each unordered pair
+is scored once, in the order (i, j) with i < j, and C[j, i] = −C[i, j], so C is antisymmetric by
+construction and the work is halved (K(K−1)/2 model calls a prompt). PairRM's position bias is
+then not averaged out but folded into the result: ``symmetric`` gives M[i, j] = σ(C[i, j]) (the
+one order's logit, no longer the mean of two), ``score_diff`` s_i = (2/K) Σ_j C[i, j]. Both still
+give M + Mᵀ = 1 and a ½ diagonal. benchmarks/bench_pairrm.py prints its disagreement with both
+orders.
+
 Speed: one call scores all pairs of all its prompts together, batched by length
 (:func:`~.inputs.make_batches`), under ``torch.inference_mode``, in bf16 on a GPU
-(``dtype="auto"``) and fp32 on a CPU. ``judge.stats`` keeps pairs, tokens, padded tokens,
-forward seconds and FLOPs. With ``device="auto"`` and more than one CUDA device visible (or an
-explicit ``devices`` list of several), each call's pairs are spread over one persistent worker
+(``dtype="auto"``) and fp32 on a CPU; on a CPU attention runs one sequence at a time inside a
+batch (:mod:`.encoder`), so a batch costs what its sequences cost alone. ``judge.stats`` keeps
+pairs (model calls: sequences scored), tokens, padded tokens, forward seconds and FLOPs.
+With ``device="auto"`` and more than one CUDA device visible (or an explicit ``devices`` list of
+several), each call's pairs are spread over one persistent worker
 process per device (:mod:`.workers`), started on first use and stopped by :meth:`close`; else
 the model runs in this process on one device.
 
@@ -35,24 +45,28 @@ from sppo_nemo.preference import PROBABILITIES, probabilities
 from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 DEFAULT_MODEL = "llm-blender/PairRM-hf"
-# max_batch_tokens=None: padded tokens per forward by device. On a CPU a single realistic sequence
-# per forward is fastest (measured: 0.33 pairs/s at batch 1 vs 0.26-0.27 at batch 3-6 on the
-# benchmark workload; the B×heads×L×L attention tensors then cost page faults and cache misses),
-# so only short sequences are grouped; a GPU wants large batches.
-AUTO_BATCH_TOKENS = {False: 512, True: 65536}
+# max_batch_tokens=None: padded tokens per forward by device. transformers' forward lost at batch
+# 3-20 on a CPU (0.26-0.27 and 0.219 pairs/s against 0.33 at batch 1): its padded B×heads×L×L
+# attention tensors (15.6 MB a ~494-token sequence) outgrow the 32 MB L3 and each of its ~15 passes
+# over them goes to memory. The encoder now attends one sequence at a time on a CPU, so batches
+# only share the matmuls; 2048 tokens (about four workload sequences) keeps the feed-forward's
+# intermediate (tokens × 4096 floats) near the L3's size. A GPU wants large batches.
+AUTO_BATCH_TOKENS = {False: 2048, True: 65536}
+PAIRS = ("both", "single")
 
 
 class PairRMJudge:
     """:class:`~sppo_nemo.protocols.Judge` backed by PairRM (see the module docstring).
 
     Parameters: ``model`` a directory or hub id in either layout (:mod:`.checkpoint`);
-    ``batch_size`` sequences and ``max_batch_tokens`` padded tokens per forward (None: 512 on a
+    ``batch_size`` sequences and ``max_batch_tokens`` padded tokens per forward (None: 2048 on a
     CPU, 65536 on a GPU; see ``AUTO_BATCH_TOKENS``); ``dtype`` ``auto`` (bf16 on CUDA, fp32 on CPU;
     bf16 on a CPU with AVX512-BF16 was 1.4× faster in benchmarks/bench_pairrm.py but moved logits
     by up to 0.1), ``fp32``, ``bf16`` or ``fp16``; ``device`` ``auto`` (every visible CUDA device,
     else the CPU), ``cpu``, ``cuda:N``; ``devices`` several devices to spread each call over (one
     worker process each; ``["cpu", "cpu"]`` works too); ``probability`` ``symmetric`` or
-    ``score_diff``; ``source_max_length`` / ``candidate_max_length`` override the checkpoint's
+    ``score_diff``; ``pairs`` ``both`` (every ordered pair) or ``single`` (each unordered pair once,
+    C antisymmetric: half the work; see the module docstring); ``source_max_length`` / ``candidate_max_length`` override the checkpoint's
     budgets (default 1224 / 412); ``backbone`` the encoder directory or hub id for the original
     layout.
     """
@@ -63,7 +77,9 @@ class PairRMJudge:
                  dtype: str = "auto", device: str = "auto", probability: str = "symmetric",
                  source_max_length: int | None = None, candidate_max_length: int | None = None,
                  backbone: str | Path | None = None, devices: Sequence[str] | None = None,
-                 launcher: str = "local", srun_args: Sequence[str] = ()):
+                 launcher: str = "local", srun_args: Sequence[str] = (), pairs: str = "both"):
+        if pairs not in PAIRS:
+            raise ValueError(f"pairs={pairs!r}; use one of {PAIRS}")
         if probability not in PROBABILITIES:
             raise ValueError(f"probability={probability!r}; use one of {PROBABILITIES}")
         if batch_size < 1:
@@ -81,6 +97,7 @@ class PairRMJudge:
         self.launcher = launcher  # srun: the workers over every node of the Slurm allocation
         self.srun_args = list(srun_args)
         self.probability = probability
+        self.pairs = pairs
         self.backbone = backbone
         self._budgets = (source_max_length, candidate_max_length)
         self._encoder: PairEncoder | None = None
@@ -182,8 +199,8 @@ class PairRMJudge:
     def logit_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
                        progress: ProgressFn | None = None) -> list[np.ndarray]:
         """C[i, j] = s(y_i, y_j | x) for every ordered pair i ≠ j of each prompt (C[i, i] = 0),
-        all prompts' pairs batched together; ``progress`` is told each prompt as its last pair
-        is scored."""
+        all prompts' pairs batched together (``pairs="single"``: for i < j, and C[j, i] = −C[i, j]);
+        ``progress`` is told each prompt as its last pair is scored."""
         check_judge_inputs(prompts, responses)
         mats = [np.zeros((len(rs), len(rs))) for rs in responses]
         todo = [n for n, rs in enumerate(responses) if len(rs) >= 2]
@@ -192,8 +209,9 @@ class PairRMJudge:
         if not todo:
             return mats
         self._load()
-        seqs, where = self._encoder.ordered_pairs([prompts[n] for n in todo], [responses[n] for n in todo])
-        left = [len(responses[n]) * (len(responses[n]) - 1) for n in todo]
+        single = self.pairs == "single"
+        seqs, where = self._encoder.ordered_pairs([prompts[n] for n in todo], [responses[n] for n in todo], single)
+        left = [len(responses[n]) * (len(responses[n]) - 1) // (2 if single else 1) for n in todo]
 
         def on_batch(indices: list[int], logits: np.ndarray, stats: dict) -> None:
             for key, value in stats.items():
@@ -202,6 +220,8 @@ class PairRMJudge:
             for i, v in zip(indices, logits):
                 t, a, b = where[i]
                 mats[todo[t]][a, b] = v
+                if single:
+                    mats[todo[t]][b, a] = -v
                 left[t] -= 1
                 finished += left[t] == 0
             if progress and finished:

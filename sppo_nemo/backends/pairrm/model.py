@@ -7,6 +7,10 @@ and returns the logit s(A, B | x) = mean over tasks of (head(h_src, h_A) − hea
 "A is better than B" when positive. It is *not* antisymmetric: s(B, A) ≠ −s(A, B) in general
 (position bias), which is why both orders are scored (:mod:`sppo_nemo.preference`).
 
+The encoder runs :mod:`.encoder`'s inference forward on transformers' weights (the same function,
+less work: cached position projections, attention one sequence at a time on a CPU, the last
+layer at the three rows read); ``net.attention = "reference"`` runs transformers' own forward.
+
 torch and transformers are imported on first use, so importing this module is light.
 """
 
@@ -17,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from sppo_nemo.backends.pairrm.inputs import Seq, deberta_forward_flops, make_batches
+from sppo_nemo.backends.pairrm.inputs import Seq, deberta_forward_flops, executed_flops, make_batches
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _MODEL_CLASS = None
@@ -28,6 +32,8 @@ def _build_model_class():
     from torch import nn
     from transformers import DebertaV2Model
 
+    from sppo_nemo.backends.pairrm import encoder
+
     class PairRMModel(nn.Module):
         """PairRM's network: ``pretrained_model`` (DeBERTa-v2) and ``head_layer``, as in both
         published layouts, so their state dicts load without renaming."""
@@ -35,6 +41,7 @@ def _build_model_class():
         def __init__(self, config, n_tasks: int = 1, drop_out: float = 0.05):
             super().__init__()
             self.config = config
+            self.attention = "auto"
             self.pretrained_model = DebertaV2Model(config)
             hidden = config.hidden_size
             self.head_layer = nn.Sequential(
@@ -43,10 +50,22 @@ def _build_model_class():
             )
 
         def forward(self, input_ids, attention_mask, source_pos, cand1_pos, cand2_pos):
-            """Logits s(cand1, cand2 | source), shape (batch,); *_pos index each row's prefix."""
-            hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            src, c1, c2 = hidden[rows, source_pos], hidden[rows, cand1_pos], hidden[rows, cand2_pos]
+            """Logits s(cand1, cand2 | source), shape (batch,); *_pos index each row's prefix.
+
+            ``self.attention`` picks the encoder's implementation: ``auto`` (the default:
+            :mod:`.encoder`'s, ``padded`` on CUDA and ``per_sequence`` elsewhere, when it covers
+            the configuration and the mask is right padding), ``per_sequence``, ``padded``, or
+            ``reference`` (transformers' own forward)."""
+            mode = attention_mode(self, input_ids, attention_mask)
+            if mode == "reference":
+                hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+                src, c1, c2 = hidden[rows, source_pos], hidden[rows, cand1_pos], hidden[rows, cand2_pos]
+            else:
+                at = torch.stack([source_pos, cand1_pos, cand2_pos], dim=1)
+                lengths = attention_mask.sum(dim=1).tolist()
+                hidden = encoder.encode_rows(self.pretrained_model, input_ids, lengths, at, mode)
+                src, c1, c2 = hidden[:, 0], hidden[:, 1], hidden[:, 2]
             left = self.head_layer(torch.cat([src, c1], dim=-1))
             right = self.head_layer(torch.cat([src, c2], dim=-1))
             return (left - right).float().mean(dim=-1)
@@ -80,11 +99,40 @@ def torch_dtype(name: str, device: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def attention_mode(net: Any, input_ids, attention_mask) -> str:
+    """The encoder implementation ``net.forward`` uses on this batch (see PairRMModel.forward)."""
+    import torch
+
+    from sppo_nemo.backends.pairrm import encoder
+
+    mode = getattr(net, "attention", "auto")
+    if mode != "auto":
+        return mode
+    lengths = attention_mask.sum(dim=1)
+    prefix = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
+    if not (encoder.supported(net.pretrained_model) and torch.equal(prefix, attention_mask.bool())):
+        return "reference"
+    return "padded" if input_ids.device.type == "cuda" else "per_sequence"
+
+
+def forward_flops(net: Any, input_ids, lengths: Sequence[int]) -> float:
+    """FLOPs of ``net`` on this right-padded batch, by the implementation it runs."""
+    import torch
+
+    width = input_ids.shape[1]
+    mask = torch.arange(width)[None, :] < torch.tensor(list(lengths))[:, None]
+    mode = attention_mode(net, input_ids, mask.long())
+    if mode == "reference":
+        return deberta_forward_flops(net.config, len(lengths), width)
+    return executed_flops(net.config, lengths, width, per_sequence=mode == "per_sequence")
+
+
 def score_batches(net: Any, seqs: Sequence[Seq], pad_id: int, batch_size: int,
                   max_batch_tokens: int) -> Iterator[tuple[list[int], np.ndarray, dict]]:
     """For each length batch of ``seqs`` (:func:`~.inputs.make_batches`): its indices, the logits
     s(cand1, cand2 | source) of its rows, and its stats (pairs, tokens, padded tokens, forward
-    seconds, FLOPs by :func:`~.inputs.deberta_forward_flops` of the padded block)."""
+    seconds, and FLOPs: those the forward ran, :func:`~.inputs.executed_flops`, or for
+    transformers' own forward :func:`~.inputs.deberta_forward_flops` of the padded block)."""
     import torch
 
     device = next(net.parameters()).device
@@ -102,5 +150,5 @@ def score_batches(net: Any, seqs: Sequence[Seq], pad_id: int, batch_size: int,
             logits = net(ids.to(device), mask.to(device), pos[:, 0], pos[:, 1], pos[:, 2]).cpu().numpy()
         stats = {"pairs": len(group), "tokens": sum(lengths[i] for i in group), "padded_tokens": width * len(group),
                  "forward_s": time.perf_counter() - t0,
-                 "flops": deberta_forward_flops(net.config, len(group), width)}
+                 "flops": forward_flops(net, ids, [lengths[i] for i in group])}
         yield group, logits.astype(np.float64), stats
