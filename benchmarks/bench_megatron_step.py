@@ -13,6 +13,19 @@ Model FLOPs per token of a training step: 6·N + 6·L·s·d, N the matmul parame
 output layer), L layers, s sequence length, d hidden: the causal attention term (half of the
 12·L·s·d of the dense-attention formula, since a causal kernel skips the masked half). The
 dense-attention figure is printed too. Needs CUDA; megatron-core is the only extra package.
+
+Shared prompts, packed against unpacked, on the shared workload (CPU or GPU):
+
+    python benchmarks/bench_megatron_step.py --data ../shared/bench-data/pref64.jsonl [--steps 3] [--micro 4]
+        [--threads 2] [--precision fp32|bf16]
+
+SmolLM2-135M-Instruct through the worker's own set-up, reference pass and optimizer (TP=1, one
+process; without CUDA with the test-only CPU patches of tests/megatron_cpu.py), 4 pairs an optimizer
+step in micro-batches of --micro pairs, max length 256, pairwise hard-label SPPO (eq. B.1, P = 1).
+Each step's rows are trained twice, packed (trainer.pack_prompts: the prompt once, chosen and
+rejected behind it) and unpacked, the order alternating step by step, after one warm-up step of
+each; so is one forward-only (reference) pass over them. Prints the median seconds of each, the
+decoder positions per step (with padding) and real tokens, and the packed/unpacked ratios.
 """
 
 from __future__ import annotations
@@ -53,7 +66,12 @@ def main() -> None:
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "local", "te"])
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--json", help="append the figures as one JSON line to this file")
+    ap.add_argument("--data", help="instead: packed vs unpacked steps on this pairs file (e.g. pref64.jsonl)")
+    ap.add_argument("--threads", type=int, default=2, help="--data: torch threads")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="--data: trainer.precision")
     a = ap.parse_args()
+    if a.data:
+        return packed_vs_unpacked(a)
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531", "RANK": "0", "WORLD_SIZE": "1",
@@ -153,6 +171,137 @@ def main() -> None:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
         "torch": torch.__version__,
     }
+    print(json.dumps(out), flush=True)
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(out) + "\n")
+    mdl.destroy_parallel()
+
+
+def packed_vs_unpacked(a) -> None:
+    import statistics
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    cuda = torch.cuda.is_available()
+    torch.set_num_threads(a.threads)
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29532", "RANK": "0", "WORLD_SIZE": "1",
+                 "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(k, v)
+    if not cuda:  # megatron-core on CPU: the test-only patches, in this process
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests import megatron_cpu
+
+        megatron_cpu.apply()
+    from sppo_nemo.backends.hf import smollm2_checkpoint
+    from sppo_nemo.backends.megatron import model as mdl, worker
+    from sppo_nemo.backends.megatron.controller import MegatronTrainer
+    from sppo_nemo.backends.megatron.logps import make_micro_batch
+    from sppo_nemo.backends.megatron.packed import make_packed_micro_batch
+    from sppo_nemo.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.protocols import PairRow
+    from sppo_nemo.rows import write_rows
+    from sppo_nemo.training import batch_loss
+
+    if 4 % a.micro:
+        raise SystemExit("--micro (pairs per micro-batch) must divide 4")
+    steps = a.steps + 1  # the first of each is a warm-up
+    src = [json.loads(x) for x in Path(a.data).read_text().splitlines()][: 4 * steps]
+    if len(src) < 4 * steps:
+        raise SystemExit(f"{a.data} has {len(src)} rows; {4 * steps} needed for {a.steps} steps")
+    pairs = [PairRow(str(r["id"]), r["prompt"], r["chosen"], r["rejected"], True, True, 1.0) for r in src]
+    cfg = TrainerConfig(backend="megatron", lr=5e-7, warmup_ratio=0.0, batch_size=a.micro, grad_accum=4 // a.micro,
+                        epochs=1, precision=a.precision, max_prompt_length=256, max_length=256,
+                        megatron=MegatronConfig(attention="local" if a.attention == "local" else "sdpa",
+                                                transformer_engine="on" if a.attention == "te" else "off",
+                                                recompute=a.recompute))
+    eta = 1e3
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = Path(tmp) / "rows.jsonl"
+        write_rows(rows_file, pairs)
+        job = MegatronTrainer(cfg, "sppo_pair", eta, None, seed=0).job(smollm2_checkpoint(), rows_file,
+                                                                        Path(tmp) / "policy")
+        device = mdl.init_parallel(1, 1, job.seed)
+        s = worker.set_up(job, device)
+        t = time.perf_counter()
+        reference, _ = worker.reference_pass(s)  # packed, as the worker does; excluded from the step times
+        ref_seconds = time.perf_counter() - t
+    optimizer = worker._optimizer(s)
+
+    def micro_batches(rows: list[int], packed: bool) -> list:
+        out = []
+        for b in range(0, len(rows), a.micro):
+            part = rows[b:b + a.micro]
+            mb = make_packed_micro_batch(part, s.seqs, s.pad_id, 2) if packed else None
+            out.append(mb or make_micro_batch(part, s.seqs, s.pad_id, 2))
+        return out
+
+    def positions(micro) -> tuple[int, int]:
+        real = sum(sum(mb.lengths) if hasattr(mb, "lengths") else
+                   sum(len(e.prompt_ids) + len(e.response_ids) for i in mb.row_ids for e in s.seqs[i]) for mb in micro)
+        return sum(mb.ids.numel() for mb in micro), real
+
+    def loss(mb, lp, _tok):
+        return batch_loss("sppo_pair", eta, lp, reference[mb.row_ids], [s.rows[i] for i in mb.row_ids]).mean()
+
+    def timed(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def train(micro) -> None:
+        s.model.train()
+        s.model.zero_grad_buffer()
+        optimizer.zero_grad()
+        s.run(micro, False, loss)
+        ok, _, _ = optimizer.step()
+        assert ok
+
+    def forward(micro) -> None:
+        s.model.eval()
+        with torch.no_grad():
+            s.run(micro, True, lambda mb, lp, tok: lp.sum() * 0.0)
+
+    times = {(kind, m): [] for kind in ("packed", "unpacked") for m in ("train", "forward")}
+    shape, last = {}, {}
+    for step in range(steps):
+        rows = list(range(4 * step, 4 * step + 4))
+        for kind in (("packed", "unpacked") if step % 2 == 0 else ("unpacked", "packed")):
+            micro = micro_batches(rows, kind == "packed")
+            shape.setdefault(kind, []).append(positions(micro))
+            t_train, t_fwd = timed(lambda: train(micro)), timed(lambda: forward(micro))
+            last[kind] = (t_train, t_fwd)
+            if step:
+                times[kind, "train"].append(t_train)
+                times[kind, "forward"].append(t_fwd)
+        print(f"step {step}{' (warm-up)' if not step else ''}: " + ", ".join(
+            f"{k} train {last[k][0]:.2f} s, forward {last[k][1]:.2f} s" for k in ("packed", "unpacked")), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pos = {k: statistics.mean(p for p, _ in v) for k, v in shape.items()}
+    real = {k: statistics.mean(r for _, r in v) for k, v in shape.items()}
+    out = {
+        "workload": Path(a.data).name, "pairs_per_step": 4, "micro_pairs": a.micro, "precision": a.precision,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu, {a.threads} threads",
+        "attention": a.attention, "timed_steps": a.steps, "reference_pass_seconds_packed": round(ref_seconds, 2),
+        **{f"{k}_{m}_seconds": round(v, 3) for (k, m), v in med.items()},
+        **{f"{k}_positions_per_step": round(v) for k, v in pos.items()},
+        **{f"{k}_tokens_per_step": round(v) for k, v in real.items()},
+        "ratio_train_seconds": round(med["packed", "train"] / med["unpacked", "train"], 3),
+        "ratio_forward_seconds": round(med["packed", "forward"] / med["unpacked", "forward"], 3),
+        "ratio_positions": round(pos["packed"] / pos["unpacked"], 3),
+        "ratio_tokens": round(real["packed"] / real["unpacked"], 3),
+    }
+    print(f"packed/unpacked: train step {out['ratio_train_seconds']:.3f}x "
+          f"({med['packed', 'train']:.2f} s vs {med['unpacked', 'train']:.2f} s, median of {a.steps}), "
+          f"forward-only {out['ratio_forward_seconds']:.3f}x "
+          f"({med['packed', 'forward']:.2f} s vs {med['unpacked', 'forward']:.2f} s); "
+          f"decoder positions per step {pos['packed']:.0f} vs {pos['unpacked']:.0f} ({out['ratio_positions']:.3f}x), "
+          f"real tokens {real['packed']:.0f} vs {real['unpacked']:.0f} ({out['ratio_tokens']:.3f}x)")
     print(json.dumps(out), flush=True)
     if a.json:
         with open(a.json, "a") as f:
