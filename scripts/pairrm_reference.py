@@ -22,7 +22,10 @@ alone (batch size 1, as the reference SPPO scripts run it):
 ``judge``: our optional ``llm_blender`` backend (sppo_nemo.backends.llm_blender_judge, from this
 checkout on PYTHONPATH) on an original-layout checkpoint: its logit and preference matrices.
 ``bench``: ``Blender.rank`` with a full-size PairRM (DeBERTa-v3-large shape, random weights,
-assembled in memory from llm-blender's classes: no multi-GB files), ordered pairs per second.
+assembled in memory from llm-blender's classes: no multi-GB files), ordered pairs per second;
+``--serve``: build once, say ``{"ready": true}``, then answer each stdin line
+``{"rows": [...], "batch_size": B}`` with ``{"seconds": ...}`` for ranking those rows (so that a
+benchmark can alternate it with our judge, row by row, in one window); an empty line ends it.
 """
 
 from __future__ import annotations
@@ -188,6 +191,17 @@ def bench(args) -> None:
     blender = llm_blender.Blender(blender_config=llm_blender.BlenderConfig(device="cpu", use_tqdm=False))
     blender.ranker, blender.ranker_tokenizer, blender.ranker_collator, blender.ranker_config = ranker, tok, collator, rc
     blender.rank(["warm up"], [["a", "b"]], return_scores=True, batch_size=1)
+    if args.serve:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if not line.strip():
+                break
+            ask = json.loads(line)
+            t0 = time.perf_counter()
+            blender.rank([prompts[i] for i in ask["rows"]], [cands[i] for i in ask["rows"]], return_scores=True,
+                         batch_size=ask["batch_size"])
+            print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+        return
     results = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         t0 = time.perf_counter()
@@ -228,6 +242,7 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--serve", action="store_true", help="answer stdin requests row by row (see the docstring)")
     p.add_argument("--out")
     args = ap.parse_args(argv)
     {"train-spm": train_spm, "make-hf": make_hf, "logits": logits, "judge": judge, "bench": bench}[args.cmd](args)
