@@ -136,8 +136,9 @@ class SDPAttention(DotProductAttention):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
                                                  enable_gqa=k.shape[1] != q.shape[1])
         else:  # torch's boolean mask is True where attention is allowed
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.softmax_scale,
-                                                 enable_gqa=k.shape[1] != q.shape[1])
+            if k.shape[1] != q.shape[1]:  # CUDA's masked (memory-efficient) kernel takes no enable_gqa
+                k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.softmax_scale)
         return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
 
 
