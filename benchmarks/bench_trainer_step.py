@@ -1,36 +1,178 @@
-"""Training-step benchmark on the shared workload (shared/bench-data/pref64.jsonl).
+"""Training-step benchmark on the shared workload (shared/bench-data/pref64.jsonl): ours packed,
+ours unpacked and TRL, side by side in one invocation.
 
-Same work as the reference figure in shared/bench-data/README.md: SmolLM2-135M-Instruct, fp32,
-4 preference pairs per optimizer step, max length 256, reference log-probs computed before the
-first step (excluded from the step time), pairwise hard-label SPPO loss (eq. B.1 with
-P(y_w ≻ y_l) = 1, what TRL calls `sppo_hard`). It runs our TorchTrainer end to end on the first
---steps × 4 rows and reads the per-step wall time from the trainer's own metrics; peak memory
-is this process's maximum resident set size.
+Same work for each: SmolLM2-135M-Instruct, 4 preference pairs per optimizer step (micro-batch
+--micro-batch × 4 / micro-batch accumulations), max length 256, reference log-probs computed
+before the first step (excluded from the step time), pairwise hard-label SPPO loss (eq. B.1 with
+P(y_w ≻ y_l) = 1, what TRL calls ``sppo_hard``), lr 5e-7, on the first --steps × 4 rows.
 
-    .venv/bin/python benchmarks/bench_trainer_step.py [--steps 6] [--threads 2] [--backend megatron]
+- ``packed``: our TorchTrainer with trainer.pack_prompts (a pair's prompt computed once);
+- ``unpacked``: the same with pack_prompts off (each sequence carries its prompt);
+- ``trl``: TRL 1.16 ``DPOTrainer(loss_type=["sppo_hard"], precompute_ref_log_probs=True)`` on
+  the same texts (prompt through the same chat template), run in its own virtualenv
+  (``scripts/trl_venv.sh``, built on first use; --trl-python to give another interpreter).
 
---backend megatron runs the same rows through the megatron trainer (TP=1, one torchrun worker;
-without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and
-peak RSS are the worker's (the largest child process).
+Each run is a fresh child process, so its peak RSS (ru_maxrss) is its own; --rounds N repeats the
+runs alternately (packed, unpacked, trl, packed, ...) and reports medians, so a noisy neighbour
+hits all of them alike. The step time is the median over steps 2.. of each run (the first is
+warm-up). Printed: step time and peak RSS of each, tokens per step (packed vs unpacked: the
+decoder's input tokens), and the ratios ours / TRL from this invocation.
 
-Reference (TRL 1.16 DPOTrainer(loss_type=["sppo_hard"]), same machine class): 15.3 s per step,
-7.8 GiB peak RSS. Targets: time ≤ 1.0× and memory ≤ 0.4× of that.
+    .venv/bin/python benchmarks/bench_trainer_step.py [--steps 6] [--threads 2] [--rounds 1]
+        [--precision fp32|bf16] [--micro-batch 4] [--gradient-checkpointing] [--runs packed,unpacked,trl]
+
+--backend megatron runs ours through the megatron trainer instead (TP=1, one torchrun worker;
+without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and peak
+RSS are the worker's (the largest child process). Allocator settings (MALLOC_ARENA_MAX,
+MALLOC_TRIM_THRESHOLD_, ...) set in the environment pass to every child alike.
+
+Targets (issue 14): time ≤ 0.7× and memory ≤ 0.4× TRL's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-TRL_STEP_SECONDS = 15.3
-TRL_PEAK_GIB = 7.8
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "bench-data" / "pref64.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "bench-data" / "pref64.jsonl"
+LR, BETA = 5e-7, 1e-3  # β = 1/η: our eta 1e3
+
+
+def peak_gib(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
+
+
+def load_rows(path: Path, n: int) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()][:n]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def ours(args) -> dict:
+    import torch
+
+    from sppo_nemo.backends.torch_trainer import TorchTrainer
+    from sppo_nemo.config import TrainerConfig
+    from sppo_nemo.protocols import PairRow
+    from sppo_nemo.rows import write_rows
+
+    torch.set_num_threads(args.threads)
+    pairs = [PairRow(str(r["id"]), r["prompt"], r["chosen"], r["rejected"], True, True, 1.0)
+             for r in load_rows(args.data, 4 * args.steps)]
+    cfg = TrainerConfig(lr=LR, warmup_ratio=0.0, batch_size=args.micro_batch, grad_accum=4 // args.micro_batch,
+                        epochs=1, precision=args.precision, max_prompt_length=256, max_length=256,
+                        gradient_checkpointing=args.gradient_checkpointing, pack_prompts=args.worker == "packed")
+    if args.backend == "megatron":
+        from sppo_nemo.backends.megatron.controller import MegatronTrainer
+
+        cfg.backend = "megatron"
+        if not torch.cuda.is_available():
+            site = ROOT / "tests" / "megatron_cpu_site"
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        trainer = MegatronTrainer(cfg, "sppo_pair", eta=1 / BETA, system_prompt=None, seed=0)
+    else:
+        trainer = TorchTrainer(cfg, "sppo_pair", eta=1 / BETA, system_prompt=None, seed=0, device="cpu")
+    with tempfile.TemporaryDirectory() as out:
+        rows_file = Path(out) / "rows.jsonl"  # what the build stage writes, read by either backend
+        write_rows(rows_file, pairs)
+        result = trainer.train(Path(args.policy), rows_file, Path(out) / "policy")
+    who = resource.RUSAGE_CHILDREN if args.backend == "megatron" else resource.RUSAGE_SELF
+    return {"steps": [m["seconds"] for m in result.metrics], "tokens": [m["tokens"] for m in result.metrics],
+            "reference_seconds": result.summary["reference_logps_seconds"], "peak_gib": peak_gib(who),
+            "losses": [m["loss"] for m in result.metrics]}
+
+
+def trl(args) -> dict:
+    """TRL's DPOTrainer in its own venv: imports nothing of sppo_nemo."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.set_num_threads(args.threads)
+    tok = AutoTokenizer.from_pretrained(args.policy)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    rows = load_rows(args.data, 4 * args.steps)
+
+    def prompt_text(p: str) -> str:  # our ChatFormat.prompt_text with no system prompt
+        return tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+
+    end = "<|im_end|>"  # our response ids end with the end-of-turn token
+    data = Dataset.from_list([{"prompt": prompt_text(r["prompt"]), "chosen": r["chosen"] + end,
+                               "rejected": r["rejected"] + end} for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
+    config = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.micro_batch,
+                       gradient_accumulation_steps=4 // args.micro_batch, max_steps=args.steps, learning_rate=LR,
+                       lr_scheduler_type="constant", warmup_steps=0, loss_type=["sppo_hard"], beta=BETA,
+                       precompute_ref_log_probs=True, max_length=256, use_cpu=True, bf16=args.precision == "bf16",
+                       gradient_checkpointing=args.gradient_checkpointing, save_strategy="no", report_to=[],
+                       logging_steps=1, dataloader_num_workers=0, seed=0, max_grad_norm=1.0,
+                       disable_tqdm=True)
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    t0 = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[Timer()])
+    ref_seconds = time.perf_counter() - t0  # precompute_ref_log_probs runs in __init__
+    ds = trainer.train_dataset
+    per_row = [2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": times, "tokens": [sum(per_row[4 * s:4 * s + 4]) for s in range(args.steps)],
+            "reference_seconds": ref_seconds, "peak_gib": peak_gib(), "losses": losses}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def trl_python(given: str | None) -> str:
+    if given:
+        return given
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "trl_venv.sh")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit("scripts/trl_venv.sh failed (run it alone to see why, or pass --runs packed,unpacked):\n"
+                         + proc.stderr[-2000:])
+    return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
+def child(kind: str, args, python: str) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--policy", args.policy, "--data", str(args.data),
+           "--steps", str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
+           "--micro-batch", str(args.micro_batch), "--backend", args.backend]
+    if args.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"the {kind} run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: list[dict]) -> dict:
+    steady = [statistics.median(r["steps"][1:] or r["steps"]) for r in results]
+    return {"step": statistics.median(steady), "steps": steady, "peak": statistics.median(r["peak_gib"] for r in results),
+            "tokens": statistics.mean(t for r in results for t in r["tokens"]),
+            "ref": statistics.median(r["reference_seconds"] for r in results), "losses": results[0]["losses"]}
 
 
 def main() -> int:
@@ -43,64 +185,49 @@ def main() -> int:
     ap.add_argument("--backend", default="torch", choices=["torch", "megatron"])
     ap.add_argument("--micro-batch", type=int, default=4,
                     help="pairs per forward/backward; 4 // micro-batch accumulation steps make one step of 4")
+    ap.add_argument("--runs", default="packed,unpacked,trl", help="which runs, in the order of each round")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the runs alternately; medians reported")
+    ap.add_argument("--trl-python", help="an interpreter with trl installed (default: scripts/trl_venv.sh's)")
+    ap.add_argument("--worker", choices=["packed", "unpacked", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--policy", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    import torch
-
-    from sppo_nemo.backends.hf import smollm2_checkpoint
-    from sppo_nemo.backends.torch_trainer import TorchTrainer
-    from sppo_nemo.config import TrainerConfig
-    from sppo_nemo.protocols import PairRow
-    from sppo_nemo.rows import write_rows
-
-    torch.set_num_threads(args.threads)
+    if 4 % args.micro_batch:
+        ap.error("--micro-batch must divide 4")
     if not args.data.is_file():
         print(f"missing workload {args.data}", file=sys.stderr)
         return 2
-    rows = [json.loads(line) for line in args.data.read_text().splitlines()][: 4 * args.steps]
-    pairs = [PairRow(str(r["id"]), r["prompt"], r["chosen"], r["rejected"], True, True, 1.0) for r in rows]
-    policy = smollm2_checkpoint()
-    if 4 % args.micro_batch:
-        ap.error("--micro-batch must divide 4")
-    cfg = TrainerConfig(lr=5e-7, warmup_ratio=0.0, batch_size=args.micro_batch, grad_accum=4 // args.micro_batch, epochs=1, precision=args.precision,
-                        max_prompt_length=256, max_length=256, gradient_checkpointing=args.gradient_checkpointing)
-    if args.backend == "megatron":
-        import os
+    if args.worker:
+        print(json.dumps(trl(args) if args.worker == "trl" else ours(args)))
+        return 0
 
-        from sppo_nemo.backends.megatron.controller import MegatronTrainer
+    from sppo_nemo.backends.hf import smollm2_checkpoint
 
-        cfg.backend = "megatron"
-        if not torch.cuda.is_available():
-            site = Path(__file__).resolve().parents[1] / "tests" / "megatron_cpu_site"
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        trainer = MegatronTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0)
-    else:
-        trainer = TorchTrainer(cfg, "sppo_pair", eta=1e3, system_prompt=None, seed=0, device="cpu")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t0 = time.time()
-    with tempfile.TemporaryDirectory() as out:
-        rows_file = Path(out) / "rows.jsonl"  # what the build stage writes, read by either backend
-        write_rows(rows_file, pairs)
-        result = trainer.train(policy, rows_file, Path(out) / "policy")
-    total = time.time() - t0
-    who = resource.RUSAGE_CHILDREN if args.backend == "megatron" else resource.RUSAGE_SELF
-    peak = resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
-    steps = [m["seconds"] for m in result.metrics]
-    steady = steps[1:] or steps
-    tokens = statistics.mean(m["tokens"] for m in result.metrics)
-    step = statistics.median(steady)
-    print(f"backend: {args.backend}; workload: {args.data.name}, {len(pairs)} pairs, batch 4 (micro-batch {args.micro_batch}), "
-          f"max length 256, {args.precision}, "
-          f"{args.threads} threads, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
-    print(f"reference log-probs (once, before step 1): {result.summary['reference_logps_seconds']:.2f} s")
-    print(f"step seconds: first {steps[0]:.2f}, median of the rest {step:.2f} "
-          f"(min {min(steady):.2f}, max {max(steady):.2f}); {tokens:.0f} tokens per step, "
-          f"{tokens / step:.0f} tokens/s")
-    print(f"peak RSS: {peak:.2f} GiB (after model load {rss_before:.2f} GiB); whole run {total:.1f} s")
-    print(f"vs TRL sppo_hard: time {step / TRL_STEP_SECONDS:.2f}x (target <= 1.0), "
-          f"memory {peak / TRL_PEAK_GIB:.2f}x (target <= 0.4)")
-    print(f"losses: {[round(m['loss'], 1) for m in result.metrics]}")
+    args.policy = str(smollm2_checkpoint())
+    kinds = [k.strip() for k in args.runs.split(",") if k.strip()]
+    python = {k: trl_python(args.trl_python) if k == "trl" else sys.executable for k in set(kinds)}
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for k in kinds:
+            results[k].append(child(k, args, python[k]))
+    s = {k: summarise(v) for k, v in results.items()}
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("LD_PRELOAD",)}
+    print(f"workload: {args.data.name}, {4 * args.steps} pairs, batch 4 (micro-batch {args.micro_batch}), max length "
+          f"256, {args.precision}, {args.threads} threads, gradient checkpointing "
+          f"{'on' if args.gradient_checkpointing else 'off'}, ours on {args.backend}; {args.rounds} round(s)"
+          + (f"; env {malloc}" if malloc else ""))
+    for k, v in s.items():
+        print(f"{k:>9}: step {v['step']:.2f} s (per round {[round(x, 2) for x in v['steps']]}), peak RSS "
+              f"{v['peak']:.2f} GiB, {v['tokens']:.0f} tokens per step ({v['tokens'] / 4:.0f} per pair), "
+              f"reference pass {v['ref']:.1f} s; losses {[round(x, 4) for x in v['losses']]}")
+    if "packed" in s and "unpacked" in s:
+        print(f"packed / unpacked: time {s['packed']['step'] / s['unpacked']['step']:.2f}x, "
+              f"tokens {s['packed']['tokens'] / s['unpacked']['tokens']:.2f}x, "
+              f"memory {s['packed']['peak'] / s['unpacked']['peak']:.2f}x")
+    if "trl" in s:
+        for k in ("packed", "unpacked"):
+            if k in s:
+                print(f"{k} vs TRL sppo_hard (this run): time {s[k]['step'] / s['trl']['step']:.2f}x (target <= 0.7), "
+                      f"memory {s[k]['peak'] / s['trl']['peak']:.2f}x (target <= 0.4)")
     return 0
 
 

@@ -290,60 +290,103 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
 
 
 # ------------------------------------------------------- packed sequence log-probs
-# The attention implementations that take a custom (B, 1, L, L) mask as it is given: transformers
-# 5.x's create_causal_mask returns a 4D mask unchanged (masking_utils._preprocess_mask_arguments),
-# sdpa passes it to F.scaled_dot_product_attention as attn_mask (bool: True = attend; with a mask,
-# is_causal is False), eager adds it to the scores (so it must be additive: 0 or the dtype's min).
-PACKED_MASKS = ("sdpa", "eager")
+# How a custom attention pattern reaches an HF Llama in transformers 5.x: create_causal_mask returns
+# a 4D mask unchanged (masking_utils._preprocess_mask_arguments); sdpa passes it to
+# F.scaled_dot_product_attention as attn_mask (bool, True = attend; with a mask, is_causal is off);
+# eager adds it to the scores (so there it must be additive: 0 or the dtype's min). And keyword
+# arguments of the decoder's forward reach every layer's attention function.
+#
+# Padding would eat the saving (a batch of packs padded to the longest is about as many token slots
+# as the unpacked batch padded to its longest), so on sdpa models the packs go through the decoder
+# as ONE unpadded row of all their tokens; only attention, in PACKED_ATTENTION below, gathers them
+# into a (packs, L, L)-masked padded batch and scatters the result back. The linear layers, norms
+# and MLPs then run over the real tokens only. Eager models take the padded batch with the
+# additive mask.
+PACKED_ATTENTION = "sppo_packed_sdpa"
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, sppo_pack=None, **kwargs):
+    """sdpa, and for a packed call (``sppo_pack`` = (index, valid, mask)) sdpa over the packs:
+    query/key/value (1, heads, T, d) of the unpadded row → (packs, heads, L, d) by ``index``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if sppo_pack is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    index, valid, mask = sppo_pack
+    q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))
+    out, _ = sdpa_attention_forward(module, q, k, v, mask, **kwargs)  # (packs, L, heads, d)
+    return out[valid][None], None  # (1, T, heads, d), the row's order
+
+
+def _use_packed_attention(model) -> None:
+    """Switch an sdpa model to PACKED_ATTENTION: sdpa itself (and sdpa's masks) for every unpacked
+    call, so generation and unpacked scoring are unchanged."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
 
 
 def packs_prompts(model) -> bool:
     """Whether :func:`packed_sequence_logps` can run on this model (its attention implementation
-    takes a custom 4D mask); flash-attention and flex models score unpacked."""
-    return getattr(model.config, "_attn_implementation", None) in PACKED_MASKS
-
-
-def _packed_mask(model, allow: torch.Tensor) -> torch.Tensor:
-    if model.config._attn_implementation == "sdpa":
-        return allow
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill(~allow, torch.finfo(dtype).min)
+    takes a custom mask); flash-attention and flex models score unpacked."""
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager", PACKED_ATTENTION)
 
 
 def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 128) -> torch.Tensor:
     """:func:`sequence_logps` with each prompt computed once; same values (to float summation order).
 
-    Consecutive sequences of ``batch`` with the same prompt ids form one packed sequence (the
-    prompt, then each response; ``sppo_nemo/packing.py``), right-padded to the longest. ONE decoder
-    pass runs over them with the layout's positions (each response continuing from the prompt) and
-    a (B, 1, L, L) mask where a token sees the prompt and its own response's earlier tokens, and a
-    padding position only itself (so no softmax row is empty). The hidden states that predict
-    response tokens are gathered and the LM head applied in chunks, as unpacked. Returns one value
-    per sequence of ``batch``, in its order. Needs an sdpa or eager model (:func:`packs_prompts`).
+    Consecutive sequences of ``batch`` with the same prompt ids form one pack (the prompt, then
+    each response; ``sppo_nemo/packing.py``). ONE decoder pass runs over the packs with the
+    layout's positions (each response continuing from the prompt) and a block mask: a token sees
+    the prompt and its own response's earlier tokens, a padding slot only itself (so no softmax row
+    is empty). An sdpa model runs the packs unpadded, as one row (switched once to
+    PACKED_ATTENTION, sdpa for any other call); an eager model runs them right-padded with an
+    additive (packs, 1, L, L) mask. The hidden states that predict response tokens are gathered
+    and the LM head applied in chunks, as unpacked. Returns one value per sequence of ``batch``,
+    in its order.
     """
+    impl = getattr(model.config, "_attn_implementation", None)
     if not packs_prompts(model):
-        raise ValueError(f"packed scoring needs sdpa or eager attention, not {model.config._attn_implementation}")
+        raise ValueError(f"packed scoring needs sdpa or eager attention, not {impl}")
+    if impl == "sdpa":
+        _use_packed_attention(model)
+        impl = PACKED_ATTENTION
     device = next(model.parameters()).device
     groups = group([e.prompt_ids for e in batch])
     packs = [pack(batch[g[0]].prompt_ids, [batch[j].response_ids for j in g]) for g in groups]
     width = max(len(p.ids) for p in packs)
-    ids = torch.full((len(packs), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(packs), width), dtype=torch.long)
     allow = torch.eye(width, dtype=torch.bool).repeat(len(packs), 1, 1, 1)  # padding sees itself
-    rows, cols, targets, seq_of = [], [], [], []
+    index = torch.zeros((len(packs), width), dtype=torch.long)  # pack slot → place in the unpadded row
+    valid = torch.zeros((len(packs), width), dtype=torch.bool)
+    flat_ids, flat_positions, predictors, targets, seq_of = [], [], [], [], []
     for b, (g, p) in enumerate(zip(groups, packs)):
-        n = len(p.ids)
-        ids[b, :n] = torch.tensor(p.ids)
-        positions[b, :n] = torch.tensor(p.positions)
+        n, start = len(p.ids), len(flat_ids)
         allow[b, 0, :n, :n] = allowed(p.segment)
-        rows += [b] * len(p.predictors)
-        cols += p.predictors
+        index[b, :n] = torch.arange(start, start + n)
+        valid[b, :n] = True
+        flat_ids += p.ids
+        flat_positions += p.positions
+        predictors += [start + i for i in p.predictors]
         targets += p.targets
         seq_of += [g[j] for j in p.response_of]
-    mask = _packed_mask(model, allow.to(device))
-    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask,
-                                 position_ids=positions.to(device)).last_hidden_state
-    h = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    decoder = model.get_decoder()
+    if impl == PACKED_ATTENTION:
+        hidden = decoder(input_ids=torch.tensor([flat_ids], device=device),
+                         position_ids=torch.tensor([flat_positions], device=device),
+                         sppo_pack=(index.to(device), valid.to(device), allow.to(device))).last_hidden_state[0]
+    else:  # eager: the padded batch, additive mask
+        ids = torch.full((len(packs), width), pad_id, dtype=torch.long)
+        positions = torch.zeros((len(packs), width), dtype=torch.long)
+        ids[valid] = torch.tensor(flat_ids)
+        positions[valid] = torch.tensor(flat_positions)
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         position_ids=positions.to(device)).last_hidden_state[valid.to(device)]
+    h = hidden[torch.tensor(predictors, device=device)]
     token_logps = _token_logps(model, h, torch.tensor(targets, device=device), chunk)
     out = torch.zeros(len(batch), dtype=torch.float32, device=device)
     return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)

@@ -97,3 +97,13 @@ def test_reference_batches_keep_a_prompts_rows_together():
     rows = [PointRow(p, "x", "y", True, 0.5) for p in "aaaaabb"]
     assert reference_batches(rows, 2, keep_prompts=True) == [[0, 1], [2, 3], [4], [5, 6]]
     assert [i for b in reference_batches(rows, 3, True) for i in b] == list(range(7))
+
+
+def test_an_sdpa_model_scores_unpacked_as_before_after_packing(model):
+    """Packing switches an sdpa model to its packed attention, which is sdpa for other calls."""
+    batch = cases()["mixed"]
+    with torch.no_grad():
+        before = sequence_logps(model, batch, 0)
+        packed_sequence_logps(model, batch, 0)
+        after = sequence_logps(model, batch, 0)
+    assert torch.equal(before, after)
