@@ -202,3 +202,27 @@ def test_batching_does_not_change_logits(setup):
     _, one = ours(setup["ours_hf"], setup["cases"], batch_size=1)
     _, many = ours(setup["ours_hf"], setup["cases"], batch_size=64, max_batch_tokens=10**6)
     assert max_diff(one, many) <= TOL
+
+
+def test_single_order_is_llm_blenders_upper_half(blender_python, setup):
+    """judge.pairs: single scores each (i, j) with i < j exactly as llm-blender scores that order,
+    and sets C[j, i] = −C[i, j]."""
+    ref = theirs(blender_python, setup, "hf", setup["ours_hf"])
+    judge, mats = ours(setup["ours_hf"], setup["cases"], pairs="single")
+    assert judge.stats["pairs"] == sum(len(c["candidates"]) * (len(c["candidates"]) - 1) // 2 for c in setup["cases"])
+    for m, r in zip(mats, ref["logits"]):
+        r = np.asarray(r)
+        upper = np.triu_indices(len(r), 1)
+        assert float(np.max(np.abs(m[upper] - r[upper]))) <= TOL
+        np.testing.assert_array_equal(m, -m.T)
+
+
+def test_encoder_modes_agree_on_every_budget(setup):
+    """The faster encoder, per sequence and padded (a GPU's path, here on the CPU), against
+    transformers' own forward on the cases that reach every truncation budget (2048 tokens)."""
+    judge, fast = ours(setup["ours_hf"], setup["cases"], batch_size=64, max_batch_tokens=10**6)
+    for mode in ("padded", "reference"):
+        judge._net.attention = mode
+        prompts = [Prompt(f"p{n}", c["prompt"]) for n, c in enumerate(setup["cases"])]
+        other = judge.logit_matrices(prompts, [c["candidates"] for c in setup["cases"]])
+        assert max_diff(fast, other) <= TOL, mode
