@@ -6,14 +6,19 @@ top_p 1, through each backend's ``Generator.sample`` as the stage calls it (the 
 ``sampling.batch_size`` sequences per call). Printed in one run, so the figures share the
 machine's state:
 
-- hf: HFGenerator (fp32, as the default recipe runs it): generated tokens per second;
+- hf: HFGenerator (each prompt prefilled once for its K samples, finished rows leaving the batch)
+  in each of --hf-precision (fp32, bf16), and beside it in the same run the reference it replaced:
+  transformers' ``generate`` on K copies of each prompt (``--no-reference`` skips it); generated
+  tokens per second of wall time and per CPU-second of the process (the machine is shared: the
+  second is less disturbed by other work);
 - vllm: VLLMGenerator, one engine and two engines (on CPU each takes half the cores), bf16, eager
   unless --compiled: tokens/s of the whole call (engine start included, what a stage pays) and of
   generation alone (from the worker's "engine ready" line to its last chunk);
 - the ratios vllm / hf.
 
     .venv/bin/python benchmarks/bench_generation.py [--python VLLM_PYTHON] [--batch-size 64] [--compiled]
-        [--engines 1,2] [--prompts 64] [--k 4] [--max-new-tokens 48] [--no-hf]
+        [--engines 1,2] [--prompts 64] [--k 4] [--max-new-tokens 48] [--no-hf] [--hf-precision fp32,bf16]
+        [--no-reference] [--no-vllm]
 
 The vLLM interpreter defaults to the environment of scripts/vllm_venv.sh (built on first use).
 On a GPU the same script runs as it is (benchmarks/gpu_check.sh calls it with a 1B shape).
@@ -68,6 +73,35 @@ def retokenized_differently(state: Path, fmt) -> tuple[int, int]:
     return differ, total
 
 
+def reference_generate(gen, prompts, k: int, params: SamplingParams) -> list:
+    """What HFGenerator did before it prefilled each prompt once: transformers' generate on k copies
+    of each prompt, batch_size sequences per call (a different random stream; the same work)."""
+    import torch
+    from transformers import GenerationConfig
+
+    from sppo_nemo.seeds import derive_seed
+
+    config = GenerationConfig(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
+                              max_new_tokens=params.max_new_tokens, pad_token_id=gen.tok.pad_token_id,
+                              eos_token_id=gen.fmt.end_ids)
+    items = [(p, j) for p in prompts for j in range(k)]
+    out = []
+    for b in range(0, len(items), params.batch_size):
+        batch = items[b:b + params.batch_size]
+        enc = [gen.fmt.prompt_ids(p.text, gen.max_prompt) for p, _ in batch]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), gen.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(enc):
+            ids[i, width - len(e):] = torch.tensor(e)
+            mask[i, width - len(e):] = 1
+        torch.manual_seed(derive_seed(0, b))
+        with torch.no_grad():
+            rows = gen.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
+        out += [gen._sample(p.id, j, row) for (p, j), row in zip(batch, rows.tolist())]
+    return [out]
+
+
 def generation_seconds(state: Path) -> float:
     """From the latest 'engine ready' to the last chunk over the workers' logs (engines run together)."""
     ready, done = [], []
@@ -92,6 +126,9 @@ def main() -> int:
     ap.add_argument("--compiled", action="store_true", help="vLLM's compiled mode (CUDA graphs on GPU)")
     ap.add_argument("--kv-cache-gib", type=float, default=None)
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--hf-precision", default="fp32,bf16", help="generation.precision values of the hf rows")
+    ap.add_argument("--no-reference", action="store_true", help="skip transformers' generate on K prompt copies")
+    ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--bare", action="store_true", help="also a bare vLLM script on the one-engine job "
                     "(benchmarks/vllm_bare.py): the backend's overhead on generation")
     ap.add_argument("--random-1b", type=Path, default=None, metavar="DIR",
@@ -116,14 +153,26 @@ def main() -> int:
         if not args.no_hf:
             from sppo_nemo.backends.hf import HFGenerator
 
-            t0 = time.perf_counter()
-            gen = HFGenerator(policy, None, 256)
-            t1 = time.perf_counter()
-            samples = gen.sample(prompts, args.k, params, Path(tmp) / "hf", (0, "generate", 1))
-            t2 = time.perf_counter()
-            gen.close()
-            hf_rate = tokens(samples) / (t2 - t1)
-            rows.append(("hf fp32", tokens(samples), t2 - t0, hf_rate, hf_rate))
+            for precision in args.hf_precision.split(","):
+                gen = HFGenerator(policy, None, 256, dtype=precision)
+                t0 = time.perf_counter()
+                gen.model  # loaded on first use: its load is the first column's, not generation's
+                t1, c1 = time.perf_counter(), time.process_time()
+                samples = gen.sample(prompts, args.k, params, Path(tmp) / f"hf-{precision}", (0, "generate", 1))
+                t2, c2 = time.perf_counter(), time.process_time()
+                rate = tokens(samples) / (t2 - t1)
+                hf_rate = hf_rate or rate
+                rows.append((f"hf {precision} prefill once", tokens(samples), t2 - t0, rate, rate,
+                             tokens(samples) / (c2 - c1)))
+                if not args.no_reference:
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    samples = reference_generate(gen, prompts, args.k, params)
+                    t2, c2 = time.perf_counter(), time.process_time()
+                    rows.append((f"hf {precision} generate×K", tokens(samples), t2 - t1, tokens(samples) / (t2 - t1),
+                                 tokens(samples) / (t2 - t1), tokens(samples) / (c2 - c1)))
+                gen.close()
+        if args.no_vllm:
+            return report(rows, hf_rate)
         from sppo_nemo.backends.vllm.controller import VLLMGenerator
 
         py = vllm_python(args.python)
@@ -142,7 +191,7 @@ def main() -> int:
                 print(f"re-tokenization: {differ} of {total} responses ({differ / total:.0%}) re-encode from their "
                       f"text to other ids than were sampled")
             rows.append((f"vllm {args.dtype} {'compiled' if args.compiled else 'eager'} ×{n}", tokens(samples), wall,
-                         tokens(samples) / wall, tokens(samples) / gen_s))
+                         tokens(samples) / wall, tokens(samples) / gen_s, float("nan")))
             if args.bare and n == 1:
                 out = subprocess.run([py, str(ROOT / "benchmarks" / "vllm_bare.py"), str(state)], capture_output=True,
                                      text=True, env=dict(os.environ, PYTHONPATH=""))
@@ -153,18 +202,22 @@ def main() -> int:
                     bare = json.loads(line)
                     rows.append(("bare LLM.generate (1 call)", bare["tokens"], bare["start_s"] + bare["generate_s"],
                                  bare["tokens"] / (bare["start_s"] + bare["generate_s"]),
-                                 bare["tokens"] / bare["generate_s"]))
+                                 bare["tokens"] / bare["generate_s"], float("nan")))
                     overhead = gen_s / bare["generate_s"] - 1
                     calls = gen.run_facts()["vllm"]["chunks"]
                     print(f"backend overhead on generation against a bare LLM.generate: {overhead:+.1%} "
                           f"({gen_s:.1f} s in {calls} calls of {args.batch_size} sequences vs "
                           f"{bare['generate_s']:.1f} s in one call)")
-    print(f"\n{'backend':<28}{'tokens':>8}{'wall s':>9}{'tok/s (wall)':>14}{'tok/s (generating)':>20}")
-    for name, tok, wall, rate_wall, rate_gen in rows:
-        print(f"{name:<28}{tok:>8}{wall:>9.1f}{rate_wall:>14.1f}{rate_gen:>20.1f}")
+    return report(rows, hf_rate)
+
+
+def report(rows, hf_rate) -> int:
+    print(f"\n{'backend':<28}{'tokens':>8}{'wall s':>9}{'tok/s (wall)':>14}{'tok/s (generating)':>20}{'tok/CPU-s':>11}")
+    for name, tok, wall, rate_wall, rate_gen, rate_cpu in rows:
+        print(f"{name:<28}{tok:>8}{wall:>9.1f}{rate_wall:>14.1f}{rate_gen:>20.1f}{rate_cpu:>11.1f}")
     if hf_rate:
-        print("\nratios against hf (tok/s, generation alone for hf):")
-        for name, _, _, rate_wall, rate_gen in rows[1:]:
+        print("\nratios against the first hf row (tok/s, generation alone for hf):")
+        for name, _, _, rate_wall, rate_gen, _ in rows[1:]:
             print(f"  {name:<26} wall {rate_wall / hf_rate:5.2f}×   generating {rate_gen / hf_rate:5.2f}×")
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
