@@ -1,15 +1,9 @@
-"""transformers backend: load policies, apply the chat template, sample, score sequences.
+"""transformers backend: load policies, sample, score sequences packed.
 
 This is the one module that imports transformers for the policy (the offline judge loads its
-encoder in its own module). The torch trainer builds on the helpers here so that generation,
-training and evaluation tokenise a (prompt, response) pair in exactly one way:
-
-    prompt ids   = chat_template([system?, user: x], add_generation_prompt=True)
-    response ids = tokenize(y) + [end-of-turn]   (end-of-turn only if generation finished)
-
-Sequence log-probabilities log π(y|x) are sums over response tokens, computed from the final
-hidden states at response positions only, in chunks, so the full-vocabulary log-softmax of the
-whole batch never exists at once.
+encoder in its own module). What needs no transformers import lives beside it and is re-exported
+here: the one tokenisation of a (prompt, response) pair and of a generated row
+(``chat_format.py``), and the unpacked sequence log-probabilities (``seq_logps.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +14,17 @@ import importlib.util
 import inspect
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
 
+from sppo_nemo.backends.chat_format import (ChatFormat, Encoded, decode_sample, encode_rows,  # noqa: F401
+                                            packed_tokens, row_tokens)
+from sppo_nemo.backends.seq_logps import _token_logps, sequence_logps  # noqa: F401
 from sppo_nemo.packing import allowed, group, pack
-from sppo_nemo.protocols import PointRow, Prompt, Sample, SamplingParams, ProgressFn
+from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
 from sppo_nemo.errors import UserError
 from sppo_nemo.sampling import ChunkedSampling
 from sppo_nemo.seeds import derive_seed
@@ -154,140 +149,6 @@ def save_checkpoint(model, tokenizer, out: Path) -> None:
         raise
 
 
-# ---------------------------------------------------------------------- tokenisation
-
-
-@dataclass(frozen=True)
-class Encoded:
-    prompt_ids: list[int]
-    response_ids: list[int]
-
-
-class ChatFormat:
-    """How prompts and responses become token ids, shared by generation, training and scoring."""
-
-    def __init__(self, tokenizer, system_prompt: str | None):
-        self.tok = tokenizer
-        self.system_prompt = system_prompt
-        self.end_ids = self._end_ids()
-
-    def _end_ids(self) -> list[int]:
-        ids = []
-        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-            tid = self.tok.convert_tokens_to_ids(t)
-            if isinstance(tid, int) and tid != self.tok.unk_token_id and tid is not None:
-                ids.append(tid)
-        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in ids:
-            ids.append(self.tok.eos_token_id)
-        return ids
-
-    @property
-    def end_of_turn(self) -> int:
-        return self.end_ids[0]
-
-    def prompt_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        if self.tok.chat_template:
-            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return (self.system_prompt + "\n\n" if self.system_prompt else "") + prompt + "\n"
-
-    def prompt_ids(self, prompt: str, max_prompt: int | None = None) -> list[int]:
-        """The chat-formatted prompt's ids; longer than ``max_prompt``, cut from the left (the end,
-        with the generation prompt, must stay intact). Generation, training and scoring cut alike."""
-        p = self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
-        return p[-max_prompt:] if max_prompt is not None and len(p) > max_prompt else p
-
-    def encode(self, prompt: str, response: str, finished: bool, max_prompt: int | None = None,
-               max_length: int | None = None) -> Encoded:
-        p = self.prompt_ids(prompt, max_prompt)
-        r = self.tok(response, add_special_tokens=False)["input_ids"]
-        if finished:
-            r = r + [self.end_of_turn]
-        if max_length is not None and len(p) + len(r) > max_length:
-            r = r[: max(0, max_length - len(p))]
-        if not r:
-            r = [self.end_of_turn]  # an empty response is still the event "end of turn at once"
-        return Encoded(p, r)
-
-
-def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
-    """Token ids of each training row: [response] for a PointRow, [chosen, rejected] for a PairRow.
-    Both LM trainers (torch, megatron) train on these tokens."""
-    out = []
-    for r in rows:
-        if isinstance(r, PointRow):
-            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
-        else:
-            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
-                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
-    return out
-
-
-def row_tokens(seqs: list[list[Encoded]], ids) -> int:
-    return sum(len(e.prompt_ids) + len(e.response_ids) for i in ids for e in seqs[i])
-
-
-
-# ---------------------------------------------------------------- sequence log-probs
-
-
-def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                          softcap: float | None) -> torch.Tensor:
-    logits = lm_head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-
-
-def _token_logps(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """log π(target | hidden) per gathered hidden state, the LM head applied ``chunk`` rows at a
-    time (under activation checkpointing when differentiating): never the (tokens, V) logits whole."""
-    lm_head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    parts = []
-    for s in range(0, h.shape[0], chunk):
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(_response_token_logps, h[s:s + chunk], lm_head, targets[s:s + chunk],
-                                    softcap, use_reentrant=False))
-        else:
-            parts.append(_response_token_logps(h[s:s + chunk], lm_head, targets[s:s + chunk], softcap))
-    return torch.cat(parts)
-
-
-def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 128) -> torch.Tensor:
-    """log π(y|x) = Σ_h log π(y_h | x, y_<h) for each encoded pair; differentiable.
-
-    Runs the decoder once on the right-padded batch, gathers the hidden states that predict
-    response tokens, and applies the LM head chunk by chunk under activation checkpointing,
-    so neither the (B, L, V) logits nor their log-softmax are ever held whole.
-    """
-    device = next(model.parameters()).device
-    lengths = [len(e.prompt_ids) + len(e.response_ids) for e in batch]
-    width = max(lengths)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, cols, seq_of = [], [], []
-    for i, e in enumerate(batch):
-        seq = e.prompt_ids + e.response_ids
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        start = len(e.prompt_ids)
-        for pos in range(start, len(seq)):  # token at pos is predicted from position pos-1
-            rows.append(i)
-            cols.append(pos)
-            seq_of.append(i)
-    ids, mask = ids.to(device), mask.to(device)
-    decoder = model.get_decoder()
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows_t = torch.tensor(rows, device=device)
-    cols_t = torch.tensor(cols, device=device)
-    h = hidden[rows_t, cols_t - 1]
-    targets = ids[rows_t, cols_t]
-    token_logps = _token_logps(model, h, targets, chunk)
-    out = torch.zeros(len(batch), dtype=torch.float32, device=device)
-    return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
 
 
 # ------------------------------------------------------- packed sequence log-probs
@@ -393,29 +254,7 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
     return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
 
 
-def packed_tokens(seqs: list[list[Encoded]], ids) -> int:
-    """The tokens the decoder runs over for rows ``ids`` packed (:func:`row_tokens` counts each
-    sequence's prompt; packed, a run of sequences with one prompt counts it once)."""
-    batch = [e for i in ids for e in seqs[i]]
-    return sum(len(batch[g[0]].prompt_ids) + sum(len(batch[j].response_ids) for j in g)
-               for g in group([e.prompt_ids for e in batch]))
-
-
 # ------------------------------------------------------------------------ generation
-
-
-def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int],
-                  pad_id: int | None = None) -> Sample:
-    """A generated row of token ids as a Sample: cut at the first end-of-turn id (finished; the end
-    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens) but
-    ``pad_id``, the filler transformers puts after rows that finished early. Both generators
-    (transformers, vLLM) make their samples here."""
-    ends = set(end_ids)
-    cut = next((i for i, t in enumerate(row) if t in ends), None)
-    finished = cut is not None
-    tokens = list(row[:cut]) if finished else [t for t in row if t != pad_id]
-    text = tok.decode(tokens, skip_special_tokens=True).strip()
-    return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> torch.Tensor:
@@ -430,6 +269,7 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Gen
         drop[:, -1] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=rng)[:, 0]
+
 
 
 class HFGenerator(ChunkedSampling):

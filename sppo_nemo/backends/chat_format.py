@@ -1,0 +1,108 @@
+"""How prompts and responses become token ids, and generated ids become a Sample: one way for
+generation (transformers and vLLM), training (torch and megatron) and scoring. No transformers
+import: it works on the tokenizer object it is given (``hf.load_tokenizer``).
+
+    prompt ids   = chat_template([system?, user: x], add_generation_prompt=True)
+    response ids = tokenize(y) + [end-of-turn]   (end-of-turn only if generation finished)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from sppo_nemo.packing import group
+from sppo_nemo.protocols import PointRow, Sample
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+class ChatFormat:
+    """How prompts and responses become token ids, shared by generation, training and scoring."""
+
+    def __init__(self, tokenizer, system_prompt: str | None):
+        self.tok = tokenizer
+        self.system_prompt = system_prompt
+        self.end_ids = self._end_ids()
+
+    def _end_ids(self) -> list[int]:
+        ids = []
+        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+            tid = self.tok.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid != self.tok.unk_token_id and tid is not None:
+                ids.append(tid)
+        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in ids:
+            ids.append(self.tok.eos_token_id)
+        return ids
+
+    @property
+    def end_of_turn(self) -> int:
+        return self.end_ids[0]
+
+    def prompt_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if self.tok.chat_template:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return (self.system_prompt + "\n\n" if self.system_prompt else "") + prompt + "\n"
+
+    def prompt_ids(self, prompt: str, max_prompt: int | None = None) -> list[int]:
+        """The chat-formatted prompt's ids; longer than ``max_prompt``, cut from the left (the end,
+        with the generation prompt, must stay intact). Generation, training and scoring cut alike."""
+        p = self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        return p[-max_prompt:] if max_prompt is not None and len(p) > max_prompt else p
+
+    def encode(self, prompt: str, response: str, finished: bool, max_prompt: int | None = None,
+               max_length: int | None = None) -> Encoded:
+        p = self.prompt_ids(prompt, max_prompt)
+        r = self.tok(response, add_special_tokens=False)["input_ids"]
+        if finished:
+            r = r + [self.end_of_turn]
+        if max_length is not None and len(p) + len(r) > max_length:
+            r = r[: max(0, max_length - len(p))]
+        if not r:
+            r = [self.end_of_turn]  # an empty response is still the event "end of turn at once"
+        return Encoded(p, r)
+
+
+def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
+    """Token ids of each training row: [response] for a PointRow, [chosen, rejected] for a PairRow.
+    Both LM trainers (torch, megatron) train on these tokens."""
+    out = []
+    for r in rows:
+        if isinstance(r, PointRow):
+            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
+        else:
+            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
+                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
+    return out
+
+
+def row_tokens(seqs: list[list[Encoded]], ids) -> int:
+    return sum(len(e.prompt_ids) + len(e.response_ids) for i in ids for e in seqs[i])
+
+def packed_tokens(seqs: list[list[Encoded]], ids) -> int:
+    """The tokens the decoder runs over for rows ``ids`` packed (:func:`row_tokens` counts each
+    sequence's prompt; packed, a run of sequences with one prompt counts it once)."""
+    batch = [e for i in ids for e in seqs[i]]
+    return sum(len(batch[g[0]].prompt_ids) + sum(len(batch[j].response_ids) for j in g)
+               for g in group([e.prompt_ids for e in batch]))
+
+
+def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int],
+                  pad_id: int | None = None) -> Sample:
+    """A generated row of token ids as a Sample: cut at the first end-of-turn id (finished; the end
+    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens) but
+    ``pad_id``, the filler transformers puts after rows that finished early. Both generators
+    (transformers, vLLM) make their samples here."""
+    ends = set(end_ids)
+    cut = next((i for i, t in enumerate(row) if t in ends), None)
+    finished = cut is not None
+    tokens = list(row[:cut]) if finished else [t for t in row if t != pad_id]
+    text = tok.decode(tokens, skip_special_tokens=True).strip()
+    return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
