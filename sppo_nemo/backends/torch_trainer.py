@@ -96,6 +96,11 @@ class TorchTrainer:
         del opt
         model.zero_grad(set_to_none=True)
         gc.collect()
+        model.eval()
+        with torch.no_grad():  # the loss on the same fixed rows after training (before: log-ratio 0)
+            probe = [fit.probe[b:b + c.batch_size] for b in range(0, len(fit.probe), c.batch_size)]
+            after = torch.cat([logps(ids).float() for ids in probe]) if probe else torch.zeros(0, 1)
+        fit.record_probe(after, reference[fit.probe])
         save_checkpoint(model, tok, output_dir)
         return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds))
 

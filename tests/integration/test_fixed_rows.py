@@ -71,6 +71,16 @@ def test_torch_backend_first_losses_are_pinned(loss: str, tiny_model: Path, tmp_
     result = TorchTrainer(config("torch"), loss, ETA, None, seed=0).train(
         tiny_model, FIXTURES / ROWS[loss], tmp_path / "policy")
     assert_pinned(loss, result.metrics)
+    assert_probe(result.summary, result.metrics)
+
+
+def assert_probe(summary: dict, metrics: list[dict]) -> None:
+    """The loss on the same (here: all 12) rows before and after training: before is the loss at
+    π = π_t, which the first step also sees on its rows; training lowers it."""
+    assert summary["probe_rows"] == 12
+    assert summary["probe_loss_after"] < summary["probe_loss_before"]
+    if len(metrics) == 1:  # one step over every row: its loss is the probe's before
+        assert summary["probe_loss_before"] == pytest.approx(metrics[0]["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("tp", [1, 2], ids=["tp1", "tp2"])
@@ -83,3 +93,4 @@ def test_megatron_backend_first_losses_are_pinned(loss: str, tp: int, tiny_model
             tiny_model, FIXTURES / ROWS[loss], tmp_path / "policy")
     assert result.summary["parallel"]["tensor"] == tp
     assert_pinned(loss, result.metrics)
+    assert_probe(result.summary, result.metrics)

@@ -215,6 +215,29 @@ def train_steps(s: Setup, reference: torch.Tensor) -> Fit:
     return fit
 
 
+def probe_pass(s: Setup, fit: Fit, reference: torch.Tensor) -> None:
+    """π_{t+1}'s log-probs of the fixed probe rows (:attr:`Fit.probe`), recorded in ``fit`` on the
+    reporting rank: the loss on the same rows before and after training. Every data-parallel rank
+    runs the same few micro-batches (64 rows at most), forward only, so the pipeline stays in step."""
+    per_row = sequences_per_row(s.rows)
+    got = torch.zeros(len(fit.probe), per_row, dtype=torch.float32, device=s.device)
+    slot = {i: k for k, i in enumerate(fit.probe)}
+
+    def keep(mb, lp: torch.Tensor, _tok) -> torch.Tensor:
+        for j, i in enumerate(mb.row_ids):
+            got[slot[i]] = lp[j].detach().float()
+        return lp.sum() * 0.0
+
+    size = s.job.trainer.batch_size
+    chunks = [fit.probe[b:b + size] for b in range(0, len(fit.probe), size)]
+    s.model.eval()
+    with torch.no_grad():
+        if chunks:
+            s.run([s.micro_batch(ch) for ch in chunks], True, keep)
+    if s.reporting:
+        fit.record_probe(got.cpu(), reference[fit.probe].cpu())
+
+
 def export(s: Setup, fit: Fit, ref_seconds: float, job_dir: Path) -> None:
     """π_{t+1} as an HF checkpoint (global rank 0 writes it), and the result (the reporting rank)."""
     full = gather_full_state(s.model, s.arch)
@@ -240,6 +263,7 @@ def run_job(job_dir: Path) -> None:
         s = set_up(job, device)
         reference, ref_seconds = reference_pass(s)
         fit = train_steps(s, reference)
+        probe_pass(s, fit, reference)
         export(s, fit, ref_seconds, job_dir)
     finally:
         destroy_parallel()
