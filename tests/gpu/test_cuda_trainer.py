@@ -37,8 +37,8 @@ def test_bf16_training_on_cuda_fits_the_sppo_targets(tmp_path: Path):
     assert losses[-1] < 0.5 * losses[0], losses
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:  # the fp32 master weights
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
 def test_generation_on_cuda_is_seeded(tmp_path: Path):
