@@ -208,8 +208,8 @@ class TrainerConfig:
     epochs: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    # bf16: bf16 compute over fp32 master weights (torch: autocast; megatron: its mixed precision);
-    # weights, gradients, optimizer state and the saved policy stay fp32
+    # bf16: bf16 compute over fp32 master weights and optimizer state (torch: autocast, and the policy
+    # saved in fp32; megatron: its mixed precision, the policy saved in bf16)
     precision: Precision = "fp32"
     max_prompt_length: int = 512
     max_length: int = 1024
