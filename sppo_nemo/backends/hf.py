@@ -23,6 +23,7 @@ import torch
 from sppo_nemo.backends.chat_format import (ChatFormat, Encoded, decode_sample, encode_rows,  # noqa: F401
                                             packed_tokens, row_tokens)
 from sppo_nemo.backends.seq_logps import _token_logps, sequence_logps  # noqa: F401
+from sppo_nemo.backends.token_sampling import draw
 from sppo_nemo.packing import allowed, group, pack
 from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
 from sppo_nemo.errors import UserError
@@ -257,21 +258,6 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
 # ------------------------------------------------------------------------ generation
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> torch.Tensor:
-    """One token per row as transformers samples with do_sample and top_k=0: the fp32 logits divided
-    by the temperature, then only the smallest set of most likely tokens whose probability reaches
-    top_p (the most likely always kept; TopPLogitsWarper), then torch.multinomial."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=False)
-        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
-        drop[:, -1] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=rng)[:, 0]
-
-
-
 class HFGenerator(ChunkedSampling):
     """Samples from a policy checkpoint with transformers, batched and seeded, each prompt prefilled once.
 
@@ -280,7 +266,7 @@ class HFGenerator(ChunkedSampling):
     the model once; their KV cache (and last-position logits) are repeated K times
     (``DynamicCache.batch_repeat_interleave``), and the K·n rows decode together one token a step:
     the logits, in fp32, divided by the temperature, filtered to the nucleus ``top_p`` as
-    transformers' TopPLogitsWarper does (no top-k), sampled with ``torch.multinomial`` from a
+    transformers' TopPLogitsWarper does (no top-k), drawn by inverting the CDF (:func:`~.token_sampling.draw`) with a
     generator seeded per group. A row stops at its first end id or at ``max_new_tokens`` and leaves
     the batch (its cache rows dropped), so finished rows cost nothing more.
     """
@@ -352,7 +338,7 @@ class HFGenerator(ChunkedSampling):
         ends = torch.tensor(self.fmt.end_ids, device=device)
         rng = torch.Generator(device=device).manual_seed(seed)
         for step in range(params.max_new_tokens):
-            token = _draw(logits, params.temperature, params.top_p, rng)
+            token = draw(logits, params.temperature, params.top_p, rng)
             for r, t in zip(alive.tolist(), token.tolist()):
                 rows[r].append(t)
             going = ~torch.isin(token, ends)
@@ -372,20 +358,25 @@ class HFGenerator(ChunkedSampling):
         return decode_sample(self.tok, self.fmt.end_ids, prompt_id, k, row, pad_id=self.tok.pad_token_id)
 
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
-                          batch_size: int = 8) -> np.ndarray:
-        """log π(y|x) of each (prompt, response), as training tokenises them, always from the fp32
-        weights: under generation.precision=bf16 the fp32 model is loaded for this alone. Measured on
-        the default run's last evaluation (64 responses of π_4 and π_1): bf16 weights move a
-        response's log-probability by 0.13–0.25 nats on average (up to 1.06), autocast alike, and
-        the KL estimate 5.270 by +0.013 (bf16) or −0.030 (autocast); fp32 reproduces it exactly."""
+                          precision: str = "fp32", batch_size: int = 8) -> np.ndarray:
+        """log π(y|x) of each (prompt, response), as training tokenises them, from the weights in
+        ``precision`` (evaluation.kl_precision): fp32 by default, which under
+        generation.precision=bf16 loads the fp32 model for this alone (the sampling copy freed).
+        Measured on the default run's last evaluation (64 responses of π_4 and π_1): bf16 weights
+        move a response's log-probability by 0.24 nats on average (up to 0.9) and the KL estimate
+        by about 0.01; autocast alike; fp32 reproduces it exactly. Scored packed when the model
+        allows it (:func:`packed_sequence_logps`: no padding, the same values to 1e-5), 8 at a
+        time (larger batches were slower in fp32 on 2 cores)."""
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         encoded = [self.fmt.encode(p.text, s.text, s.finished, self.max_prompt) for p, s in zip(prompts, responses)]
+        for other in [d for d in self._models if d != dtype]:
+            self._models.pop(other)  # sampling is over: free a copy in the other precision
+        model = self._model(dtype)
+        score = packed_sequence_logps if packs_prompts(model) else sequence_logps
         out = []
-        if self.dtype != torch.float32:
-            self._models.pop(self.dtype, None)  # sampling is over: free its copy
-        model = self._model(torch.float32)
         with torch.no_grad():
             for b in range(0, len(encoded), batch_size):
-                out.append(sequence_logps(model, encoded[b:b + batch_size], self.tok.pad_token_id))
+                out.append(score(model, encoded[b:b + batch_size], self.tok.pad_token_id).float())
         return torch.cat(out).double().numpy() if out else np.zeros(0)
 
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
