@@ -122,6 +122,29 @@ def test_unsupported_configuration_or_mask_runs_transformers(net):
 
 
 # ----------------------------------------------------------------------------- batching
+def test_cpu_batches_are_encoded_in_cache_sized_chunks(monkeypatch):
+    """A per_sequence batch over CHUNK_TOKENS padded tokens is encoded chunk by chunk (consecutive
+    sequences, each chunk padded to its own longest): the same logits as one forward, and the
+    hand-worked chunk ranges."""
+    from sppo_nemo.backends.pairrm import encoder
+
+    assert encoder._chunks([500, 490, 480, 470, 300], 2048) == [(0, 4), (4, 5)]
+    assert encoder._chunks([3000, 10, 10], 2048) == [(0, 1), (1, 3)]  # too long: alone
+    assert encoder._chunks([7], 1) == [(0, 1)]
+    net = random_pairrm(300, "tiny", seed=2)
+    lengths = [200, 150, 140, 60, 30, 5]
+    ids, mask, pos = batch(lengths, 300)
+    whole = run(net, "per_sequence", ids, mask, pos)
+    calls = []
+    real = encoder.encode_rows
+    monkeypatch.setattr(encoder, "CHUNK_TOKENS", 320)  # → [200] [150, 140] [60, 30, 5]
+    monkeypatch.setattr(encoder, "encode_rows", lambda d, i, n, r, m="per_sequence": calls.append(list(n))
+                        or real(d, i, n, r, m))
+    chunked = run(net, "per_sequence", ids, mask, pos)
+    np.testing.assert_allclose(chunked, whole, atol=TOL, rtol=0)
+    assert calls[0] == lengths and calls[1:] == [[200], [150, 140], [60, 30, 5]]
+
+
 def test_batching_never_changes_a_logit(net, tokens):
     """Batch 1, the CPU's automatic token budget and batches of 20 give the same logits; batches of 20
     really are one forward per prompt here."""
