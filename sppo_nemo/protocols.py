@@ -72,8 +72,10 @@ class Generator(Protocol):
         """
         ...
 
-    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
-        """log π(y|x) summed over response tokens, one float per (prompt, response) pair."""
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                          precision: str = "fp32") -> np.ndarray:
+        """log π(y|x) summed over response tokens, one float per (prompt, response) pair, from
+        weights in ``precision`` (fp32 or bf16; a backend with one exact form ignores it)."""
         ...
 
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:

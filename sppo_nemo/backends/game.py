@@ -254,7 +254,8 @@ class GameGenerator(ChunkedSampling):
                 progress(num_samples)
         return out
 
-    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                          precision: str = "fp32") -> np.ndarray:  # exact float64: precision does not apply
         return np.array([games.log_softmax(self.policy.logits_for(p.text))[self.game.index(s.text)]
                          for p, s in zip(prompts, responses)])
 

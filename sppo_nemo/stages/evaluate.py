@@ -6,7 +6,8 @@
 - mean response length (tokens, end-of-turn included) and the fraction that finished;
 - KL(π_{t+1} ‖ π_1) estimated as the mean of log π_{t+1}(y|x) − log π_1(y|x) over y ~ π_{t+1}.
   This is unbiased for the sampling distribution; it is the KL of the models themselves when
-  evaluation samples at temperature 1 and top_p 1 (the paper's sampling setting).
+  evaluation samples at temperature 1 and top_p 1 (the paper's sampling setting). Both log-probs
+  come from fp32 weights, or from bf16 ones with ``evaluation.kl_precision: bf16``.
 - with a generator that can evaluate exactly (the game backends, backends/game.py): the exact
   duality gap of π_{t+1} and of the average policy (π_1 + … + π_{t+1})/(t + 1), and their
   distance to the Nash equilibrium (sppo_nemo/games.py).
@@ -63,9 +64,12 @@ class Extras:
     run_name: str
     prompts: EvalPrompts | None = None  # evaluation.prompts, read
     best_of: int | None = None
+    kl_precision: str | None = None  # evaluation.kl_precision when not fp32 (the legacy value)
 
     def fingerprint(self) -> dict:
         out: dict = {}
+        if self.kl_precision is not None:
+            out["kl_precision"] = self.kl_precision
         if self.prompts is not None:
             out["prompts"] = self.prompts.fingerprint()
         if self.best_of is not None:
@@ -95,7 +99,7 @@ def inputs(ctx: Context, t: int) -> Inputs:
     extra = _prompt_file(r) if e.prompts else None
     return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
                   r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
-                  Extras(r.name, extra, e.best_of))
+                  Extras(r.name, extra, e.best_of, None if e.kl_precision == "fp32" else e.kl_precision))
 
 
 def _prompt_file(r) -> EvalPrompts:
@@ -105,6 +109,7 @@ def _prompt_file(r) -> EvalPrompts:
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:
     t, n, best_of = inp.iteration, inp.samples_per_prompt, inp.extras.best_of
+    kl_precision = inp.extras.kl_precision or "fp32"
     prompts = list(inp.prompts.prompts)
     generator = make_generator(inp.generation, inp.policies[-1].location)
     with bar(len(prompts) * n, f"iter {t} evaluate: sample") as b:
@@ -136,11 +141,11 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         metrics.update(_sample_prompt_file(generator, inp, workdir, bar, name))
 
     if t >= 1:
-        own = generator.sequence_logprobs(flat_prompts, flat)
+        own = generator.sequence_logprobs(flat_prompts, flat, precision=kl_precision)
     generator.close()
     if t >= 1:
         base = make_generator(inp.generation, inp.policies[0].location)
-        base_logps = base.sequence_logprobs(flat_prompts, flat)
+        base_logps = base.sequence_logprobs(flat_prompts, flat, precision=kl_precision)
         base.close()
         log_ratio = (own - base_logps).reshape(len(prompts), n).mean(axis=1)
         kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=inp.seed)

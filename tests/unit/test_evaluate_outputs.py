@@ -140,7 +140,7 @@ def context(tmp_path: Path, *overrides: str, check_data: bool = True) -> Context
 
 @pytest.fixture
 def ctx(tmp_path) -> Context:
-    c = context(tmp_path)
+    c = context(tmp_path, "evaluation.kl_precision=fp32")  # the default recipe sets it to bf16
     finish(c, 0, "evaluate", {"responses.jsonl": "base"})
     finish(c, 1, "train", {"policy/config.json": "{}"})
     return c
@@ -168,6 +168,8 @@ def test_the_new_keys_enter_the_fingerprint(ctx, tmp_path):
     assert {k for k in fp if not k.startswith(("extras.", "judge"))} == {k for k in base if k != "judge"}
     prompts.write_text('{"instruction": "y"}\n')
     assert canonical(fingerprint(evaluate.inputs(other, 0)))["extras.prompts"] != fp["extras.prompts"]
+    bf16 = canonical(fingerprint(evaluate.inputs(context(tmp_path, "evaluation.kl_precision=bf16"), 0)))
+    assert bf16["extras.kl_precision"] == "bf16" and {k for k in bf16 if k != "extras.kl_precision"} == set(base)
 
 
 # ----------------------------------------------------------------------------- report

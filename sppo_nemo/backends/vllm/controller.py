@@ -184,10 +184,11 @@ class VLLMGenerator:
 
     # ------------------------------------------------------------------ scoring and facts
 
-    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> np.ndarray:
+    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                          precision: str = "fp32") -> np.ndarray:
         if self.scorer is None:
             self.scorer = HFGenerator(self.policy, self.system_prompt, self.max_prompt)
-        return self.scorer.sequence_logprobs(prompts, responses)
+        return self.scorer.sequence_logprobs(prompts, responses, precision)
 
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
         return sum(len(self.fmt.prompt_ids(p.text)) > self.max_prompt for p in prompts)
