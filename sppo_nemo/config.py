@@ -239,7 +239,7 @@ class EvalConfig:
     # The weights KL(π_{t+1} ‖ π_1)'s log-probs are computed from: fp32 (exact; a generator sampling in
     # bf16 loads the fp32 copy for it) or bf16 (the bf16 weights, the sampling model itself: 2.4× faster
     # and no second load on 2 cores; each log-prob moves by 0.24 nats on average, the KL by 0.001-0.08,
-    # well inside its interval; see README "Precision").
+    # well inside its interval; README, recipe reference).
     kl_precision: Precision = "fp32"
 
 

@@ -363,9 +363,9 @@ class HFGenerator(ChunkedSampling):
         ``precision`` (evaluation.kl_precision): fp32 by default, which under
         generation.precision=bf16 loads the fp32 model for this alone (the sampling copy freed).
         Measured on the default run's last evaluation (64 responses of π_4 and π_1): bf16 weights
-        move a response's log-probability by 0.24 nats on average (up to 0.9) and the KL estimate
-        by 0.001-0.08 (default run); autocast alike; fp32 reproduces it exactly. Scored packed when the model
-        allows it (:func:`packed_sequence_logps`: no padding, the same values to 1e-5), 8 at a
+        move a response's log-probability by 0.24 nats on average (up to 0.9), the KL estimate by
+        0.001-0.08 over the default run's iterations; fp32 reproduces it exactly. Scored packed when
+        the model allows it (:func:`packed_sequence_logps`: no padding, the same values to 1e-5), 8 at a
         time (larger batches were slower in fp32 on 2 cores)."""
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         encoded = [self.fmt.encode(p.text, s.text, s.finished, self.max_prompt) for p, s in zip(prompts, responses)]
