@@ -37,8 +37,9 @@ disagreement figures say how far single is from both here, not on the trained Pa
     .venv/bin/python benchmarks/bench_pairrm.py                      # every row, ~30 min on 2 quiet cores
     .venv/bin/python benchmarks/bench_pairrm.py --rows 2 --reference-batch-sizes 1,20
 
-On a CUDA device it also times ours in bf16 with large batches, with achieved TFLOP/s against
-the device's peak. CPU figures move with whatever else the machine runs: the load average before
+On a CUDA device it also times ours in bf16 with large batches, with executed TFLOP/s as a fraction
+of the bf16 matmul rate measured on that device in the same run (``--gpu-only``: just those, as
+benchmarks/gpu_check.sh runs it). CPU figures move with whatever else the machine runs: the load average before
 and after is printed with them.
 """
 
@@ -58,14 +59,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "bench-data" / "pairrm_k5.jsonl"
 REFERENCE = {1: 0.37, 8: 0.31}  # shared/bench-data/README.md, llm-blender pairs/s
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
-
-
-def peak_tflops(name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return value
-    return None
 
 
 def build_tokenizer(rows: list[dict], out: Path) -> Path:
@@ -141,6 +134,41 @@ def disagreement(both: list, single: list) -> dict:
     return out
 
 
+def gpu_figures(args, prompts, cands, tokens, pairs_per_row: int, results: dict) -> None:
+    """Ours in bf16 on the GPU at --gpu-batch-sizes: pairs/s and executed TFLOP/s, as a fraction of
+    the bf16 matmul rate measured on the same device just before (gpu_peak)."""
+    import torch
+
+    from gpu_peak import measured_bf16_peak
+    from sppo_nemo.backends.pairrm.judge import PairRMJudge
+    from sppo_nemo.testing.pairrm import random_pairrm
+
+    name = torch.cuda.get_device_name(0)
+    peak = measured_bf16_peak() / 1e12
+    results["gpu_measured_bf16_peak_tflop_per_s"] = peak
+    print(f"{name}: measured bf16 matmul peak {peak:.0f} TFLOP/s (8192³)", flush=True)
+    gnet = random_pairrm(128005 if args.size == "large" else tokens.vocab_size, args.size, seed=0)
+    judge = PairRMJudge.from_model(gnet, tokens, device="cuda", dtype="bf16")
+    many_p, many_c = prompts * args.gpu_repeat, cands * args.gpu_repeat
+    judge.preference_matrices(many_p[:4], many_c[:4])
+    for bs in [int(b) for b in args.gpu_batch_sizes.split(",")]:
+        judge.batch_size, judge.max_batch_tokens = bs, bs * 2048
+        for key in judge.stats:
+            judge.stats[key] = 0.0 if key in ("forward_s", "flops") else 0
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        judge.logit_matrices(many_p, many_c)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        tflops = judge.stats["flops"] / dt / 1e12
+        r = {"device": name, "batch_size": bs, "pairs": len(many_p) * pairs_per_row, "seconds": dt,
+             "pairs_per_s": len(many_p) * pairs_per_row / dt, "tflop_per_s": tflops,
+             "fraction_of_measured_peak": tflops / peak}
+        results["ours_gpu"].append(r)
+        print(f"ours        {name} bf16 batch {bs:3d}: {r['pairs_per_s']:.1f} pairs/s, {tflops:.1f} TFLOP/s "
+              f"({tflops / peak:.1%} of the measured {peak:.0f})", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -156,6 +184,7 @@ def main() -> int:
     ap.add_argument("--blender-batch-sizes", default="1")
     ap.add_argument("--no-blender", action="store_true", help="skip llm-blender (no separate environment)")
     ap.add_argument("--gpu-batch-sizes", default="20,64,160")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA bf16 figures (benchmarks/gpu_check.sh)")
     ap.add_argument("--gpu-repeat", type=int, default=16, help="on CUDA, score the workload this many times over")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--size", default="large", choices=["large", "tiny"], help="tiny: a smoke test of this script")
@@ -198,6 +227,15 @@ def main() -> int:
     print(f"tokens per ordered comparison: mean {results['tokens_per_pair']:.0f} (min {min(lens)}, max {max(lens)}); "
           f"transformers' forward {ref_flops_per_pair / 1e9:.0f} GFLOP a pair; load average "
           f"{results['load_before']:.2f} on {os.cpu_count()} cores", flush=True)
+
+    if args.gpu_only:  # benchmarks/gpu_check.sh: the CPU rows (minutes each) tell nothing there
+        if not torch.cuda.is_available():
+            print("--gpu-only needs a CUDA device", file=sys.stderr)
+            return 2
+        gpu_figures(args, prompts, cands, tokens, pairs_per_row, results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
 
     # ---- the runs, each a callable scoring one row: returns (seconds, stats or None, logit matrix or None)
     runs: dict[str, dict] = {}
@@ -312,27 +350,7 @@ def main() -> int:
           + ", ".join(f"batch {b} {p:.1%}" for b, p in pad.items()))
 
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        peak = peak_tflops(name)
-        gnet = random_pairrm(128005 if args.size == "large" else tokens.vocab_size, args.size, seed=0)
-        judge = PairRMJudge.from_model(gnet, tokens, device="cuda", dtype="bf16")
-        many_p, many_c = prompts * args.gpu_repeat, cands * args.gpu_repeat
-        judge.preference_matrices(many_p[:4], many_c[:4])
-        for bs in [int(b) for b in args.gpu_batch_sizes.split(",")]:
-            judge.batch_size, judge.max_batch_tokens = bs, bs * 2048
-            for key in judge.stats:
-                judge.stats[key] = 0.0 if key in ("forward_s", "flops") else 0
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            judge.logit_matrices(many_p, many_c)
-            torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-            tflops = judge.stats["flops"] / dt / 1e12
-            r = {"device": name, "batch_size": bs, "pairs": len(many_p) * pairs_per_row, "seconds": dt,
-                 "pairs_per_s": len(many_p) * pairs_per_row / dt, "tflop_per_s": tflops, "peak_tflop_per_s": peak}
-            results["ours_gpu"].append(r)
-            print(f"ours        {name} bf16 batch {bs:3d}: {r['pairs_per_s']:.1f} pairs/s, {tflops:.1f} TFLOP/s"
-                  + (f" ({tflops / peak:.1%} of {peak:.0f} peak)" if peak else ""), flush=True)
+        gpu_figures(args, prompts, cands, tokens, pairs_per_row, results)
     else:
         print("no CUDA device: GPU figures skipped")
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, for a bare GPU machine with no network: the gpu test tier, the
-# 1B-parameter SPPO step benchmark of the megatron backend, then (where the image has vllm) the
-# vLLM backend's tokens/s on a 1B shape at K = 5 and its overhead against a bare LLM.generate. Wheels the machine lacks
-# (megatron-core, omegaconf) are expected in .whl/ (benchmarks/fetch_gpu_wheels.sh). Results go to $OUT.
+# Every GPU check in one go, for a bare GPU machine with no network: the gpu test tier; the
+# 1B-parameter SPPO step benchmark of the megatron backend (step time, MFU against the bf16 matmul
+# rate measured there, memory); PairRM in bf16 on the shared workload (pairs/s, TFLOP/s as a
+# fraction of that measured peak); then, where the image has vllm, the vLLM backend's tokens/s on
+# a 1B shape at K = 5 and its overhead against a bare LLM.generate. What the machine lacks
+# (megatron-core and omegaconf wheels, the PairRM workload, which lives outside the repository)
+# is expected in .whl/ (benchmarks/fetch_gpu_wheels.sh; carry .whl). Results go to $OUT.
+# Time limits: the tests 240 s, each megatron benchmark 100 s, PairRM 120 s, vLLM 420 s.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -28,6 +32,17 @@ bench sdpa_m8 --attention sdpa --micro 8 --accum 1
 bench local_m4 --attention local --micro 4 --accum 2
 [ "$TE" = 1 ] && bench te_m4 --attention te --micro 4 --accum 2
 bench sdpa_sel --attention sdpa --micro 4 --accum 2 --recompute selective
+# PairRM bf16: full-size random weights (DeBERTa-v3-large shape), the workload scored 16 times over
+# at batches of 20, 64 and 160 ordered pairs.
+PAIRRM_DATA=../shared/bench-data/pairrm_k5.jsonl
+[ -f "$PAIRRM_DATA" ] || PAIRRM_DATA=.whl/pairrm_k5.jsonl
+if [ -f "$PAIRRM_DATA" ]; then
+    timeout 120 python3 benchmarks/bench_pairrm.py --gpu-only --data "$PAIRRM_DATA" --json "$OUT/pairrm.json" \
+        >"$OUT/bench_pairrm.log" 2>&1
+    grep -E "peak|pairs/s" "$OUT/bench_pairrm.log" || grep -v -i warn "$OUT/bench_pairrm.log" | tail -15
+else
+    echo "PairRM workload not found (../shared/bench-data or .whl/): run benchmarks/fetch_gpu_wheels.sh; skipped"
+fi
 # vLLM: only where the image has it (the NGC NeMo container 26.06 ships 0.20.1); a bare machine has
 # none, and vLLM's CUDA wheels are far larger than what a device run can carry.
 if python3 -c "import vllm" 2>/dev/null; then

@@ -9,6 +9,7 @@ import sys
 import time
 
 from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.allocator import keep_freed_memory
 from sppo_nemo.errors import UsageError, UserError
 from sppo_nemo.estimate import GPUS
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     if (args.gpus is not None or args.gpu is not None) and not args.estimate:
         print("sppo-run: --gpus and --gpu go with --estimate", file=sys.stderr)
         return 2
+    keep_freed_memory()  # the in-process engines' allocation churn (sppo_nemo/allocator.py)
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(args)

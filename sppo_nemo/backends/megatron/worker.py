@@ -36,6 +36,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from sppo_nemo.allocator import keep_freed_memory
 from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
 from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
 from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_result
@@ -274,5 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m sppo_nemo.backends.megatron JOB_DIR", file=sys.stderr)
         return 2
+    keep_freed_memory()
     run_job(Path(argv[0]))
     return 0

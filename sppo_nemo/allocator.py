@@ -1,0 +1,49 @@
+"""Keep freed memory in the process: glibc malloc settings for the CPU engines' allocation churn.
+
+A training step on CPU allocates and frees its activations, autocast's bf16 weight copies and the
+gradients (hundreds of MB) every micro-batch. With glibc's defaults, freed memory at the top of the
+heap is given back to the kernel (``M_TRIM_THRESHOLD``, 128 KiB, raised dynamically) and blocks
+above the dynamic mmap threshold are unmapped on free, so the next micro-batch faults the same
+pages in again, each zeroed by the kernel. Measured on the default recipe's first train stage
+(SmolLM2-135M, 128 rows, bf16 autocast, 2 cores): 4.0–4.4 M minor page faults and 30–36 s of
+system time in a 71–84 s stage; with the settings below 0.2–1.6 M faults, 18–20 s, and 52–56 s.
+
+:func:`keep_freed_memory` sets, through ``mallopt`` (glibc on Linux; elsewhere it does nothing):
+
+- ``M_MMAP_THRESHOLD`` = 32 MiB, glibc's largest on 64-bit: blocks up to it come from the heap,
+  and a fixed value stops the dynamic adjustment that would otherwise move it;
+- ``M_TRIM_THRESHOLD`` = 2 GiB − 1: free memory at the top of the heap is kept for reuse;
+- ``M_TOP_PAD`` = 256 MiB: the heap grows in large steps.
+
+The cost is resident memory: the process keeps its peak (0.2 GiB more peak RSS in that stage,
+3.87 against 3.65 GiB). ``SPPO_MALLOC=system`` in the environment keeps glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's <malloc.h>
+SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: (1 << 31) - 1, M_TOP_PAD: 256 << 20}
+_applied = False
+
+
+def keep_freed_memory() -> bool:
+    """Apply :data:`SETTINGS` once per process; True when they are in effect (glibc on Linux and
+    ``SPPO_MALLOC`` not ``system``), False where nothing was changed."""
+    global _applied
+    if _applied:
+        return True
+    if os.environ.get("SPPO_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries without mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
+    return _applied
