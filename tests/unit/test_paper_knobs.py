@@ -112,7 +112,18 @@ def test_ipo_azar_form_hand_worked():
     assert ipo_loss(one * 0.5, -one * 0.5, z, z, 2.0, "azar").item() == pytest.approx(0.0)
 
 
-def test_batch_loss_dispatches_the_ipo_form_from_the_recipe():
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch):
+    """``${oc.env:SPPO_TINY_MODEL}`` of the CI recipes, a real tiny checkpoint: without it the recipe
+    check refuses policy.model unless an earlier test (the integration tier's) had set it."""
+    from sppo_nemo.testing import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "tiny-llama")
+    monkeypatch.setenv("SPPO_TINY_MODEL", str(path))
+    return path
+
+
+def test_batch_loss_dispatches_the_ipo_form_from_the_recipe(tiny_model):
     r = recipe.load(ROOT / "recipes/ci/tiny_ipo.yaml", ["loss.ipo_form=azar"], check_data=False)
     spec = trainer_spec(r, 1)
     assert spec.loss_name == "ipo_azar"
