@@ -23,8 +23,10 @@ decoder's input tokens), and the ratios ours / TRL from this invocation.
 
 --backend megatron runs ours through the megatron trainer instead (TP=1, one torchrun worker;
 without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and peak
-RSS are the worker's (the largest child process). Allocator settings (MALLOC_ARENA_MAX,
-MALLOC_TRIM_THRESHOLD_, ...) set in the environment pass to every child alike.
+RSS are the worker's (the largest child process). Ours runs with sppo-run's allocator settings
+(sppo_nemo/allocator.py; SPPO_MALLOC=system for glibc's defaults); --trl-malloc ours gives TRL's
+run the same settings (GLIBC_TUNABLES). Other allocator settings (MALLOC_ARENA_MAX, LD_PRELOAD,
+...) set in the environment pass to every child alike.
 
 Targets (issue 14): time ≤ 0.7× and memory ≤ 0.4× TRL's.
 """
@@ -61,11 +63,13 @@ def load_rows(path: Path, n: int) -> list[dict]:
 def ours(args) -> dict:
     import torch
 
+    from sppo_nemo.allocator import keep_freed_memory
     from sppo_nemo.backends.torch_trainer import TorchTrainer
     from sppo_nemo.config import TrainerConfig
     from sppo_nemo.protocols import PairRow
     from sppo_nemo.rows import write_rows
 
+    keep_freed_memory()  # as sppo-run does at start (SPPO_MALLOC=system: glibc's defaults)
     torch.set_num_threads(args.threads)
     pairs = [PairRow(str(r["id"]), r["prompt"], r["chosen"], r["rejected"], True, True, 1.0)
              for r in load_rows(args.data, 4 * args.steps)]
@@ -162,6 +166,10 @@ def child(kind: str, args, python: str) -> dict:
         cmd.append("--gradient-checkpointing")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if kind == "trl" and args.trl_malloc == "ours":
+        from sppo_nemo.allocator import glibc_tunables
+
+        env["GLIBC_TUNABLES"] = glibc_tunables()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"the {kind} run failed:\n{proc.stderr[-4000:]}")
@@ -187,6 +195,9 @@ def main() -> int:
                     help="pairs per forward/backward; 4 // micro-batch accumulation steps make one step of 4")
     ap.add_argument("--runs", default="packed,unpacked,trl", help="which runs, in the order of each round")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the runs alternately; medians reported")
+    ap.add_argument("--trl-malloc", default="default", choices=["default", "ours"],
+                    help="ours: TRL's run gets our allocator settings too (GLIBC_TUNABLES; ours always has them "
+                         "unless SPPO_MALLOC=system)")
     ap.add_argument("--trl-python", help="an interpreter with trl installed (default: scripts/trl_venv.sh's)")
     ap.add_argument("--worker", choices=["packed", "unpacked", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--policy", help=argparse.SUPPRESS)
@@ -214,7 +225,7 @@ def main() -> int:
     print(f"workload: {args.data.name}, {4 * args.steps} pairs, batch 4 (micro-batch {args.micro_batch}), max length "
           f"256, {args.precision}, {args.threads} threads, gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'}, ours on {args.backend}; {args.rounds} round(s)"
-          + (f"; env {malloc}" if malloc else ""))
+          + (f"; env {malloc}" if malloc else "") + f"; TRL's malloc: {args.trl_malloc}")
     for k, v in s.items():
         print(f"{k:>9}: step {v['step']:.2f} s (per round {[round(x, 2) for x in v['steps']]}), peak RSS "
               f"{v['peak']:.2f} GiB, {v['tokens']:.0f} tokens per step ({v['tokens'] / 4:.0f} per pair), "

@@ -47,3 +47,10 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
     return _applied
+
+
+def glibc_tunables() -> str:
+    """:data:`SETTINGS` as a ``GLIBC_TUNABLES`` value, for a process that does not import this
+    package (benchmarks/bench_trainer_step.py gives it to TRL's run to compare like with like)."""
+    names = {M_MMAP_THRESHOLD: "mmap_threshold", M_TRIM_THRESHOLD: "trim_threshold", M_TOP_PAD: "top_pad"}
+    return ":".join(f"glibc.malloc.{names[k]}={v}" for k, v in SETTINGS.items())

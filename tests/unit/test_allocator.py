@@ -32,10 +32,12 @@ CHURN = textwrap.dedent("""
 """)
 
 
-def churn_faults(malloc: str | None) -> tuple[bool, int]:
+def churn_faults(malloc: str | None, tunables: str | None = None) -> tuple[bool, int]:
     env = {k: v for k, v in os.environ.items() if k not in ("SPPO_MALLOC", "GLIBC_TUNABLES")}
     if malloc:
         env["SPPO_MALLOC"] = malloc
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     applied, faults = out.stdout.split()
@@ -52,6 +54,14 @@ def test_system_keeps_glibc_defaults_which_fault_again():
     applied, faults = churn_faults("system")
     assert not applied
     assert faults > 10_000, faults
+
+
+def test_the_same_settings_as_glibc_tunables_for_other_processes():
+    from sppo_nemo.allocator import glibc_tunables
+
+    applied, faults = churn_faults("system", glibc_tunables())  # mallopt not called: the tunables alone
+    assert not applied
+    assert faults < 500, faults
 
 
 def test_applied_once_per_process():
