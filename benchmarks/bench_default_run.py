@@ -5,7 +5,8 @@ time per stage, peak memory, and per iteration the held-out win rates with 95% i
 KL estimate and response lengths. Goal (issue 14): at most 6 minutes on 2 cores, with the final
 win rate vs π_1 inside [0.736, 0.843] (the 95% interval of the fp32, generate-on-K-copies default
 it replaced). The machine is shared: run it in a quiet window, and give `--recipe` and overrides
-(e.g. generation.precision=fp32 trainer.precision=fp32) to time the old settings in the same window.
+(e.g. generation.precision=fp32 trainer.precision=fp32) to time the old settings in the same window;
+SPPO_MALLOC=system in the environment runs it on glibc's allocator defaults (sppo_nemo/allocator.py).
 
     .venv/bin/python benchmarks/bench_default_run.py [--out DIR] [--recipe VARIANT.yaml] [key=value ...]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,12 +39,15 @@ def main() -> int:
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss / 2**20
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         return proc.returncode
     run = next(p for p in out.iterdir() if p.is_dir())  # the one run folder, output_dir/<recipe name>
     print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); peak RSS: {peak:.2f} GiB; run dir {run}")
+    print(f"CPU: user {usage.ru_utime:.0f} s, system {usage.ru_stime:.0f} s; {usage.ru_minflt / 1e6:.2f} M minor page "
+          f"faults (allocator: {os.environ.get('SPPO_MALLOC') or 'sppo_nemo/allocator.py'})")
     print("\nseconds per stage:")
     per_stage: dict[str, list[float]] = {}
     for manifest in sorted(run.glob("iter_*/*/manifest.json")):
