@@ -94,15 +94,14 @@ def packed_tokens(seqs: list[list[Encoded]], ids) -> int:
                for g in group([e.prompt_ids for e in batch]))
 
 
-def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int],
-                  pad_id: int | None = None) -> Sample:
+def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int]) -> Sample:
     """A generated row of token ids as a Sample: cut at the first end-of-turn id (finished; the end
-    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens) but
-    ``pad_id``, the filler transformers puts after rows that finished early. Both generators
-    (transformers, vLLM) make their samples here."""
+    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens). Rows
+    carry no filler: both generators (transformers, vLLM) return each row's own tokens only, so a
+    sampled pad id is a token like any other. Both make their samples here."""
     ends = set(end_ids)
     cut = next((i for i, t in enumerate(row) if t in ends), None)
     finished = cut is not None
-    tokens = list(row[:cut]) if finished else [t for t in row if t != pad_id]
+    tokens = list(row[:cut]) if finished else list(row)
     text = tok.decode(tokens, skip_special_tokens=True).strip()
     return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)

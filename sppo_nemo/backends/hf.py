@@ -355,7 +355,7 @@ class HFGenerator(ChunkedSampling):
         return rows
 
     def _sample(self, prompt_id: str, k: int, row: list[int]) -> Sample:
-        return decode_sample(self.tok, self.fmt.end_ids, prompt_id, k, row, pad_id=self.tok.pad_token_id)
+        return decode_sample(self.tok, self.fmt.end_ids, prompt_id, k, row)
 
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
                           precision: str = "fp32", batch_size: int = 8) -> np.ndarray:

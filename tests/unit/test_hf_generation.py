@@ -76,13 +76,12 @@ def test_samples_are_decode_sample_of_the_rows_with_the_group_seed(gen):
             + gen.sample_ids(prompt_ids(gen, TEXTS[2:]), 2, p, derive_seed(0, 1)))
     flat = [s for ss in samples for s in ss]
     assert [(s.prompt_id, s.index) for s in flat] == [(f"p{i}", k) for i in range(3) for k in range(2)]
-    assert flat == [decode_sample(gen.tok, gen.fmt.end_ids, s.prompt_id, s.index, r, pad_id=gen.tok.pad_token_id)
-                    for s, r in zip(flat, rows)]
+    assert flat == [decode_sample(gen.tok, gen.fmt.end_ids, s.prompt_id, s.index, r) for s, r in zip(flat, rows)]
     for s, r in zip(flat, rows):
         assert s.finished == (r[-1] in gen.fmt.end_ids)
-        # the end token counts when finished; every token when cut, but for pad ids, which
-        # decode_sample takes for padding (the tiny random model can sample its pad id)
-        assert s.num_tokens == len(r) - r.count(gen.tok.pad_token_id)
+        # the end token counts when finished; every token when cut, a sampled pad id too (the rows
+        # carry no filler; the tiny random model can sample its pad id)
+        assert s.num_tokens == len(r)
     assert any(s.finished for s in flat) and any(not s.finished for s in flat)
 
 
@@ -92,8 +91,8 @@ def test_decode_sample_by_hand(gen):
     words = gen.tok("two plus five", add_special_tokens=False)["input_ids"]
     done = decode_sample(gen.tok, gen.fmt.end_ids, "x", 1, words + [end] + words)
     assert (done.text, done.num_tokens, done.finished) == (gen.tok.decode(words).strip(), len(words) + 1, True)
-    cut = decode_sample(gen.tok, gen.fmt.end_ids, "x", 1, words + [pad, pad], pad_id=pad)
-    assert (cut.num_tokens, cut.finished) == (len(words), False)
+    cut = decode_sample(gen.tok, gen.fmt.end_ids, "x", 1, words + [pad, pad])  # sampled pads are tokens
+    assert (cut.num_tokens, cut.finished) == (len(words) + 2, False)
 
 
 def greedy(gen, ids: list[int], max_new: int) -> list[int]:
