@@ -4,9 +4,11 @@ A training step on CPU allocates and frees its activations, autocast's bf16 weig
 gradients (hundreds of MB) every micro-batch. With glibc's defaults, freed memory at the top of the
 heap is given back to the kernel (``M_TRIM_THRESHOLD``, 128 KiB, raised dynamically) and blocks
 above the dynamic mmap threshold are unmapped on free, so the next micro-batch faults the same
-pages in again, each zeroed by the kernel. Measured on the default recipe's first train stage
-(SmolLM2-135M, 128 rows, bf16 autocast, 2 cores): 4.0–4.4 M minor page faults and 30–36 s of
-system time in a 71–84 s stage; with the settings below 0.2–1.6 M faults, 18–20 s, and 52–56 s.
+pages in again, each zeroed by the kernel. Measured on 2 cores: the default recipe's first train
+stage alone in a fresh process (SmolLM2-135M, 128 rows, bf16 autocast), 4.0 M minor page faults
+and 30 s of system time in a 71 s stage, against 1.6 M, 20 s and 52 s with the settings below;
+the whole default run (benchmarks/bench_default_run.py, one process, where glibc's dynamic
+thresholds have partly adapted by then) 10.3 M → 5.7 M faults, 81 → 59 s system, 324 → 296 s.
 
 :func:`keep_freed_memory` sets, through ``mallopt`` (glibc on Linux; elsewhere it does nothing):
 
@@ -15,8 +17,8 @@ system time in a 71–84 s stage; with the settings below 0.2–1.6 M faults, 18
 - ``M_TRIM_THRESHOLD`` = 2 GiB − 1: free memory at the top of the heap is kept for reuse;
 - ``M_TOP_PAD`` = 256 MiB: the heap grows in large steps.
 
-The cost is resident memory: the process keeps its peak (0.2 GiB more peak RSS in that stage,
-3.87 against 3.65 GiB). ``SPPO_MALLOC=system`` in the environment keeps glibc's defaults.
+The cost is resident memory: the process keeps its peak (peak RSS of the default run 5.19 against
+4.54 GiB). ``SPPO_MALLOC=system`` in the environment keeps glibc's defaults.
 """
 
 from __future__ import annotations
