@@ -56,3 +56,18 @@ def glibc_tunables() -> str:
     package (benchmarks/bench_trainer_step.py gives it to TRL's run to compare like with like)."""
     names = {M_MMAP_THRESHOLD: "mmap_threshold", M_TRIM_THRESHOLD: "trim_threshold", M_TOP_PAD: "top_pad"}
     return ":".join(f"glibc.malloc.{names[k]}={v}" for k, v in SETTINGS.items())
+
+
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the kernel once (glibc's ``malloc_trim(0)``), after a
+    large one-off release that the settings above would otherwise keep resident: the torch trainer
+    calls it after moving the loaded parameters into their flat buffer. True where it ran."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
