@@ -28,6 +28,11 @@ RSS are the worker's (the largest child process). Ours runs with sppo-run's allo
 run the same settings (GLIBC_TUNABLES). Other allocator settings (MALLOC_ARENA_MAX, LD_PRELOAD,
 ...) set in the environment pass to every child alike.
 
+--trl-micro-batch and --trl-gradient-checkpointing run TRL at other settings than ours in the
+same invocation: ``--micro-batch 1 --gradient-checkpointing --trl-micro-batch 4
+--trl-gradient-checkpointing off`` sets ours, at its least memory, against TRL at the settings of
+issue 14's figures (the header says when the settings differ).
+
 Targets (issue 14): time ≤ 0.7× and memory ≤ 0.4× TRL's.
 """
 
@@ -158,11 +163,19 @@ def trl_python(given: str | None) -> str:
     return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python")
 
 
+def trl_settings(args) -> tuple[int, bool]:
+    """TRL's (micro-batch, gradient checkpointing): ours unless --trl-micro-batch /
+    --trl-gradient-checkpointing say otherwise."""
+    gc = {"same": args.gradient_checkpointing, "on": True, "off": False}[args.trl_gradient_checkpointing]
+    return args.trl_micro_batch or args.micro_batch, gc
+
+
 def child(kind: str, args, python: str) -> dict:
+    micro, gc = trl_settings(args) if kind == "trl" else (args.micro_batch, args.gradient_checkpointing)
     cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--policy", args.policy, "--data", str(args.data),
            "--steps", str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
-           "--micro-batch", str(args.micro_batch), "--backend", args.backend]
-    if args.gradient_checkpointing:
+           "--micro-batch", str(micro), "--backend", args.backend]
+    if gc:
         cmd.append("--gradient-checkpointing")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -198,12 +211,15 @@ def main() -> int:
     ap.add_argument("--trl-malloc", default="default", choices=["default", "ours"],
                     help="ours: TRL's run gets our allocator settings too (GLIBC_TUNABLES; ours always has them "
                          "unless SPPO_MALLOC=system)")
+    ap.add_argument("--trl-micro-batch", type=int, help="TRL's micro-batch, when it differs from ours (default: ours)")
+    ap.add_argument("--trl-gradient-checkpointing", default="same", choices=["same", "on", "off"],
+                    help="TRL's gradient checkpointing: as ours (same), or on/off whatever ours is")
     ap.add_argument("--trl-python", help="an interpreter with trl installed (default: scripts/trl_venv.sh's)")
     ap.add_argument("--worker", choices=["packed", "unpacked", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--policy", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if 4 % args.micro_batch:
-        ap.error("--micro-batch must divide 4")
+    if 4 % args.micro_batch or 4 % (args.trl_micro_batch or 1):
+        ap.error("--micro-batch and --trl-micro-batch must divide 4")
     if not args.data.is_file():
         print(f"missing workload {args.data}", file=sys.stderr)
         return 2
@@ -226,6 +242,9 @@ def main() -> int:
           f"256, {args.precision}, {args.threads} threads, gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'}, ours on {args.backend}; {args.rounds} round(s)"
           + (f"; env {malloc}" if malloc else "") + f"; TRL's malloc: {args.trl_malloc}")
+    if "trl" in s and trl_settings(args) != (args.micro_batch, args.gradient_checkpointing):
+        micro, gc = trl_settings(args)
+        print(f"TRL's settings differ from ours: micro-batch {micro}, gradient checkpointing {'on' if gc else 'off'}")
     for k, v in s.items():
         print(f"{k:>9}: step {v['step']:.2f} s (per round {[round(x, 2) for x in v['steps']]}), peak RSS "
               f"{v['peak']:.2f} GiB, {v['tokens']:.0f} tokens per step ({v['tokens'] / 4:.0f} per pair), "
