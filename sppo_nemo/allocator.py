@@ -33,18 +33,27 @@ SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: (1 << 31) - 1, M_TOP_P
 _applied = False
 
 
+def _glibc(name: str):
+    """glibc's function ``name`` through ctypes, or None off Linux or in a C library without it
+    (musl has neither ``mallopt`` nor ``malloc_trim``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Apply :data:`SETTINGS` once per process; True when they are in effect (glibc on Linux and
     ``SPPO_MALLOC`` not ``system``), False where nothing was changed."""
     global _applied
     if _applied:
         return True
-    if os.environ.get("SPPO_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+    if os.environ.get("SPPO_MALLOC", "").lower() == "system":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries without mallopt
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
@@ -62,11 +71,8 @@ def return_free_memory() -> bool:
     """Hand the heap's free pages back to the kernel once (glibc's ``malloc_trim(0)``), after a
     large one-off release that the settings above would otherwise keep resident: the torch trainer
     calls it after moving the loaded parameters into their flat buffer. True where it ran."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
