@@ -41,6 +41,16 @@ def test_bf16_training_on_cuda_fits_the_sppo_targets(tmp_path: Path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
+def test_fp32_training_on_cuda_follows_the_cpu_run(tmp_path: Path):
+    """fp32 on CUDA takes the flat-buffer path with the LM head / embedding gradients added in place
+    (flat_state.py) and fused AdamW over those buffers with its step counter on the device: the
+    same fit as on the CPU, step for step, up to the two devices' summation orders."""
+    cpu = fit_sppo_targets(tmp_path / "cpu", "cpu", "fp32").summary["epoch_losses"]
+    cuda = fit_sppo_targets(tmp_path / "cuda", "cuda", "fp32").summary["epoch_losses"]
+    assert cuda == pytest.approx(cpu, rel=2e-3, abs=1e-5), (cuda, cpu)
+    assert cuda[-1] < 0.5 * cuda[0], cuda
+
+
 def test_generation_on_cuda_is_seeded(tmp_path: Path):
     from sppo_nemo.backends.hf import HFGenerator
     from sppo_nemo.protocols import Prompt, SamplingParams
