@@ -7,6 +7,9 @@ win rate vs π_1 inside [0.736, 0.843] (the 95% interval of the fp32, generate-o
 it replaced). The machine is shared: run it in a quiet window, and give `--recipe` and overrides
 (e.g. generation.precision=fp32 trainer.precision=fp32) to time the old settings in the same window;
 SPPO_MALLOC=system in the environment runs it on glibc's allocator defaults (sppo_nemo/allocator.py).
+After the run it measures this machine's fp32 and bf16 matmul rates (torch.mm, 2048², the run's
+threads) and prints them beside the issue's machine (174-182 and 400 GFLOP/s): the wall time is
+only comparable between machines, or windows, of the same rates.
 
     .venv/bin/python benchmarks/bench_default_run.py [--out DIR] [--recipe VARIANT.yaml] [key=value ...]
 """
@@ -25,6 +28,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
+ISSUE_MACHINE = "174-182 GFLOP/s fp32, 400 GFLOP/s bf16"  # where goal 3's 6 minutes was set
+MATMUL_RATES = """
+import time, torch
+def rate(dtype, n=2048, reps=8):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+print(f"{rate(torch.float32):.0f} {rate(torch.bfloat16):.0f}")
+"""
+
+
+def matmul_rates() -> str:
+    """This machine's torch.mm GFLOP/s in fp32 and bf16, measured in a child process (after the run,
+    so the run's rusage is not touched)."""
+    proc = subprocess.run([sys.executable, "-c", MATMUL_RATES], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return "not measured (" + (proc.stderr.strip().splitlines() or ["no output"])[-1] + ")"
+    fp32, bf16 = proc.stdout.split()
+    return f"{fp32} GFLOP/s fp32, {bf16} GFLOP/s bf16"
 
 
 def main() -> int:
@@ -60,7 +85,8 @@ def main() -> int:
     final = json.loads(sorted(run.glob("iter_*/evaluate/metrics.json"))[-1].read_text())
     win = final["win_rate_vs_base"]
     ok = 0.736 <= win <= 0.843 and wall <= 360
-    print(f"\ngoal (final win vs π_1 {win:.3f} inside [0.736, 0.843], wall {wall:.0f} s ≤ 360 s): "
+    print(f"\nthis machine's torch.mm: {matmul_rates()}; the issue's machine: {ISSUE_MACHINE}")
+    print(f"goal (final win vs π_1 {win:.3f} inside [0.736, 0.843], wall {wall:.0f} s ≤ 360 s): "
           f"{'met' if ok else 'NOT met'}")
     return 0
 
