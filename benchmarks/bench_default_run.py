@@ -29,23 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
 ISSUE_MACHINE = "174-182 GFLOP/s fp32, 400 GFLOP/s bf16"  # where goal 3's 6 minutes was set
-MATMUL_RATES = """
-import time, torch
-def rate(dtype, n=2048, reps=8):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
-print(f"{rate(torch.float32):.0f} {rate(torch.bfloat16):.0f}")
-"""
 
 
 def matmul_rates() -> str:
     """This machine's torch.mm GFLOP/s in fp32 and bf16, measured in a child process (after the run,
     so the run's rusage is not touched)."""
-    proc = subprocess.run([sys.executable, "-c", MATMUL_RATES], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matmul_peak.py"), "--cpu"],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         return "not measured (" + (proc.stderr.strip().splitlines() or ["no output"])[-1] + ")"
     fp32, bf16 = proc.stdout.split()

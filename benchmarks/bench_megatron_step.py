@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from gpu_peak import measured_bf16_peak
+from matmul_peak import measured_bf16_peak
 
 
 def main() -> None:

@@ -57,6 +57,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from matmul_peak import cpu_mm_gflops  # noqa: E402  (benchmarks/, this script's folder)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "bench-data" / "pairrm_k5.jsonl"
 REFERENCE = {1: 0.37, 8: 0.31}  # shared/bench-data/README.md, llm-blender pairs/s
 
@@ -66,15 +68,6 @@ def build_tokenizer(rows: list[dict], out: Path) -> Path:
 
     texts = [r["prompt"] for r in rows] + [c for r in rows for c in r["candidates"]]
     return save_test_tokenizer(train_test_tokenizer(texts, whole_words=True), out)
-
-
-def mm_gflops(torch, n: int = 2048, reps: int = 3) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 class Blender:
@@ -136,10 +129,10 @@ def disagreement(both: list, single: list) -> dict:
 
 def gpu_figures(args, prompts, cands, tokens, pairs_per_row: int, results: dict) -> None:
     """Ours in bf16 on the GPU at --gpu-batch-sizes: pairs/s and executed TFLOP/s, as a fraction of
-    the bf16 matmul rate measured on the same device just before (gpu_peak)."""
+    the bf16 matmul rate measured on the same device just before (matmul_peak)."""
     import torch
 
-    from gpu_peak import measured_bf16_peak
+    from matmul_peak import measured_bf16_peak
     from sppo_nemo.backends.pairrm.judge import PairRMJudge
     from sppo_nemo.testing.pairrm import random_pairrm
 
@@ -285,7 +278,7 @@ def main() -> int:
     mm = []
     try:
         for r in range(len(rows)):
-            mm.append(mm_gflops(torch))
+            mm.append(cpu_mm_gflops())
             for n in names[r % len(names):] + names[:r % len(names)]:
                 dt, st, mat = runs[n]["fn"](r)
                 a = acc[n]
@@ -297,7 +290,7 @@ def main() -> int:
                     a["mats"].append(mat)
             print(f"row {r + 1}/{len(rows)}: " + ", ".join(f"{n} {pairs_per_row * (r + 1) / acc[n]['seconds']:.3f}"
                                                           for n in names) + " pairs/s so far", flush=True)
-        mm.append(mm_gflops(torch))
+        mm.append(cpu_mm_gflops())
     finally:
         if blender is not None:
             blender.close()
