@@ -35,7 +35,7 @@ _applied = False
 
 def _glibc(name: str):
     """glibc's function ``name`` through ctypes, or None off Linux or in a C library without it
-    (musl has neither ``mallopt`` nor ``malloc_trim``)."""
+    (musl, for one, has no ``mallopt``)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
