@@ -46,7 +46,9 @@ def cpu_mm_gflops(dtype=None, n: int = 2048, reps: int = 3) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--cpu"]:
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--cpu"]:
+        sys.exit("usage: python benchmarks/matmul_peak.py --cpu   (the CPU's fp32 and bf16 torch.mm GFLOP/s)")
     import torch
 
     print(f"{cpu_mm_gflops(torch.float32, reps=8):.0f} {cpu_mm_gflops(torch.bfloat16, reps=8):.0f}")
