@@ -121,6 +121,8 @@ def _main(args: argparse.Namespace) -> int:
         print(estimate.estimate_markdown(r, run_dir_for(r), args.gpus, args.gpu), end="")
         return 0
     ctx = Context(r, run_dir_for(r), progress=not args.no_progress, full_verify=args.verify_hashes)
+    for line in ctx.precision_lines:  # precision: auto, resolved (sppo_nemo/precision.py)
+        print(line, file=sys.stderr if args.status or args.submit or args.cancel else sys.stdout)
     if args.submit or args.status or args.cancel:
         from sppo_nemo.launch import submit
 
@@ -159,6 +161,16 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     from sppo_nemo.hub import config_source
 
     notes = []
+    from sppo_nemo import precision
+
+    if precision.auto_keys(r):
+        from sppo_nemo.backends.bf16_probe import this_machine
+
+        m = this_machine()
+        here = precision.wanted(r, m.cuda, m.cpu_bf16)
+        notes.append("precision: auto resolves, on this machine, to " + ", ".join(
+            f"{k}={here[k]}" for k in precision.auto_keys(r)) + f" (CUDA: {'yes' if m.cuda else 'none'}; CPU: "
+            f"{m.cpu_reason}); a run keeps what its first command chose")
     model = r.policy.model
     if model not in (SHIPPED_SMOLLM2, GAME_POLICY) and not looks_like_path(model):
         notes.append(f"policy.model: {model} is a hub id; its shape (heads, layers for the parallel layout) is "

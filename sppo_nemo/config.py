@@ -38,7 +38,11 @@ JudgeDtype = Literal["auto", "fp32", "bf16", "fp16"]
 JudgePairs = Literal["both", "single"]
 TrainerBackend = Literal["torch", "megatron", "game"]
 Schedule = Literal["linear", "constant", "cosine"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16"]  # what a backend computes in: always resolved
+# A recipe's precision key: auto is decided once per run by sppo_nemo/precision.py (bf16 on CUDA and
+# on CPUs with native bf16 matrix products, fp32 elsewhere) and recorded in the run directory.
+PrecisionChoice = Literal["auto", "fp32", "bf16"]
+AUTO = "auto"
 Launcher = Literal["torchrun", "srun"]
 EngineLauncher = Literal["local", "srun"]
 Recompute = Literal["none", "selective", "full"]
@@ -144,8 +148,8 @@ class VllmConfig:
 @dataclass
 class GenerationConfig:
     backend: GenerationBackend = "hf"
-    # hf: the dtype generation and evaluation's log-probs compute in (bf16 where the CPU or GPU has it)
-    precision: Precision = "fp32"
+    # hf: the dtype generation computes in; auto: bf16 on CUDA or a CPU with native bf16, else fp32
+    precision: PrecisionChoice = "fp32"
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -210,8 +214,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     # bf16: bf16 compute over fp32 master weights and optimizer state (torch: autocast, and the policy
-    # saved in fp32; megatron: its mixed precision, the policy saved in bf16)
-    precision: Precision = "fp32"
+    # saved in fp32; megatron: its mixed precision, the policy saved in bf16); auto: as
+    # generation.precision for torch, bf16 for megatron on GPUs (sppo_nemo/precision.py)
+    precision: PrecisionChoice = "fp32"
     max_prompt_length: int = 512
     max_length: int = 1024
     gradient_checkpointing: bool = False
@@ -237,10 +242,10 @@ class EvalConfig:
     # and report its win rates beside the plain ones; null: off.
     best_of: Optional[int] = None
     # The weights KL(π_{t+1} ‖ π_1)'s log-probs are computed from: fp32 (exact; a generator sampling in
-    # bf16 loads the fp32 copy for it) or bf16 (the bf16 weights, the sampling model itself: 2.4× faster
-    # and no second load on 2 cores; each log-prob moves by 0.24 nats on average, the KL by 0.001-0.08,
-    # well inside its interval; README, recipe reference).
-    kl_precision: Precision = "fp32"
+    # bf16 loads the fp32 copy for it), bf16 (the bf16 sampling model itself: no second load; the KL
+    # moves well inside its interval, benchmarks/README.md) or auto (whatever generation.precision
+    # resolves to).
+    kl_precision: PrecisionChoice = "fp32"
 
 
 @dataclass

@@ -3,7 +3,7 @@ the prompt splits, the stage folders, and the references that stages' inputs are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -52,6 +52,31 @@ class Context:
     run_dir: Path
     progress: bool = True  # show progress bars (tqdm decides on its own whether stderr is a tty)
     full_verify: bool = False  # hash every file of finished stages (default: size and mtime, hash what moved)
+    # precision: auto resolved (sppo_nemo/precision.py): what to print at start, and the recipe as written
+    precision_lines: list[str] = field(default_factory=list, init=False)
+    requested: Recipe | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        """Every stage sees resolved precisions: ``auto`` never reaches a backend or a fingerprint."""
+        from sppo_nemo import precision
+
+        if precision.auto_keys(self.recipe):
+            from sppo_nemo.backends.bf16_probe import this_machine
+
+            m = this_machine()
+            self.requested = self.recipe
+            self.recipe, self.precision_lines = precision.resolve(
+                self.recipe, self.run_dir, m.cuda, m.cpu_bf16, m.cpu_reason, record=False)
+
+    def record_precision(self) -> None:
+        """Write the resolved precisions into the run directory if it holds none yet (a run's first stage)."""
+        from sppo_nemo import precision
+
+        if self.requested is not None:
+            from sppo_nemo.backends.bf16_probe import this_machine
+
+            m = this_machine()
+            precision.resolve(self.requested, self.run_dir, m.cuda, m.cpu_bf16, m.cpu_reason, record=True)
 
     @cached_property
     def splits(self) -> Splits:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sppo_nemo.artifacts import read_json
 from sppo_nemo.context import Context
+from sppo_nemo.precision import recorded_note
 
 
 def collect(ctx: Context) -> list[dict]:
@@ -196,6 +197,8 @@ def write_report(ctx: Context) -> str:
         f"SPPO run: loss `{r.loss.type}`, η = {r.eta:g}, K = {r.K}, T = {r.T}, selection `{r.loss.selection}`, "
         f"judge `{r.judge.backend}`, policy `{r.policy.model}`.",
         f"Held-out prompts: {len(ctx.splits.eval)}; prompts per iteration: {r.data.split_size}.",
+        f"Precision: generation `{r.generation.precision}`, trainer `{r.trainer.precision}`, "
+        f"KL log-probs `{r.evaluation.kl_precision}`." + (f" ({note})" if (note := recorded_note(ctx.run_dir)) else ""),
         "",
         table(rows),
         "",

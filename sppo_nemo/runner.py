@@ -114,6 +114,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
                 if stage.path.exists() or stage.partial.exists():
                     log(f"removing {stage.label} (--restart-from)")
                     stage.remove()
+        ctx.record_precision()  # precision: auto, as this run's first command resolved it (sppo_nemo/precision.py)
         (ctx.run_dir / "recipe.resolved.yaml").write_text(recipe_mod.to_yaml(r))
         if r.threads:
             import torch
