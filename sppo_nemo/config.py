@@ -194,7 +194,9 @@ class MegatronConfig:
     overlap_grad_reduce: bool = False
     recompute: Recompute = "none"  # none | selective (attention core) | full (every layer)
     sequence_parallel: bool = False
-    transformer_engine: TransformerEngine = "auto"  # auto (when importable, on CUDA) | on | off
+    # auto (when importable, on CUDA) | on | off. Under TE, precision fp32 computes its GEMMs in TF32
+    # (TE's choice, whatever torch's allow_tf32 says); off keeps them in true fp32.
+    transformer_engine: TransformerEngine = "auto"
     attention: Attention = "sdpa"  # without Transformer Engine: sdpa (torch's fused kernels) | local
 
 
