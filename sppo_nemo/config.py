@@ -223,7 +223,9 @@ class TrainerConfig:
     max_length: int = 1024
     gradient_checkpointing: bool = False
     # A prompt's rows share micro-batches and the prompt is computed once, its responses packed behind
-    # it with a block mask (sppo_nemo/packing.py): same log-probs, fewer tokens. torch and megatron.
+    # it with a block mask (sppo_nemo/packing.py): same log-probs, fewer tokens. torch, and megatron with
+    # SDPA or local attention; under Transformer Engine the rows still share micro-batches but each
+    # sequence is computed whole (TE runs a block mask only on its unfused kernel).
     pack_prompts: bool = True
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
 

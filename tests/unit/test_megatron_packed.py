@@ -60,3 +60,22 @@ def test_reference_shares_hand_worked():
     big = [SimpleNamespace(prompt_id="a")] * 5 + [SimpleNamespace(prompt_id="b")]
     assert reference_shares(big, dp=1, size=2, pack_prompts=True) == [[[0, 1], [2, 3], [4, 5]]]
     assert reference_shares([], dp=2, size=2, pack_prompts=True) == [[], []]
+
+
+@pytest.mark.parametrize("te, packed", [(False, True), (True, False)])
+def test_prompts_are_shared_only_where_attention_keeps_its_fused_kernel(te, packed):
+    """Under Transformer Engine a block mask would run TE's unfused `arbitrary` kernel, so the
+    worker hands TE right-padded causal micro-batches even with trainer.pack_prompts on."""
+    from sppo_nemo.backends.megatron.logps import MicroBatch
+    from sppo_nemo.backends.megatron.packed import PackedMicroBatch
+    from sppo_nemo.backends.megatron.worker import Setup
+    from sppo_nemo.protocols import PointRow
+
+    rows = [PointRow("p", "x", f"y{i}", True, 0.5) for i in range(2)]
+    seqs = [[enc([5, 6], [7, 8])], [enc([5, 6], [9])]]  # two responses to one prompt
+    job = SimpleNamespace(trainer=SimpleNamespace(pack_prompts=True))
+    s = Setup(job=job, arch=None, opts=None, te=te, model=None, cfg=SimpleNamespace(sequence_parallel=False),
+              device=torch.device("cpu"), rows=rows, seqs=seqs, pad_id=0)
+    assert s.shares_prompts is packed
+    mb = s.micro_batch([0, 1])
+    assert isinstance(mb, PackedMicroBatch if packed else MicroBatch)

@@ -142,37 +142,15 @@ class SDPAttention(DotProductAttention):
         return out.permute(2, 0, 1, 3).reshape(out.shape[2], out.shape[0], -1)
 
 
-def te_core_attention():
-    """Transformer Engine's core attention (megatron's wrapper) that honours a packed batch's mask:
-    the layer spec says ``causal``, under which TE ignores any mask, so a call with an
-    ``attention_mask`` (True = masked out, [b, 1, s, s], as TE's ``arbitrary`` type reads it)
-    runs as ``arbitrary`` instead. The choice follows the mask handed in, so activation recompute
-    (which replays the call with its arguments) takes the same path. TE serves ``arbitrary`` masks
-    with its unfused backend, not flash attention. Not run on this project's CPU test machines."""
-    from megatron.core.extensions.transformer_engine import TEDotProductAttention
-
-    class MaskedTEDotProductAttention(TEDotProductAttention):
-        def forward(self, query, key, value, attention_mask, attn_mask_type, attention_bias=None,
-                    packed_seq_params=None, **kw):
-            if attention_mask is not None:
-                if not self.te_forward_mask_type or packed_seq_params is not None:
-                    raise NotImplementedError(
-                        "shared-prompt packing needs Transformer Engine ≥ 0.12 (a mask type per call) and "
-                        "no packed_seq_params; set trainer.pack_prompts=false or "
-                        "trainer.megatron.transformer_engine=off")
-                attn_mask_type = AttnMaskType.arbitrary
-            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
-                                   packed_seq_params, **kw)
-
-    return MaskedTEDotProductAttention
-
-
 def build_model(arch: Arch, opts: ModelOptions) -> tuple[GPTModel, TransformerConfig]:
     """This rank's shard of the GPTModel, weights uninitialised (see :func:`.weights.load_hf_weights`)."""
     cfg = transformer_config(arch, opts)
     if use_te(opts):
+        # TE's own causal core attention, fused (flash / cuDNN): the worker hands it right-padded
+        # causal micro-batches only. A shared-prompt block mask would need TE's `arbitrary` mask
+        # type, which TE serves with its unfused kernel (L×L scores per layer), so prompt sharing
+        # is off under TE (worker.Setup.shares_prompts).
         spec = get_gpt_layer_with_transformer_engine_spec()
-        spec.submodules.self_attention.submodules.core_attention = te_core_attention()
     else:
         spec = get_gpt_layer_local_spec(normalization=arch.normalization)
         if opts.attention == "sdpa":

@@ -66,6 +66,13 @@ class Setup:
     pad_id: int
 
     @property
+    def shares_prompts(self) -> bool:
+        """trainer.pack_prompts where the attention keeps its fused kernel with the block mask: SDPA
+        and megatron's local attention do; Transformer Engine does not (model.build_model), so under
+        TE the micro-batches are right-padded and causal."""
+        return self.job.trainer.pack_prompts and not self.te
+
+    @property
     def reporting(self) -> bool:
         """One rank of the last pipeline stage reports progress and writes the result."""
         return (ps.is_pipeline_last_stage() and ps.get_data_parallel_rank() == 0
@@ -82,7 +89,7 @@ class Setup:
         # sequence parallelism splits the sequence over TP ranks: widths must be a multiple of TP
         multiple = ps.get_tensor_model_parallel_world_size() if self.cfg.sequence_parallel else 1
         per_row = sequences_per_row(self.rows)
-        if self.job.trainer.pack_prompts:
+        if self.shares_prompts:
             packed = make_packed_micro_batch(row_ids, self.seqs, self.pad_id, per_row, multiple, epoch=epoch)
             if packed is not None:
                 return packed
