@@ -79,3 +79,4 @@ def test_prompts_are_shared_only_where_attention_keeps_its_fused_kernel(te, pack
     assert s.shares_prompts is packed
     mb = s.micro_batch([0, 1])
     assert isinstance(mb, PackedMicroBatch if packed else MicroBatch)
+

@@ -45,13 +45,20 @@ def init_parallel(tp: int, pp: int, seed: int) -> torch.device:
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def device_index(local_rank: int, visible: int) -> int:
+    """The GPU this rank uses among those it sees. torchrun shows every rank all of the node's GPUs
+    (rank k takes GPU k); srun with per-task binding (--gpus-per-task, --gpu-bind) shows each task
+    only its own, so LOCAL_RANK 3 must take device 0 of the one it sees."""
+    return local_rank % max(1, visible)
 
 
 def destroy_parallel() -> None:
