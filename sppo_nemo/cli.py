@@ -111,7 +111,7 @@ def _main(args: argparse.Namespace) -> int:
 
     from sppo_nemo.context import Context
     from sppo_nemo.report import collect, table
-    from sppo_nemo.runner import execute, parse_stage, run_dir_for, status
+    from sppo_nemo.runner import parse_stage, run_dir_for, status
 
     if args.estimate:
         from sppo_nemo import estimate
@@ -139,16 +139,25 @@ def _main(args: argparse.Namespace) -> int:
     only = parse_stage(args.stage, r) if args.stage else None
     restart = parse_stage(args.restart_from, r) if args.restart_from else None
     started = time.time()
-    from sppo_nemo.estimate import write_estimate
-
-    write_estimate(r, ctx.run_dir)  # best effort: <run dir>/estimate.md for the report
     if only is not None:
         return _one_stage(ctx, only, restart)
-    timings = execute(ctx, only=only, restart_from=restart)
+    timings = _execute(ctx, only, restart)
     print()
     print(table(collect(ctx)))
     print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
     return 0
+
+
+def _execute(ctx, only, restart) -> list[dict]:
+    """Run the stages, after refusing (exit 1, nothing written) engines this machine cannot run
+    for the stages that will run: sppo_nemo/preflight.py."""
+    from sppo_nemo.estimate import write_estimate
+    from sppo_nemo.preflight import refuse_unrunnable
+    from sppo_nemo.runner import execute
+
+    refuse_unrunnable(ctx, only, restart)
+    write_estimate(ctx.recipe, ctx.run_dir)  # best effort: <run dir>/estimate.md for the report
+    return execute(ctx, only=only, restart_from=restart)
 
 
 def _validate_notes(r, recipe_path: str) -> list[str]:
@@ -186,12 +195,11 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
 def _one_stage(ctx, only: tuple[int, str], restart) -> int:
     """--stage: one stage (a chained job's whole work), its start and end kept in jobs/ for --status."""
     from sppo_nemo.launch import records
-    from sppo_nemo.runner import execute
 
     label = f"iter_{only[0]:02d}/{only[1]}"
     rec = records.stage_started(ctx.run_dir, label)
     try:
-        timings = execute(ctx, only=only, restart_from=restart)
+        timings = _execute(ctx, only, restart)
     except UserError as exc:
         records.stage_ended(ctx.run_dir, rec, "failed", exc.exit_code, str(exc))
         raise

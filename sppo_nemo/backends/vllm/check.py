@@ -1,18 +1,26 @@
 """The recipe's ``generation.vllm`` keys, checked at load time (pure Python: no vllm, no torch).
 
 Every problem as 'dotted.key: what; fix', all reported at once by ``recipe.check``. Whether the
-interpreter has vllm, and whether the GPUs are there, is known only where the run starts: the
-controller checks those (exit 1, naming the fix).
+interpreter has vllm (:func:`check_interpreter`), and whether the engines fit the visible GPUs
+(:func:`local_gpu_problem`), is known only where the run starts: ``sppo_nemo/preflight.py`` asks
+both before the first stage, and the controller again when it starts engines (exit 1, naming the fix).
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from sppo_nemo.config import Recipe
+from sppo_nemo.config import Recipe, VllmConfig
+from sppo_nemo.errors import UserError
 from sppo_nemo.hub import UnreadableConfig, policy_config
 
 KEY = "generation.vllm."
+SETUP = "bash scripts/vllm_venv.sh"
+
+
+class VllmUnavailable(UserError):
+    pass
 
 
 def longest_response(r: Recipe) -> int:
@@ -66,3 +74,37 @@ def _shape_problems(r: Recipe, base_dir: Path, tp: int) -> list[str]:
         if isinstance(n, int) and n % tp:
             out.append(f"{KEY}tensor_parallel: {tp} does not divide the policy's {n} {name}; choose a divisor of {n}")
     return out
+
+
+def check_interpreter(python: str) -> None:
+    """The interpreter exists and can import vllm (found, not imported: no engine, no GPU touched),
+    or the error names the setup script. Asked anew every time: nothing is remembered."""
+    fix = (f"build the vLLM environment with `{SETUP}` and set generation.vllm.python=<the folder it prints>/bin/python"
+           f" (or use generation.backend=hf)")
+    try:
+        proc = subprocess.run([python, "-c", "import importlib.util, sys; "
+                               "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise VllmUnavailable(f"generation.vllm.python: cannot run {python} ({e}); {fix}") from None
+    if proc.returncode != 0:
+        raise VllmUnavailable(f"generation.backend=vllm: {python} has no vllm; {fix}")
+
+
+def local_engines(v: VllmConfig, gpus: int) -> int:
+    """The engines launcher=local starts on a machine with ``gpus`` visible GPUs: the recipe's, or
+    with engines null, visible GPUs / tensor_parallel (one on CPU, where vLLM's CPU build runs them)."""
+    if gpus and v.engines is None:
+        return gpus // v.tensor_parallel
+    return v.engines or 1
+
+
+def local_gpu_problem(v: VllmConfig, gpus: int) -> str | None:
+    """Why launcher=local's engines cannot run on ``gpus`` visible GPUs, or None (none visible: the
+    CPU build of vLLM, where any number of engines shares the cores)."""
+    n = local_engines(v, gpus)
+    if gpus and (n < 1 or n * v.tensor_parallel > gpus):
+        return (f"generation.vllm: {max(n, 1)} engine(s) × tensor_parallel {v.tensor_parallel} need "
+                f"{max(n, 1) * v.tensor_parallel} GPUs, {gpus} are visible; lower engines or tensor_parallel, "
+                f"or set engines: null")
+    return None

@@ -32,6 +32,7 @@ import numpy as np
 import sppo_nemo
 from sppo_nemo import hub, slurm
 from sppo_nemo.backends.hf import ChatFormat, HFGenerator, decode_sample, load_tokenizer
+from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.chunklog import ChunkLog, merged
 from sppo_nemo.config import VllmConfig
@@ -42,11 +43,6 @@ from sppo_nemo.seeds import derive_seed
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
 CPU_KV_CACHE_GIB = 2.0  # kv_cache_gib: null on CPU (vLLM would size it from the machine's memory)
-SETUP = "bash scripts/vllm_venv.sh"
-
-
-class VllmUnavailable(UserError):
-    pass
 
 
 class VllmWorkerFailed(UserError):
@@ -141,14 +137,10 @@ class VLLMGenerator:
                 raise VllmUnavailable(f"generation.vllm.engines: {n} engines do not fit the allocation's {slots} "
                                       f"engine slot(s) ({len(allocation_nodes())} node(s)); lower engines or set null")
             return max(1, min(n, todo))
-        if gpus and c.engines is None:
-            n = len(gpus) // c.tensor_parallel
-        else:
-            n = c.engines or 1
-        if gpus and (n < 1 or n * c.tensor_parallel > len(gpus)):
-            raise VllmUnavailable(f"generation.vllm: {max(n, 1)} engine(s) × tensor_parallel {c.tensor_parallel} "
-                                  f"need {max(n, 1) * c.tensor_parallel} GPUs, {len(gpus)} are visible; lower "
-                                  f"engines or tensor_parallel, or set engines: null")
+        problem = local_gpu_problem(c, len(gpus))
+        if problem:
+            raise VllmUnavailable(problem)
+        n = local_engines(c, len(gpus))
         return max(1, min(n, todo))
 
     def _run(self, state: Path, job: Job, k: int, progress: ProgressFn | None) -> str:
@@ -203,20 +195,6 @@ class VLLMGenerator:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def check_interpreter(python: str) -> None:
-    """The interpreter exists and can import vllm, or the error names the setup script."""
-    fix = (f"build the vLLM environment with `{SETUP}` and set generation.vllm.python=<the folder it prints>/bin/python"
-           f" (or use generation.backend=hf)")
-    try:
-        proc = subprocess.run([python, "-c", "import importlib.util, sys; "
-                               "sys.exit(0 if importlib.util.find_spec('vllm') else 3)"],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise VllmUnavailable(f"generation.vllm.python: cannot run {python} ({e}); {fix}") from None
-    if proc.returncode != 0:
-        raise VllmUnavailable(f"generation.backend=vllm: {python} has no vllm; {fix}")
 
 
 def _logged_chunks(state: Path, grid: list[range]) -> dict[int, list[dict]]:
