@@ -5,10 +5,14 @@
 #                              megatron-core 0.18.0, vLLM 0.20.1, transformers 5.8.1, NeMo-Run 0.10.0
 #                              (Megatron-Bridge's software-versions table for 26.06)
 #
-# The project goes in without touching any of those: `--no-deps`, then only the requirements the
-# image lacks, pinned by a constraints file of everything the image already has (so pip may add
-# packages but never move one). On Python 3.12 the megatron extra allows megatron-core up to 0.18
-# (0.17+ need 3.12; on our 3.11 CI machines the extra stays on 0.16.1).
+# The project goes in without touching any of those (scripts/image_install.sh): `--no-deps`, then
+# only the requirements the image lacks, under a constraints file pinning every installed
+# distribution at its version (those installed from a URL or a local wheel, as vLLM is, included)
+# and under the image's own PIP_CONSTRAINT, which is kept: pip may add packages but never move one,
+# and the build fails, saying which, if a requirement cannot be met that way or anything moved.
+# On Python 3.12 the megatron extra allows megatron-core up to 0.18 (0.17+ need 3.12; on our 3.11
+# CI machines the extra stays on 0.16.1). tests/integration/test_image_install.py rehearses the
+# install in an environment built to look like the image.
 #
 #   docker build -t sppo-nemo:latest .
 #   enroot import -o sppo-nemo.sqsh dockerd://sppo-nemo:latest      # for pyxis
@@ -16,8 +20,8 @@
 #        sppo-run recipes/smollm2_sppo_3iter_vllm.yaml
 FROM nvcr.io/nvidia/nemo:26.06
 WORKDIR /opt/sppo-nemo
-ENV PIP_CONSTRAINT="" \
-    SPPO_VLLM_PYTHON=python
+# PIP_CONSTRAINT is left as the image sets it (NGC's pins of what it was built with).
+ENV SPPO_VLLM_PYTHON=python
 COPY pyproject.toml README.md ./
 COPY sppo_nemo ./sppo_nemo
 COPY recipes ./recipes
