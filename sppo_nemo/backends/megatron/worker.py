@@ -43,7 +43,7 @@ from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_
 from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
 from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
 from sppo_nemo.backends.megatron.packed import PackedMicroBatch, make_packed_micro_batch, reference_shares
-from sppo_nemo.backends.megatron.weights import gather_full_state, load_hf_weights, save_hf
+from sppo_nemo.backends.megatron.weights import export_hf, load_hf_weights
 from sppo_nemo.backends.hf import encode_rows, row_tokens
 from sppo_nemo.protocols import TrainResult
 from sppo_nemo.rows import read_rows
@@ -248,9 +248,7 @@ def probe_pass(s: Setup, fit: Fit, reference: torch.Tensor) -> None:
 
 def export(s: Setup, fit: Fit, ref_seconds: float, job_dir: Path) -> None:
     """π_{t+1} as an HF checkpoint (global rank 0 writes it), and the result (the reporting rank)."""
-    full = gather_full_state(s.model, s.arch)
-    if dist.get_rank() == 0:
-        save_hf(full, s.arch, s.job.policy_dir, s.job.output_dir, s.opts.precision)
+    export_hf(s.model, s.arch, s.job.policy_dir, s.job.output_dir, s.opts.precision)  # streamed onto rank 0
     if s.reporting:
         summary = fit.summary(
             ref_seconds,
