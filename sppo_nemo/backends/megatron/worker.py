@@ -13,7 +13,8 @@ It reads ``job.json`` (:class:`.job.Job`) and the build stage's rows, then
    its mean row loss, megatron's schedule divides by the micro-batch count and DDP averages over
    data-parallel ranks, which is the torch trainer's mean / grad_accum. Padding slots of a short
    last step contribute nothing;
-4. **export**: π_{t+1} gathered onto global rank 0 and written as an HF checkpoint; one rank
+4. **export**: π_{t+1} streamed one tensor at a time onto global rank 0 (weights.export_hf: no rank but the
+   writer holds the whole model) and written as an HF checkpoint; one rank
    writes ``result.json``.
 
 Progress goes to stdout as true global counts from one rank (:func:`.job.progress_line`): the
