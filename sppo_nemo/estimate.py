@@ -332,10 +332,8 @@ def markdown(e: Estimate) -> str:
         f"- prompt: {w.prompt_tokens:g} (assumed: trainer.max_prompt_length/2; no measured figure is kept)",
         f"- response: {w.response_tokens:g} ({w.response_source})",
         f"- training sequence: min(prompt + response, trainer.max_length = {w.max_length}); "
-        f"{w.rows_per_prompt} row(s) of {w.sequences_per_row} sequence(s) per prompt, {w.epochs} epoch(s); "
-        f"each sequence counts its prompt: on GPUs with Transformer Engine the megatron trainer does not share "
-        f"a prompt between sequences (trainer.pack_prompts applies to SDPA and local attention only: TE's fused "
-        f"attention takes no block mask)",
+        f"{w.rows_per_prompt} row(s) of {w.sequences_per_row} sequence(s) per prompt, {w.epochs} epoch(s); each "
+        f"counts its prompt: under Transformer Engine no prompt is shared (trainer.pack_prompts: SDPA, local only)",
     ]
     if w.eval_prompts:
         lines.append(f"- evaluation: {w.eval_prompts} held-out prompts × {w.eval_samples} sample(s)"
