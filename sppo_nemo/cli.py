@@ -173,7 +173,7 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     from sppo_nemo import precision
 
     if precision.auto_keys(r):
-        from sppo_nemo.backends.bf16_probe import this_machine
+        from sppo_nemo.backends.machine import this_machine
 
         m = this_machine()
         here = precision.wanted(r, m.cuda, m.cpu_bf16)

@@ -61,7 +61,7 @@ class Context:
         from sppo_nemo import precision
 
         if precision.auto_keys(self.recipe):
-            from sppo_nemo.backends.bf16_probe import this_machine
+            from sppo_nemo.backends.machine import this_machine
 
             m = this_machine()
             self.requested = self.recipe
@@ -73,7 +73,7 @@ class Context:
         from sppo_nemo import precision
 
         if self.requested is not None:
-            from sppo_nemo.backends.bf16_probe import this_machine
+            from sppo_nemo.backends.machine import this_machine
 
             m = this_machine()
             precision.resolve(self.requested, self.run_dir, m.cuda, m.cpu_bf16, m.cpu_reason, record=True)
@@ -129,7 +129,15 @@ class Context:
         )
 
     def bar(self, total: int, desc: str):
+        return progress_bar(self.progress)(total, desc)
+
+
+def progress_bar(enabled: bool):
+    """``bar(total, desc)``: a tqdm bar (tqdm decides on its own whether stderr is a tty), or none."""
+
+    def bar(total: int, desc: str):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, disable=None if self.progress else True, leave=False,
-                    dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False, dynamic_ncols=True)
+
+    return bar

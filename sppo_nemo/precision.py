@@ -4,7 +4,7 @@ The three precision keys (``generation.precision``, ``trainer.precision``,
 ``evaluation.kl_precision``) accept ``auto``. The rule, per key:
 
 - ``generation.precision``: bf16 on CUDA; on a CPU, bf16 only where bf16 matrix products run
-  natively (``backends/bf16_probe.py``), fp32 elsewhere: emulated bf16 is ~100x slower than fp32.
+  natively (``backends/machine.py``), fp32 elsewhere: emulated bf16 is ~100x slower than fp32.
 - ``trainer.precision``: the same for the torch trainer. The megatron trainer runs on GPUs (its
   ranks may be on other nodes, ``launcher: srun``), so bf16 unless it is launched on this machine
   and this machine has no CUDA (the CPU test path), where the CPU rule applies. The game trainer

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sppo_nemo import recipe as recipe_mod
+from sppo_nemo import stage_process
+from sppo_nemo.backends import machine
 from sppo_nemo.artifacts import CorruptStageError
 from sppo_nemo.config import Recipe
 from sppo_nemo.context import Context
@@ -141,7 +143,10 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
             started = time.time()
             workdir = stage.begin(fp)
             log(f"{stage.label}: running")
-            extra = module.run(inputs, workdir, ctx.bar)
+            if stage_process.in_worker(module.NAME, machine.cuda()):  # the process rule (stage_process.py)
+                extra = stage_process.run(module, inputs, workdir, ctx.progress, stage.label, r.threads)
+            else:
+                extra = module.run(inputs, workdir, ctx.bar)
             manifest = stage.commit(fp, started, {"result": extra})
             log(f"{stage.label}: finished in {manifest['seconds']:.1f}s")
             tracker.stage_committed(t, module.NAME)

@@ -1,4 +1,4 @@
-"""precision: auto (sppo_nemo/precision.py, backends/bf16_probe.py): the CPU rule with its report
+"""precision: auto (sppo_nemo/precision.py, backends/machine.py): the CPU rule with its report
 faked both ways, the resolution per key, the run's record kept on a machine that would choose
 otherwise, and the default recipe's first command on an AVX2-only CPU computing nothing in bf16."""
 
@@ -13,8 +13,8 @@ import torch
 
 from sppo_nemo import cli, precision
 from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.backends import bf16_probe
-from sppo_nemo.backends.bf16_probe import Machine, cpu_bf16
+from sppo_nemo.backends import machine
+from sppo_nemo.backends.machine import Machine, cpu_bf16
 from sppo_nemo.context import Context
 from sppo_nemo.errors import UserError
 from sppo_nemo.stages import evaluate, fingerprint, generate
@@ -50,9 +50,9 @@ def test_a_claimed_native_path_that_runs_slower_than_fp32_is_refused():
 
 
 def test_the_probe_measures_both_dtypes_on_this_cpu():
-    rates = {dtype: bf16_probe._rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    rates = {dtype: machine._rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
     assert all(0 < rate < 1e15 for rate in rates.values())
-    m = bf16_probe.this_machine()
+    m = machine.this_machine()
     assert m.cpu_bf16 == ("native bf16" in m.cpu_reason)
 
 
@@ -60,10 +60,10 @@ def _recipe(*overrides: str):
     return recipe_mod.load(DEFAULT, list(overrides))
 
 
-@pytest.mark.parametrize("machine, want", [(AVX2, "fp32"), (AMX, "bf16"), (GPU, "bf16")])
-def test_each_key_resolves_by_the_machine(machine, want):
+@pytest.mark.parametrize("fake, want", [(AVX2, "fp32"), (AMX, "bf16"), (GPU, "bf16")])
+def test_each_key_resolves_by_the_machine(fake, want):
     r = _recipe()
-    got = precision.wanted(r, machine.cuda, machine.cpu_bf16)
+    got = precision.wanted(r, fake.cuda, fake.cpu_bf16)
     assert got == dict.fromkeys(precision.KEYS, want)
 
 
@@ -111,8 +111,8 @@ def test_a_broken_record_is_a_message_naming_the_file(tmp_path):
     assert precision.RECORD in str(exc.value) and "Delete it" in str(exc.value)
 
 
-def _context(tmp_path, machine, monkeypatch, *overrides) -> Context:
-    monkeypatch.setattr(bf16_probe, "this_machine", lambda: machine)
+def _context(tmp_path, fake: Machine, monkeypatch, *overrides) -> Context:
+    monkeypatch.setattr(machine, "this_machine", lambda: fake)
     r = _recipe(f"output_dir={tmp_path}", *overrides)
     return Context(r, tmp_path / r.name, progress=False)
 
@@ -147,7 +147,7 @@ def test_the_run_records_its_choice_and_its_resolved_recipe_holds_it(tmp_path, m
 def test_the_default_command_on_an_avx2_cpu_prints_and_runs_fp32(tmp_path, monkeypatch, capsys):
     """README's first command on an AVX2-only CPU: the printed line says fp32, and the recipe every
     stage reads holds no bf16 (checked on the dry run, which resolves as the run does)."""
-    monkeypatch.setattr(bf16_probe, "this_machine", lambda: AVX2)
+    monkeypatch.setattr(machine, "this_machine", lambda: AVX2)
     assert cli.main([str(DEFAULT), f"output_dir={tmp_path}", "--dry-run", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert ("precision: auto -> generation.precision=fp32, trainer.precision=fp32, "

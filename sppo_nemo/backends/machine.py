@@ -71,8 +71,13 @@ def cpu_bf16(flags: set[str] | None = None, capability: str | None = None, rate=
 
 
 @lru_cache(maxsize=1)
+def cuda() -> bool:
+    """Whether CUDA is there: asks the driver, creates no context and allocates nothing."""
+    return torch.cuda.is_available()
+
+
+@lru_cache(maxsize=1)
 def this_machine() -> Machine:
     """Probed once per process."""
-    cuda = torch.cuda.is_available()  # asks the driver; creates no context and allocates nothing
     native, why = cpu_bf16()
-    return Machine(cuda=cuda, cpu_bf16=native, cpu_reason=why)
+    return Machine(cuda=cuda(), cpu_bf16=native, cpu_reason=why)
