@@ -330,6 +330,19 @@ def test_failure_out_of_memory_names_the_memory_keys(tmp_path: Path, line: str) 
     assert_keeps_and_reruns(msg, 0, 3)
 
 
+def test_failure_of_the_start_up_memory_guard_says_the_gpu_was_not_free(tmp_path: Path) -> None:
+    """vLLM refuses to start when less than gpu_memory_utilization of the device is free: another
+    process holds it, which lowering the KV cache or the batch would not fix."""
+    line = ("ValueError: Free memory on device cuda:0 (12.18/79.19 GiB) on startup is less than desired GPU "
+            "memory utilization (0.9, 71.27 GiB). Decrease GPU memory utilization or reduce GPU memory used by "
+            "other processes.")
+    msg = failure(tmp_path, f"{line}\n", config=VllmConfig(gpu_memory_utilization=0.9), finished=0, total=3)
+    assert "the GPU was not free when the engine started" in msg and "nvidia-smi" in msg
+    assert "gpu_memory_utilization (now 0.9)" in msg and "ran out of memory" not in msg
+    assert line in msg.splitlines()
+    assert_keeps_and_reruns(msg, 0, 3)
+
+
 def test_failure_by_a_signal_names_it(tmp_path: Path) -> None:
     msg = failure(tmp_path, "INFO loading weights\n", code=-9, engine=1, finished=4, total=7)
     assert msg.startswith("generation.backend=vllm: engine 1 failed (exit -9): the worker was killed by signal 9")

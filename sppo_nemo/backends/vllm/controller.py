@@ -325,6 +325,10 @@ def _failure(state: Path, engine: int, code: int, c: VllmConfig, finished: int, 
     elif "not supported for now" in text:  # vLLM: "Model architectures [...] are not supported for now"
         hint = ("vLLM cannot run this policy's architecture (config.json `architectures`); use "
                 "generation.backend=hf for it")
+    elif "on startup is less than desired gpu memory utilization" in text:  # vLLM's start-up guard
+        hint = ("the GPU was not free when the engine started: another process holds memory on it (a "
+                "leftover engine, or a program outside sppo-run; `nvidia-smi` names it). Stop it, or lower "
+                f"generation.vllm.gpu_memory_utilization (now {c.gpu_memory_utilization}) to the share that is free")
     elif any(s in text for s in MEMORY_SIGNS):
         hint = ("the engine ran out of memory for its weights and KV cache: lower generation.vllm.max_model_len "
                 "or sampling.batch_size, change generation.vllm.gpu_memory_utilization (now "
