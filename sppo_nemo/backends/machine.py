@@ -5,7 +5,7 @@ matrix products about a hundred times slower than fp32, so ``precision: auto`` m
 there. The CPU is judged first by what it reports (the ``avx512_bf16`` / ``amx_bf16`` flags, and
 torch's own capability string), then, where it claims a native path, confirmed by a short probe
 (a bf16 and an fp32 matrix product, a few milliseconds each): bf16 is taken only if it is at
-least as fast as fp32. Nothing here allocates on a GPU: CUDA is only asked whether it is there.
+least as fast as fp32. Nothing here allocates on a GPU: CUDA is only asked how many devices it has.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def cpu_bf16(flags: set[str] | None = None, capability: str | None = None, rate=
 
 @lru_cache(maxsize=1)
 def cuda() -> bool:
-    """Whether CUDA is there: asks the driver, creates no context and allocates nothing."""
-    return torch.cuda.is_available()
+    """Whether a CUDA GPU is visible: through NVML where it answers (honouring CUDA_VISIBLE_DEVICES),
+    else the driver's device count; either way no context is created and nothing is allocated."""
+    return torch.cuda.device_count() > 0
 
 
 @lru_cache(maxsize=1)
