@@ -169,6 +169,20 @@ def test_failed_job_quotes_the_workers_traceback_and_keeps_its_folder(tmp_path: 
     assert sorted(p.name for p in job.iterdir()) == ["job.json", "train.log"]
 
 
+@pytest.mark.parametrize("error", [
+    "AssertionError: Torch not compiled with CUDA enabled",  # the CPU build of torch
+    "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and "
+    "installed a driver from http://www.nvidia.com/Download/index.aspx",  # a CUDA build on a machine without one
+], ids=["cpu_build", "cuda_build_no_driver"])
+def test_a_job_that_needs_cuda_points_to_the_torch_backend(error: str) -> None:
+    from collections import deque
+
+    from sppo_nemo.backends.megatron.controller import _failure
+
+    msg = _failure(1, Path("job"), deque(["torchrun noise"]), deque(["[rank0]: Traceback", f"[rank0]: {error}"]))
+    assert msg.endswith("on a CPU-only machine use trainer.backend=torch."), msg
+
+
 def test_policy_must_be_a_local_directory_or_an_obtainable_hub_snapshot(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))

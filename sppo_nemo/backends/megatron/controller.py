@@ -128,7 +128,8 @@ def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) 
     if "Signal 9 (SIGKILL)" in everything or "exitcode: -9" in everything:
         hint = ("\na worker was killed by SIGKILL, most often the kernel's out-of-memory killer: lower "
                 "trainer.batch_size or trainer.max_length, or set trainer.megatron.recompute=full.")
-    elif "Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text:
+    elif ("Torch not compiled with CUDA" in text or "CUDA" in text and "not available" in text
+          or "Found no NVIDIA driver" in text):  # the last: a CUDA build of torch on a machine without a GPU
         hint = ("\nmegatron-core's optimizer and RNG tracker need CUDA; on a CPU-only machine use "
                 "trainer.backend=torch.")
     return (f"megatron training failed (exit {rc}); full log: {job_dir / 'train.log'}\n"
