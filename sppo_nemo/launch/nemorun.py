@@ -1,14 +1,24 @@
 """NeMo-Run as the job layer: the one module that imports ``nemo_run``.
 
-One ``run.Experiment`` per submission, one ``run.Script`` task per stage (the installed
-``sppo-run`` entry point, never a ``run.Partial``, which would need nemo_run and an importable
-function inside the image), each with its own executor and ``dependencies`` on the task before
-it. Slurm jobs go out detached, chained ``afterok`` by NeMo-Run and ``--kill-on-invalid-dep=yes``
-by us (without it a failed stage leaves every later job pending forever). The Local and Docker
-executors run the chain level by level and block until it ends.
+One ``run.Script`` task per stage (the installed ``sppo-run`` entry point, never a
+``run.Partial``, which would need nemo_run and an importable function inside the image), each
+with its own executor.
+
+- Slurm: one ``run.Experiment`` per submission, each task with ``dependencies`` on the one before
+  it, submitted detached: NeMo-Run chains the jobs ``afterok`` and we add
+  ``--kill-on-invalid-dep=yes`` (without it a failed stage leaves every later job pending forever).
+- Local and Docker: no scheduler holds the chain, so this process does, in the foreground: one
+  single-task experiment per stage, run to its end before the next one starts, and the chain
+  stops at the first stage that does not succeed. NeMo-Run's own ways of chaining cannot do that:
+  ``Experiment.run(sequential=True)`` asserts that no task carries ``dependencies`` (0.10.0 and
+  0.11, ``nemo_run/run/experiment.py`` line 725), and its sequential or dependency order for
+  executors without dependency support waits for each level but starts the next one whatever the
+  last one's exit.
 
 NeMo-Run keeps each experiment under ``<job_dir>/experiments/<title>/<id>/``: the generated
-sbatch scripts, the task scripts, and the logs (``log-<job name>_<job id>_<restart>.out``).
+sbatch scripts, the task scripts, and the logs (Slurm: ``log-<job name>_<job id>_<restart>.out``
+in the task's folder; Local: ``nemo_run/<app id>/<task>/0/combined.log`` below it; Docker:
+``log_<container>.out`` in it).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import contextlib
 import io
 import re
 import shutil
+import time
 from pathlib import Path
 
 from sppo_nemo.config import LaunchConfig
@@ -81,19 +92,23 @@ def _executor(la: LaunchConfig, spec: JobSpec, home: Path, prefix: str):
         packager=run.Packager(), job_name_prefix=prefix, poll_estimated_start_time=False)
 
 
-def _experiment(title: str, home: Path):
+def _experiment(title: str, home: Path, id: str | None = None):
     import nemo_run as run
 
-    return run.Experiment(title, base_dir=str(home), log_level="WARN", skip_status_at_exit=True)
+    return run.Experiment(title, id=id, base_dir=str(home), log_level="WARN", skip_status_at_exit=True)
 
 
-def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryrun: bool = False) -> dict:
-    """Submit (or, dry, only write) one experiment; returns {id, dir, jobs: [{stage, name, job_id,
-    job_dir}]} (and, dry, {scripts: {name: text}})."""
+def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryrun: bool = False,
+           log=None) -> dict:
+    """Submit (or, dry, only write) the chain; returns {id, dir, jobs: [{stage, name, job_id,
+    job_dir}]} (and, dry, {scripts: {name: sbatch text}, tasks: {name: task script text}}).
+    Local and Docker run it here to its end or its first failure (``log``: one line per stage)."""
     import nemo_run as run
 
     home.mkdir(parents=True, exist_ok=True)
     run.config.set_nemorun_home(str(home))
+    if la.executor != "slurm":
+        return _run_in_turn(la, specs, title, home, dryrun, log or (lambda line: None))
     prefix = f"{title}."
     out = io.StringIO()
     exp = None
@@ -107,7 +122,7 @@ def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryru
             if dryrun:
                 exp.dryrun(log=False, delete_exp_dir=False)
             else:
-                exp.run(detach=la.executor == "slurm", sequential=la.executor != "slurm")
+                exp.run(detach=True)  # the dependencies chain the jobs afterok
             result = _launched(exp, specs)
     except Exception as exc:  # NeMo-Run wraps sbatch's refusal in invoke's UnexpectedExit
         launched = _launched(exp, specs, submitted_only=True) if exp is not None and not dryrun else None
@@ -121,6 +136,83 @@ def submit(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryru
         result["scripts"] = {p.stem.removesuffix("_sbatch"): p.read_text() for p in sorted(exp_dir.glob("*_sbatch.sh"))}
         shutil.rmtree(exp_dir, ignore_errors=True)
     return result
+
+
+def _run_in_turn(la: LaunchConfig, specs: list[JobSpec], title: str, home: Path, dryrun: bool, log) -> dict:
+    """Local and Docker: each stage its own one-task experiment, ``<title>_<stamp>-<task>``, run
+    (or, dry, written) before the next one is made; the first stage that does not succeed ends
+    the chain, and the stages after it are recorded without a job (never started)."""
+    import nemo_run as run
+
+    sub_id = f"{title}_{time.time_ns()}"  # from_id reads the title back up to the last "_"
+    folder = home / "experiments" / title
+    jobs: list[dict] = []
+    tasks: dict[str, str] = {}
+    stopped = None
+    for spec in specs:
+        if stopped is not None:
+            jobs.append({"stage": spec.label, "name": spec.name, "job_id": None, "job_dir": None})
+            continue
+        out = io.StringIO()
+        exp = None
+        started = time.time()
+        try:
+            with contextlib.redirect_stdout(out), _experiment(title, home, f"{sub_id}-{spec.name}") as exp:
+                exp.add(run.Script(inline=spec.script), executor=_executor(la, spec, home, f"{title}."), name=spec.name)
+                if dryrun:
+                    exp.dryrun(log=False, delete_exp_dir=False)
+                else:
+                    exp.run()  # one task; leaving the context waits for it to end
+        except Exception as exc:
+            if exp is not None and exp.jobs and getattr(exp.jobs[0], "handle", None):
+                jobs.append(_local_job(spec, exp.jobs[0]))  # it started: its record and log say how it ended
+            if dryrun:
+                for made in folder.glob(f"{sub_id}-*"):
+                    shutil.rmtree(made, ignore_errors=True)
+            ran = [j for j in jobs if j.get("state")]
+            if not ran:
+                raise SubmitError(_refusal(exc, out.getvalue())) from None
+            names = ", ".join(f"{j['stage']} ({j['state'].lower()})" for j in ran)
+            raise SubmitError(_refusal(exc, out.getvalue()) + f"\nstarted before it (recorded): {names}",
+                              {"id": sub_id, "dir": str(folder), "jobs": _without_state(ran)}) from None
+        job = exp.jobs[0]
+        if dryrun:
+            packaged = Path(job.executor.job_dir) / "scripts" / f"{spec.name}.sh"
+            tasks[spec.name] = packaged.read_text() if packaged.is_file() else spec.script
+            shutil.rmtree(folder / f"{sub_id}-{spec.name}", ignore_errors=True)  # what would run, then nothing left
+            jobs.append({"stage": spec.label, "name": spec.name, "job_id": None, "job_dir": None})
+            continue
+        rec = _local_job(spec, job)
+        jobs.append(rec)
+        log(f"{spec.label}: {rec['state'].lower()} after {time.time() - started:.1f}s"
+            + (f" (log {rec['log']})" if rec.get("log") else ""))
+        if rec["state"] != "SUCCEEDED":
+            stopped = spec.label
+    if stopped is not None:
+        log(f"the chain stopped at {stopped}; the stages after it were not started")
+    if dryrun:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if this dry run was all it held
+    result = {"id": sub_id, "dir": str(folder), "jobs": _without_state(jobs)}
+    if dryrun:
+        result["tasks"] = tasks
+    return result
+
+
+def _without_state(jobs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in j.items() if k != "state"} for j in jobs]
+
+
+def _local_job(spec: JobSpec, job) -> dict:
+    """The record of a Local or Docker task that was started: its job id (NeMo-Run's app id), its
+    folder, its log if it wrote one, and NeMo-Run's last word on it (``SUCCEEDED``, ``FAILED``...)."""
+    state = getattr(job.state, "name", str(job.state))
+    folder = Path(job.executor.job_dir)
+    logs = sorted(folder.glob("log_*.out")) + sorted(folder.glob("nemo_run/*/*/*/combined.log"))
+    rec = {"stage": spec.label, "name": spec.name, "job_id": _job_id(job), "job_dir": str(folder), "state": state}
+    if logs:
+        rec["log"] = str(logs[-1])
+    return rec
 
 
 def _launched(exp, specs: list[JobSpec], submitted_only: bool = False) -> dict:

@@ -105,18 +105,18 @@ def submit(ctx: Context, recipe_path: Path, overrides: list[str], dryrun: bool =
     specs = unfinished(ctx, recipe_path, overrides)
     started = time.time()
     try:
-        result = nemorun.submit(la, specs, title_for(ctx), home_for(ctx), dryrun=dryrun)
+        result = nemorun.submit(la, specs, title_for(ctx), home_for(ctx), dryrun=dryrun, log=log)
     except nemorun.SubmitError as exc:
         if exc.launched:  # the jobs sbatch took before it refused one: --status and --cancel must know them
             records.add_submission(ctx.run_dir, {**exc.launched, "executor": la.executor, "time": started,
                                                  "seconds": time.time() - started})
         raise
     if dryrun:
-        sbatch = result.get("scripts", {})
+        sbatch, tasks = result.get("scripts", {}), result.get("tasks", {})
         for spec in specs:
             if spec.name in sbatch:
                 log(f"# ---- {spec.name}.sbatch: the batch script NeMo-Run would submit\n{sbatch[spec.name]}")
-            log(f"# ---- {spec.name}.sh: the task the job runs\n{spec.script}")
+            log(f"# ---- {spec.name}.sh: the task the job runs\n{tasks.get(spec.name, spec.script)}")
         log(f"{len(specs)} job(s) would be submitted (dry run; nothing was sent): "
             + ", ".join(s.label for s in specs))
         return 0
@@ -136,7 +136,11 @@ def submit(ctx: Context, recipe_path: Path, overrides: list[str], dryrun: bool =
 
 
 def _log_of(job: dict) -> Path | None:
-    folder = Path(job.get("job_dir") or "")
+    if job.get("log"):  # Local and Docker tasks: found when the task ended
+        return Path(job["log"]) if Path(job["log"]).is_file() else None
+    if not job.get("job_dir"):  # never started
+        return None
+    folder = Path(job["job_dir"])
     jid = job.get("job_id")
     logs = sorted(folder.glob(f"log-*_{jid}_*.out" if jid else "log*"), key=lambda p: p.stat().st_mtime) \
         if folder.is_dir() else []
@@ -164,6 +168,8 @@ def _stage_line(ctx: Context, label: str, marker: str, live: dict[str, str]) -> 
                  "see its log")
     elif job is not None and ctx.recipe.launch.executor == "slurm":
         state = "NOT RUN: its job left the queue before starting (cancelled, or an earlier stage failed)"
+    elif job is not None and not job.get("job_dir"):
+        state = "NOT RUN: an earlier stage failed and the chain stopped there"
     else:
         state = marker
     if state != "done" and marker.startswith("partial") and not state.startswith(("queued", "running")):

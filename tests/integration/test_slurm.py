@@ -2,7 +2,8 @@
 this module on two fake nodes of one host (scripts/slurm/local.sh), and NeMo-Run 0.11 as the job
 layer: chained jobs equal an inline run; a cancelled or failed stage is named by --status, its
 dependants leave the queue, and resubmitting finishes with the same artifacts; the megatron train
-stage across two nodes equals the one-process run; the one-allocation launcher; bad input.
+stage across two nodes equals the one-process run; the one-allocation launcher; bad input. The
+Local and Docker executors' foreground chains (NeMo-Run only, no Slurm needed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sppo_nemo.launch import records
 from tests.helpers import ROOT, TINY_RECIPE, cli_env, read_json, sppo_cmd
 from tests.megatron_cpu import worker_env
 
@@ -282,6 +284,77 @@ def test_the_local_executor_runs_the_unfinished_stages_in_the_foreground(tiny_mo
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "iter_01/evaluate  done" in proc.stdout
     assert digests(run_dir) == digests(inline_t1)
+
+
+def _local(tmp_path: Path, *extra: str) -> list[str]:
+    return sppo_cmd(TINY_RECIPE, f"output_dir={tmp_path}", *T1, "launch.executor=local", *extra, "--submit")
+
+
+def test_the_local_executor_runs_a_fresh_chain_to_its_end(tiny_model, inline_t1, tmp_path):
+    """Every stage of T=1 unfinished: six tasks, one after the other in the foreground (NeMo-Run's
+    sequential mode refuses tasks that carry dependencies), and the artifacts of the inline run."""
+    _need_nemo_run()
+    started = time.time()
+    proc = subprocess.run(_local(tmp_path), env=cli_env(tiny_model), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = tmp_path / "tiny_sppo"
+    assert [j["stage"] for j in last_submission(run_dir)["jobs"]] == STAGES
+    assert proc.stdout.count(" done  [job ") == 6, proc.stdout
+    assert digests(run_dir) == digests(inline_t1)
+    print(f"local executor, fresh T=1 chain of 6 stages: {time.time() - started:.1f}s")
+
+
+def test_a_failed_stage_stops_the_local_chain_and_is_named_with_its_log(tiny_model, inline_t1, tmp_path):
+    """A stage that fails ends the chain there: the later stages never start, and --submit exits 1
+    naming the failed stage and its log. (Resubmitting sends what is unfinished whatever the
+    executor: the Slurm failure test above finishes the run that way.)"""
+    _need_nemo_run()
+    setup = "launch.setup=['if [ $SPPO_STAGE = iter_01/build ]; then echo on purpose; exit 3; fi']"
+    run_dir = _from_inline(inline_t1, tmp_path, keep=3)  # build, train, evaluate to go
+    proc = subprocess.run(_local(tmp_path, setup), env=cli_env(tiny_model), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    status = proc.stdout
+    assert "iter_01/annotate  done" in status, status
+    assert "iter_01/build: failed after" in status and "the chain stopped at iter_01/build" in status, status
+    line = next(x for x in status.splitlines() if x.startswith("  iter_01/build "))
+    assert "FAILED" in line and "log " in line, status
+    assert "on purpose" in Path(line.rsplit("log ", 1)[1].rstrip("]")).read_text()
+    for later in ("iter_01/train", "iter_01/evaluate"):
+        assert f"{later:<17} NOT RUN" in status, status
+        assert records.stage_record(run_dir, later) is None  # never started
+    jobs = last_submission(run_dir)["jobs"]
+    assert [j["stage"] for j in jobs] == STAGES[3:] and [bool(j["job_id"]) for j in jobs] == [True, False, False]
+    assert not (run_dir / "iter_01" / "train").exists()
+
+
+def test_the_docker_executor_builds_the_whole_chain_as_the_local_one_does(tiny_model, tmp_path):
+    """No Docker daemon here: the dry run of a fresh chain goes through the same one-task-per-stage
+    construction as a real one, and prints the task script NeMo-Run packaged for every stage;
+    a real --submit without a daemon ends in one message before any stage, and records nothing."""
+    _need_nemo_run()
+    docker = ["launch.executor=docker", "launch.container_image=sppo-nemo:latest"]
+    proc = subprocess.run(sppo_cmd(TINY_RECIPE, f"output_dir={tmp_path}", *T1, *docker, "--submit", "--dry-run"),
+                          env=cli_env(tiny_model), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for label in STAGES:
+        name = label.replace("_", "").replace("/", "-")
+        task = proc.stdout.split(f"# ---- {name}.sh: the task the job runs\n", 1)[1].split("# ----", 1)[0]
+        assert task.startswith("#!/usr/bin/bash\n"), task  # NeMo-Run's packaged script, not ours alone
+        assert f"export SPPO_STAGE={label}\n" in task and f" --stage {label} --no-progress" in task, task
+    run_dir = tmp_path / "tiny_sppo"
+    assert not list((run_dir / "jobs" / "nemorun").glob("experiments/*/*")), "a dry run leaves nothing behind"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text("#!/bin/sh\nexit 1\n")  # the preflight asks only that docker is on PATH
+    (fake / "docker").chmod(0o755)
+    env = dict(cli_env(tiny_model), PATH=f"{fake}:{os.environ['PATH']}", DOCKER_HOST=f"unix://{tmp_path}/none.sock")
+    proc = subprocess.run(sppo_cmd(TINY_RECIPE, f"output_dir={tmp_path}", *T1, *docker, "--submit"), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "NeMo-Run could not submit the jobs" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "jobs" / "submissions.jsonl").exists()
+    assert not list((run_dir / "jobs").glob("iter_*.json"))  # no stage started
 
 
 def test_the_docker_executor_dry_run_needs_no_daemon(tiny_model, tmp_path):
