@@ -42,7 +42,7 @@ def generate() -> dict[str, str]:
             sys.exit(f"the dry run failed:\n{proc.stderr}")
         text = proc.stdout.replace(str(runs), "/shared/runs").replace(str(work), "/shared/work")
         text = text.replace(str(ROOT / "recipes"), "/shared/work/recipes")
-    text = re.sub(r"_\d{12,}", "_<experiment-id>", text)
+    text = re.sub(r"_\d{10,}", "_<experiment-id>", text)  # NeMo-Run 0.11: ns since the epoch; 0.10: seconds
     files = {}
     for block in re.split(r"^# ---- ", text, flags=re.M)[1:]:
         head, _, body = block.partition("\n")
