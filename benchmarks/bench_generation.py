@@ -134,6 +134,8 @@ def main() -> int:
     ap.add_argument("--random-1b", type=Path, default=None, metavar="DIR",
                     help="a random Llama of 1B parameters (hidden 2048, 16 layers, 32 heads, 8 key/value heads, "
                          "MLP 8192; the tiny test tokenizer) built into DIR and used as the policy")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the table's rows here (benchmarks/gpu_check.sh)")
     args = ap.parse_args()
     if args.random_1b is not None:
         from sppo_nemo.testing import build_tiny_llama
@@ -172,7 +174,7 @@ def main() -> int:
                                  tokens(samples) / (t2 - t1), tokens(samples) / (c2 - c1)))
                 gen.close()
         if args.no_vllm:
-            return report(rows, hf_rate)
+            return report(rows, hf_rate, args.json)
         from sppo_nemo.backends.vllm.controller import VLLMGenerator
 
         py = vllm_python(args.python)
@@ -208,10 +210,10 @@ def main() -> int:
                     print(f"backend overhead on generation against a bare LLM.generate: {overhead:+.1%} "
                           f"({gen_s:.1f} s in {calls} calls of {args.batch_size} sequences vs "
                           f"{bare['generate_s']:.1f} s in one call)")
-    return report(rows, hf_rate)
+    return report(rows, hf_rate, args.json)
 
 
-def report(rows, hf_rate) -> int:
+def report(rows, hf_rate, json_path: Path | None = None) -> int:
     print(f"\n{'backend':<28}{'tokens':>8}{'wall s':>9}{'tok/s (wall)':>14}{'tok/s (generating)':>20}{'tok/CPU-s':>11}")
     for name, tok, wall, rate_wall, rate_gen, rate_cpu in rows:
         print(f"{name:<28}{tok:>8}{wall:>9.1f}{rate_wall:>14.1f}{rate_gen:>20.1f}{rate_cpu:>11.1f}")
@@ -220,6 +222,10 @@ def report(rows, hf_rate) -> int:
         for name, _, _, rate_wall, rate_gen, _ in rows[1:]:
             print(f"  {name:<26} wall {rate_wall / hf_rate:5.2f}×   generating {rate_gen / hf_rate:5.2f}×")
     print(f"load after: {os.getloadavg()[0]:.2f}")
+    if json_path is not None:
+        keys = ("backend", "tokens", "wall_s", "tokens_per_s_wall", "tokens_per_s_generating", "tokens_per_cpu_s")
+        json_path.write_text(json.dumps([{k: (None if isinstance(v, float) and v != v else v) for k, v in zip(keys, r)}
+                                         for r in rows], indent=2))
     return 0
 
 
