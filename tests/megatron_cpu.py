@@ -1,4 +1,5 @@
-"""Test-only patches that let megatron-core 0.16 run on CPU over gloo. Never imported by the product.
+"""Test-only patches that let megatron-core run on CPU over gloo: 0.16.1 (the main suite), 0.18 and
+0.19 (the container-parity tier, tests/parity.py). Never imported by the product.
 
 megatron-core assumes CUDA in a few places:
 
@@ -6,8 +7,10 @@ megatron-core assumes CUDA in a few places:
   activation recomputation's save/restore of the CUDA RNG state becomes a no-op;
 - ``torch.cuda.current_device()``, which its DDP buffers pass as ``device=``: answers the CPU;
 - its schedules, optimizer, gradient clipping and grad scaler allocate small tensors with a
-  literal ``device="cuda"`` (and pipeline p2p calls ``torch.cuda.synchronize``): those modules
-  see a ``torch`` whose factory functions map "cuda" to the CPU and whose synchronize is a no-op;
+  literal ``device="cuda"`` (and pipeline p2p calls ``torch.cuda.synchronize``; 0.19's DDP
+  gradient buffers wait on ``torch.cuda.current_stream()``): those modules see a ``torch`` whose
+  factory functions map "cuda" to the CPU, whose synchronize is a no-op and whose current stream
+  waits on nothing;
 - ``tensor.cuda()`` (the last pipeline stage's copy of a tied embedding): the identity;
 - its optimizers sort parameters by ``param.type()`` ('torch.cuda.FloatTensor'): CPU parameters
   answer the CUDA type name;
@@ -153,12 +156,34 @@ class _CPUTorch:
         return getattr(torch, name)
 
 
+class _CPUStream:
+    """A stream on which everything has already happened: waiting on it or for it is a no-op."""
+
+    def wait_event(self, *args, **kwargs) -> None:
+        return None
+
+    def wait_stream(self, *args, **kwargs) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
 class _CPUCuda:
-    """``torch.cuda`` for those modules: synchronize is a no-op (nothing runs asynchronously)."""
+    """``torch.cuda`` for those modules: synchronize is a no-op (nothing runs asynchronously), the
+    current stream is one whose waits are no-ops and a stream context does nothing."""
 
     @staticmethod
     def synchronize(*args, **kwargs) -> None:
         return None
+
+    @staticmethod
+    def current_stream(*args, **kwargs) -> _CPUStream:
+        return _CPUStream()
+
+    @staticmethod
+    def stream(*args, **kwargs):
+        return contextlib.nullcontext()
 
     def __getattr__(self, name):
         return getattr(torch.cuda, name)
@@ -193,6 +218,8 @@ PATCHES = {
     "megatron.core.optimizer.distrib_optimizer": _patch_factories,
     "megatron.core.utils": _patch_factories,
     "megatron.core.pipeline_parallel.p2p_communication": _patch_factories,
+    # 0.19: DDP's gradient reduction waits on the current CUDA stream (for CUDA-graph replays)
+    "megatron.core.distributed.param_and_grad_buffer": _patch_factories,
 }
 
 
