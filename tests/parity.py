@@ -59,8 +59,9 @@ SELECTION = (
     "tests/integration/test_megatron_packing.py::test_worker_reference_pass_and_steps_packed_equal_unpacked[[]sppo-tp2[]]",
     "tests/integration/test_megatron_packing.py::test_worker_reference_pass_and_steps_packed_equal_unpacked[[]dpo-pp2[]]",
     "tests/integration/test_torch_trainer_packing.py",
-    # NeMo-Run's executors without a Slurm: a local chain, the docker chain's dry run, the
-    # generated sbatch scripts
+    # NeMo-Run's executors: chained jobs on the local two-node Slurm (skipped, saying why, without
+    # one), a local chain, the docker chain's dry run, the generated sbatch scripts
+    "tests/integration/test_slurm.py::test_chained_jobs_reproduce_the_inline_run",
     "tests/integration/test_slurm.py::test_the_local_executor_runs_a_fresh_chain_to_its_end",
     "tests/integration/test_slurm.py::test_a_failed_stage_stops_the_local_chain_*",
     "tests/integration/test_slurm.py::test_the_docker_executor_builds_the_whole_chain_*",
