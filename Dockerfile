@@ -10,8 +10,8 @@
 # distribution at its version (those installed from a URL or a local wheel, as vLLM is, included)
 # and under the image's own PIP_CONSTRAINT, which is kept: pip may add packages but never move one,
 # and the build fails, saying which, if a requirement cannot be met that way or anything moved.
-# On Python 3.12 the megatron extra allows megatron-core up to 0.18 (0.17+ need 3.12; on our 3.11
-# CI machines the extra stays on 0.16.1). tests/integration/test_image_install.py rehearses the
+# On Python 3.12 the megatron extra allows megatron-core 0.18 and 0.19, what the container-parity
+# tier passes (0.17+ need 3.12; on Python 3.11 the extra stays on 0.16.1). tests/integration/test_image_install.py rehearses the
 # install in an environment built to look like the image.
 #
 #   docker build -t sppo-nemo:latest .

@@ -51,7 +51,7 @@ def available() -> str | None:
         import nemo_run  # noqa: F401
     except ImportError as exc:
         return (f"launch.executor needs NeMo-Run ({exc}); install it with "
-                f"pip install 'sppo-nemo[cluster]' (nemo-run 0.11 with leptonai<0.47)")
+                f"pip install 'sppo-nemo[cluster]' (nemo-run 0.10 or 0.11 with leptonai<0.47)")
     return None
 
 
