@@ -119,8 +119,11 @@ class Context:
     def sampling(self, evaluation: bool = False) -> SamplingParams:
         """Sampling parameters; the seed is set per chunk by the stage (seeds.derive_seed)."""
         s, e = self.recipe.sampling, self.recipe.evaluation
-        if not evaluation:
-            return SamplingParams(s.temperature, s.top_p, s.max_new_tokens, 0, s.batch_size)
+        if not evaluation:  # the training splits: no sample longer than trainer.max_length takes
+            t = self.recipe.trainer
+            binds = t.max_prompt_length + s.max_new_tokens > t.max_length
+            return SamplingParams(s.temperature, s.top_p, s.max_new_tokens, 0, s.batch_size,
+                                  t.max_length if binds else None)
         return SamplingParams(
             e.temperature if e.temperature is not None else s.temperature,
             e.top_p if e.top_p is not None else s.top_p,

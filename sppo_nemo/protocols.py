@@ -32,6 +32,9 @@ class Sample:
     text: str
     num_tokens: int
     finished: bool  # True when generation stopped on end-of-turn, False when cut at max tokens
+    # The sampled token ids, the end-of-turn id last when it was sampled (len == num_tokens): what
+    # training and scoring score. None: a record made from text alone (a file of an older run).
+    ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,16 @@ class SamplingParams:
     max_new_tokens: int
     seed: int
     batch_size: int
+    # trainer.max_length where a prompt plus max_new_tokens can exceed it (the generate stage's
+    # samples then stop where training would cut them); None where it cannot bind, or in evaluation
+    max_length: int | None = None
+
+    def fingerprint(self) -> dict:
+        """The fields, max_length only when set: runs made before it existed stay fresh."""
+        out = {k: getattr(self, k) for k in ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")}
+        if self.max_length is not None:
+            out["max_length"] = self.max_length
+        return out
 
 
 ProgressFn = Callable[[int], None]  # called with the number of items just finished
@@ -74,8 +87,15 @@ class Generator(Protocol):
 
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
                           precision: str = "fp32") -> np.ndarray:
-        """log π(y|x) summed over response tokens, one float per (prompt, response) pair, from
-        weights in ``precision`` (fp32 or bf16; a backend with one exact form ignores it)."""
+        """log π(y|x) summed over response tokens (the sampled ids), one float per (prompt, response)
+        pair, from weights in ``precision`` (fp32 or bf16; a backend with one exact form ignores it)."""
+        ...
+
+    def kl_terms(self, base: str, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                 precision: str = "fp32") -> np.ndarray:
+        """Per (prompt, response), shape (n, 3): log π(y|x), log π_base(y|x) (``base``: the base
+        policy's loadable location, ``backends.policy_location``), and the exact per-position KL
+        Σ_h KL(π(·|x, y_<h) ‖ π_base(·|x, y_<h)) over the response's positions (non-negative)."""
         ...
 
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
@@ -126,6 +146,7 @@ class PointRow:
     finished: bool
     win_prob: float
     log_z: float | None = None  # None: the constant η/2 of eq. 3.6
+    response_ids: list[int] | None = None  # the sampled ids (Sample.ids); None: tokenised from the text
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,8 @@ class PairRow:
     chosen_finished: bool
     rejected_finished: bool
     pair_prob: float  # P(y_w ≻ y_l | x)
+    chosen_ids: list[int] | None = None  # the sampled ids (Sample.ids); None: tokenised from the text
+    rejected_ids: list[int] | None = None
 
 
 @dataclass

@@ -2,8 +2,16 @@
 generation (transformers and vLLM), training (torch and megatron) and scoring. No transformers
 import: it works on the tokenizer object it is given (``hf.load_tokenizer``).
 
-    prompt ids   = chat_template([system?, user: x], add_generation_prompt=True)
-    response ids = tokenize(y) + [end-of-turn]   (end-of-turn only if generation finished)
+    prompt ids   = chat_template([system?, user: x], add_generation_prompt=True), the last
+                   max_prompt_length of them
+    response ids = the ids the generator sampled (Sample.ids: the end-of-turn id last if it was
+                   sampled), or for a response known by its text alone
+                   tokenize(y) + [end-of-turn]   (end-of-turn only if generation finished)
+
+One truncation rule: a response longer than trainer.max_length leaves room for is cut to the
+prefix that fits (so a cut response ends without end-of-turn, as one cut at max_new_tokens does).
+Generation stops each prompt's samples at that same length (:meth:`ChatFormat.response_budget`),
+so a sampled response is never cut again by training or scoring.
 """
 
 from __future__ import annotations
@@ -58,16 +66,28 @@ class ChatFormat:
         return p[-max_prompt:] if max_prompt is not None and len(p) > max_prompt else p
 
     def encode(self, prompt: str, response: str, finished: bool, max_prompt: int | None = None,
-               max_length: int | None = None) -> Encoded:
+               max_length: int | None = None, ids: Sequence[int] | None = None) -> Encoded:
+        """The (prompt, response) pair as scored: the response's sampled ``ids`` when given, else its
+        text tokenised (and end-of-turn appended when ``finished``); cut to ``max_length`` in all."""
         p = self.prompt_ids(prompt, max_prompt)
-        r = self.tok(response, add_special_tokens=False)["input_ids"]
-        if finished:
-            r = r + [self.end_of_turn]
+        if ids is not None:
+            r = list(ids)
+        else:
+            r = self.tok(response, add_special_tokens=False)["input_ids"]
+            if finished:
+                r = r + [self.end_of_turn]
         if max_length is not None and len(p) + len(r) > max_length:
             r = r[: max(0, max_length - len(p))]
         if not r:
             r = [self.end_of_turn]  # an empty response is still the event "end of turn at once"
         return Encoded(p, r)
+
+    def response_budget(self, prompt_ids: Sequence[int], max_new_tokens: int, max_length: int | None) -> int:
+        """How many tokens generation may sample after ``prompt_ids``: max_new_tokens, and no more than
+        ``max_length`` (the trainer's) leaves room for, so training and scoring never cut a sample."""
+        if max_length is None:
+            return max_new_tokens
+        return max(1, min(max_new_tokens, max_length - len(prompt_ids)))
 
 
 def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[list[Encoded]]:
@@ -76,11 +96,17 @@ def encode_rows(fmt: ChatFormat, rows, max_prompt: int, max_len: int) -> list[li
     out = []
     for r in rows:
         if isinstance(r, PointRow):
-            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len)])
+            out.append([fmt.encode(r.prompt, r.response, r.finished, max_prompt, max_len, r.response_ids)])
         else:
-            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len),
-                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len)])
+            out.append([fmt.encode(r.prompt, r.chosen, r.chosen_finished, max_prompt, max_len, r.chosen_ids),
+                        fmt.encode(r.prompt, r.rejected, r.rejected_finished, max_prompt, max_len, r.rejected_ids)])
     return out
+
+
+def rows_from_text(rows) -> int:
+    """How many rows have a response known by its text alone (no sampled ids), and so are tokenised."""
+    return sum((r.response_ids is None) if isinstance(r, PointRow) else (r.chosen_ids is None or r.rejected_ids is None)
+               for r in rows)
 
 
 def row_tokens(seqs: list[list[Encoded]], ids) -> int:
@@ -96,12 +122,13 @@ def packed_tokens(seqs: list[list[Encoded]], ids) -> int:
 
 def decode_sample(tok, end_ids: Sequence[int], prompt_id: str, k: int, row: Sequence[int]) -> Sample:
     """A generated row of token ids as a Sample: cut at the first end-of-turn id (finished; the end
-    token counts in num_tokens, not in the text), else every token (cut at max_new_tokens). Rows
+    token is the last of ``ids`` and counts in num_tokens, not in the text), else every token (cut
+    at max_new_tokens). The text is for the judge and the reader; ``ids`` are what is trained. Rows
     carry no filler: both generators (transformers, vLLM) return each row's own tokens only, so a
     sampled pad id is a token like any other. Both make their samples here."""
     ends = set(end_ids)
     cut = next((i for i, t in enumerate(row) if t in ends), None)
     finished = cut is not None
-    tokens = list(row[:cut]) if finished else list(row)
-    text = tok.decode(tokens, skip_special_tokens=True).strip()
-    return Sample(prompt_id, k, text, len(tokens) + (1 if finished else 0), finished)
+    ids = [int(t) for t in (row[:cut + 1] if finished else row)]
+    text = tok.decode(ids[:-1] if finished else ids, skip_special_tokens=True).strip()
+    return Sample(prompt_id, k, text, len(ids), finished, ids)

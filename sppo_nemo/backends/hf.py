@@ -8,7 +8,6 @@ here: the one tokenisation of a (prompt, response) pair and of a generated row
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.util
 import inspect
@@ -20,21 +19,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from sppo_nemo.backends.checkpoint_files import ModelLoadError, check_checkpoint, save_checkpoint  # noqa: F401
 from sppo_nemo.backends.chat_format import (ChatFormat, Encoded, decode_sample, encode_rows,  # noqa: F401
                                             packed_tokens, row_tokens)
-from sppo_nemo.backends.seq_logps import _token_logps, sequence_logps  # noqa: F401
+from sppo_nemo.backends.seq_logps import (_token_logps, kl_token_terms, per_sequence, response_hidden,  # noqa: F401
+                                          sequence_logps)
 from sppo_nemo.backends.token_sampling import draw
 from sppo_nemo.packing import allowed, group, pack
 from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
-from sppo_nemo.errors import UserError
 from sppo_nemo.sampling import ChunkedSampling
 from sppo_nemo.seeds import derive_seed
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(UserError):
-    pass
 
 
 # ------------------------------------------------------------------- finding a policy
@@ -84,28 +80,6 @@ def smollm2_checkpoint() -> Path:
     return out
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
-
-
-def check_checkpoint(path: str) -> None:
-    """A local checkpoint directory has a config, weights and tokenizer files, or the error names
-    what is missing (before transformers would talk about sentencepiece or a missing file)."""
-    d = Path(path)
-    if not d.is_dir():
-        return  # a hub id: from_pretrained resolves it
-    missing = []
-    if not (d / "config.json").is_file():
-        missing.append("config.json")
-    if not any(any(d.glob(p)) for p in WEIGHT_PATTERNS):
-        missing.append("weights (model.safetensors or shards)")
-    if not any((d / f).is_file() for f in TOKENIZER_FILES):
-        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
-    if missing:
-        raise ModelLoadError(f"{d} is not a complete checkpoint: no {', no '.join(missing)}. Copy the missing files "
-                             f"from the checkpoint it came from, or rerun the stage that wrote it (--restart-from).")
-
-
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -134,20 +108,6 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
         ) from None
     return model
 
-
-def save_checkpoint(model, tokenizer, out: Path) -> None:
-    """π_{t+1} as an HF checkpoint. safetensors reports a full disk as its own error type: it is
-    raised as the OSError(ENOSPC) the CLI turns into 'the disk is full'."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    except OSError:
-        raise
-    except Exception as exc:
-        if "No space left" in str(exc) or "StorageFull" in str(exc):
-            raise OSError(errno.ENOSPC, "No space left on device", str(out)) from None
-        raise
 
 
 
@@ -211,6 +171,13 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
     and the LM head applied in chunks, as unpacked. Returns one value per sequence of ``batch``,
     in its order.
     """
+    h, targets, seq_of = packed_response_hidden(model, batch, pad_id)
+    return per_sequence(_token_logps(model, h, targets, chunk), seq_of, len(batch))
+
+
+def packed_response_hidden(model, batch: Sequence[Encoded], pad_id: int):
+    """:func:`~.seq_logps.response_hidden` of the packed layout (see :func:`packed_sequence_logps`):
+    (h, targets, seq_of) over the response tokens of ``batch``."""
     impl = getattr(model.config, "_attn_implementation", None)
     if not packs_prompts(model):
         raise ValueError(f"packed scoring needs sdpa or eager attention, not {impl}")
@@ -250,9 +217,7 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
         hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
                          position_ids=positions.to(device)).last_hidden_state[valid.to(device)]
     h = hidden[torch.tensor(predictors, device=device)]
-    token_logps = _token_logps(model, h, torch.tensor(targets, device=device), chunk)
-    out = torch.zeros(len(batch), dtype=torch.float32, device=device)
-    return out.index_add(0, torch.tensor(seq_of, device=device), token_logps)
+    return h, torch.tensor(targets, device=device), torch.tensor(seq_of, device=device)
 
 
 # ------------------------------------------------------------------------ generation
@@ -267,8 +232,10 @@ class HFGenerator(ChunkedSampling):
     (``DynamicCache.batch_repeat_interleave``), and the K·n rows decode together one token a step:
     the logits, in fp32, divided by the temperature, filtered to the nucleus ``top_p`` as
     transformers' TopPLogitsWarper does (no top-k), drawn by inverting the CDF (:func:`~.token_sampling.draw`) with a
-    generator seeded per group. A row stops at its first end id or at ``max_new_tokens`` and leaves
-    the batch (its cache rows dropped), so finished rows cost nothing more.
+    generator seeded per group. A row stops at its first end id or at its budget (``max_new_tokens``,
+    or fewer where the trainer's max_length leaves less room: ``ChatFormat.response_budget``) and
+    leaves the batch (its cache rows dropped), so finished rows cost nothing more. Each Sample keeps
+    its sampled ids, which training and scoring use as they are.
     """
 
     def __init__(self, path: str, system_prompt: str | None, max_prompt_length: int | None = None,
@@ -299,8 +266,9 @@ class HFGenerator(ChunkedSampling):
         out: list[list[Sample]] = []
         for g in range(0, len(prompts), per):
             group = prompts[g:g + per]
-            rows = self.sample_ids([self.fmt.prompt_ids(p.text, self.max_prompt) for p in group], num_samples,
-                                   params, derive_seed(params.seed, g // per))
+            ids = [self.fmt.prompt_ids(p.text, self.max_prompt) for p in group]
+            budgets = [self.fmt.response_budget(p, params.max_new_tokens, params.max_length) for p in ids]
+            rows = self.sample_ids(ids, num_samples, params, derive_seed(params.seed, g // per), budgets)
             out += [[self._sample(p.id, k, rows[i * num_samples + k]) for k in range(num_samples)]
                     for i, p in enumerate(group)]
             if progress:
@@ -309,9 +277,10 @@ class HFGenerator(ChunkedSampling):
 
     @torch.no_grad()
     def sample_ids(self, prompt_ids: Sequence[Sequence[int]], k: int, params: SamplingParams,
-                   seed: int) -> list[list[int]]:
+                   seed: int, budgets: Sequence[int] | None = None) -> list[list[int]]:
         """k sampled continuations of each prompt (token ids, up to and including the first end id),
-        row i·k + j the j-th of prompt i; the same prompts, k, params and seed give the same rows."""
+        row i·k + j the j-th of prompt i; the same prompts, k, params and seed give the same rows.
+        ``budgets``: the most tokens each prompt's rows may take (default max_new_tokens)."""
         from transformers import DynamicCache
 
         model = self.model
@@ -334,20 +303,23 @@ class HFGenerator(ChunkedSampling):
         mask = mask.repeat_interleave(k, dim=0)
         position = positions[:, -1:].repeat_interleave(k, dim=0) + 1
         alive = torch.arange(n * k)
+        limit = torch.tensor(budgets if budgets is not None else [params.max_new_tokens] * n,
+                             device=device).repeat_interleave(k)
         rows: list[list[int]] = [[] for _ in range(n * k)]
         ends = torch.tensor(self.fmt.end_ids, device=device)
         rng = torch.Generator(device=device).manual_seed(seed)
-        for step in range(params.max_new_tokens):
+        for step in range(int(limit.max())):
             token = draw(logits, params.temperature, params.top_p, rng)
             for r, t in zip(alive.tolist(), token.tolist()):
                 rows[r].append(t)
-            going = ~torch.isin(token, ends)
-            if step + 1 == params.max_new_tokens or not going.any():
+            going = ~torch.isin(token, ends) & (limit > step + 1)
+            if not going.any():
                 break
             if not going.all():  # finished rows leave the batch
                 keep = going.nonzero()[:, 0]
                 cache.batch_select_indices(keep)
                 alive, token, mask, position = alive[keep.cpu()], token[keep], mask[keep], position[keep]
+                limit = limit[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
                            use_cache=True, **{cache_arg: cache}).logits[:, -1].float()
@@ -357,9 +329,41 @@ class HFGenerator(ChunkedSampling):
     def _sample(self, prompt_id: str, k: int, row: list[int]) -> Sample:
         return decode_sample(self.tok, self.fmt.end_ids, prompt_id, k, row)
 
+    def _encoded(self, prompts: Sequence[Prompt], responses: Sequence[Sample]) -> list[Encoded]:
+        """The pairs as scored: each response's sampled ids (its text tokenised only when it has none)."""
+        return [self.fmt.encode(p.text, s.text, s.finished, self.max_prompt, ids=s.ids)
+                for p, s in zip(prompts, responses)]
+
+    def _scoring_model(self, dtype: torch.dtype):
+        for other in [d for d in self._models if d != dtype]:
+            self._models.pop(other)  # sampling is over: free a copy in the other precision
+        return self._model(dtype)
+
+    def kl_terms(self, base: str, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                 precision: str = "fp32", batch_size: int = 8) -> np.ndarray:
+        """Per (prompt, response): log π(y|x), log π_base(y|x) and Σ_h KL(π(·|x, y_<h) ‖ π_base(·|x, y_<h))
+        (:func:`~.seq_logps.kl_token_terms`), shape (n, 3), float64. Both models are held at once, in
+        ``precision`` (evaluation.kl_precision): twice one model's weights, with sampling's copy freed."""
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        encoded = self._encoded(prompts, responses)
+        model = self._scoring_model(dtype)
+        other = load_causal_lm(base, dtype=dtype).to(self.device).eval()
+        gather = packed_response_hidden if packs_prompts(model) and packs_prompts(other) else response_hidden
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(encoded), batch_size):
+                batch = encoded[b:b + batch_size]
+                h, targets, seq_of = gather(model, batch, self.tok.pad_token_id)
+                h_base, _, _ = gather(other, batch, self.tok.pad_token_id)
+                terms = kl_token_terms(model, other, h, h_base, targets)
+                out.append(torch.zeros((len(batch), 3), dtype=torch.float32, device=terms.device)
+                           .index_add(0, seq_of, terms))
+        del other
+        return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, 3))
+
     def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
                           precision: str = "fp32", batch_size: int = 8) -> np.ndarray:
-        """log π(y|x) of each (prompt, response), as training tokenises them, from the weights in
+        """log π(y|x) of each (prompt, response), over its sampled ids as training scores them, from the weights in
         ``precision`` (evaluation.kl_precision): fp32 by default, which under
         generation.precision=bf16 loads the fp32 model for this alone (the sampling copy freed).
         Measured on the default run's last evaluation (64 responses of π_4 and π_1): bf16 weights
@@ -368,10 +372,8 @@ class HFGenerator(ChunkedSampling):
         the model allows it (:func:`packed_sequence_logps`: no padding, the same values to 1e-5), 8 at a
         time (larger batches were slower in fp32 on 2 cores)."""
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        encoded = [self.fmt.encode(p.text, s.text, s.finished, self.max_prompt) for p, s in zip(prompts, responses)]
-        for other in [d for d in self._models if d != dtype]:
-            self._models.pop(other)  # sampling is over: free a copy in the other precision
-        model = self._model(dtype)
+        encoded = self._encoded(prompts, responses)
+        model = self._scoring_model(dtype)
         score = packed_sequence_logps if packs_prompts(model) else sequence_logps
         out = []
         with torch.no_grad():

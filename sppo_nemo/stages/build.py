@@ -9,6 +9,11 @@
   others only, instead of all K samples.
 - loss.log_z=estimated stores log Z_{π̂_t^K}(x) (eq. 3.5) per prompt; constant leaves η/2.
 
+Each row carries the token ids its responses were sampled as (``Sample.ids``): the trainers score
+exactly those, never a re-tokenisation of the text, which can be another token sequence
+(decode → encode drift; its share on the default run is in benchmarks/README.md). Responses of an older run, text alone, make
+rows without ids; those are tokenised from the text, and the train summary counts them.
+
 The judge's scores come from the annotate stage ("scores" in matrices.jsonl) when the judge has
 logits (PairRM, llm-blender); otherwise they are read back from the matrix
 (preference.matrix_scores), and the summary says which (``scores_from``).
@@ -64,11 +69,12 @@ def build_rows(prompts, samples, matrices, loss: LossConfig, eta: float,
         p_hat = dict(zip(idx, p_sub))
         lz = float(preference.log_partition_estimate(p_sub, eta)) if loss.log_z == "estimated" else None
         if loss.type == "sppo":
-            rows += [PointRow(p.id, p.text, ss[k].text, ss[k].finished, float(p_hat[k]), lz) for k in chosen]
+            rows += [PointRow(p.id, p.text, ss[k].text, ss[k].finished, float(p_hat[k]), lz, ss[k].ids)
+                     for k in chosen]
         else:
             w, l = chosen
             rows.append(PairRow(p.id, p.text, ss[w].text, ss[l].text, ss[w].finished, ss[l].finished,
-                                float(m[w, l])))
+                                float(m[w, l]), ss[w].ids, ss[l].ids))
     return rows
 
 

@@ -4,10 +4,12 @@
   between the i-th sample of π_{t+1} and the i-th sample of the other policy, averaged over
   the samples; the mean over prompts with a 95% percentile-bootstrap interval over prompts;
 - mean response length (tokens, end-of-turn included) and the fraction that finished;
-- KL(π_{t+1} ‖ π_1) estimated as the mean of log π_{t+1}(y|x) − log π_1(y|x) over y ~ π_{t+1}.
-  This is unbiased for the sampling distribution; it is the KL of the models themselves when
-  evaluation samples at temperature 1 and top_p 1 (the paper's sampling setting). Both log-probs
-  come from fp32 weights, or from bf16 ones with ``evaluation.kl_precision: bf16``.
+- KL(π_{t+1} ‖ π_1) over y ~ π_{t+1}, scored on the sampled ids: the exact per-position KL
+  Σ_h KL(π_{t+1}(·|x, y_<h) ‖ π_1(·|x, y_<h)) (``kl_to_base``, non-negative), and beside it the
+  log-ratio log π_{t+1}(y|x) − log π_1(y|x) (``kl_to_base_log_ratio``), each with its 95% interval
+  (:func:`kl_estimates`). Both are of the models themselves when evaluation samples at temperature
+  1 and top_p 1 (the paper's sampling setting). Both models are scored from fp32 weights, or from
+  bf16 ones with ``evaluation.kl_precision: bf16``, held together for the scoring.
 - with a generator that can evaluate exactly (the game backends, backends/game.py): the exact
   duality gap of π_{t+1} and of the average policy (π_1 + … + π_{t+1})/(t + 1), and their
   distance to the Nash equilibrium (sppo_nemo/games.py).
@@ -41,7 +43,8 @@ import numpy as np
 from sppo_nemo.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
                               write_outputs)
 from sppo_nemo.artifacts import read_json, write_json, write_jsonl
-from sppo_nemo.backends import GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge
+from sppo_nemo.backends import (GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge,
+                                policy_location)
 from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
 from sppo_nemo.data import DataError
 from sppo_nemo.preference import win_rate_estimates
@@ -141,15 +144,10 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         metrics.update(_sample_prompt_file(generator, inp, workdir, bar, name))
 
     if t >= 1:
-        own = generator.sequence_logprobs(flat_prompts, flat, precision=kl_precision)
+        base = policy_location(inp.policies[0].location)
+        metrics.update(kl_estimates(generator.kl_terms(base, flat_prompts, flat, kl_precision),
+                                    len(prompts), n, inp.seed))
     generator.close()
-    if t >= 1:
-        base = make_generator(inp.generation, inp.policies[0].location)
-        base_logps = base.sequence_logprobs(flat_prompts, flat, precision=kl_precision)
-        base.close()
-        log_ratio = (own - base_logps).reshape(len(prompts), n).mean(axis=1)
-        kl, kl_lo, kl_hi = mean_interval(log_ratio, seed=inp.seed)
-        metrics.update({"kl_to_base": kl, "kl_to_base_ci": [kl_lo, kl_hi]})
 
     judge = make_judge(inp.judge) if inp.judge is not None else None
     rows = []
@@ -172,6 +170,23 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         shutil.rmtree(workdir / state, ignore_errors=True)
     write_json(workdir / "metrics.json", metrics)
     return metrics
+
+
+def kl_estimates(terms: np.ndarray, prompts: int, n: int, seed: int) -> dict:
+    """KL(π_{t+1} ‖ π_1) from ``Generator.kl_terms`` over samples y ~ π_{t+1}, n per prompt, two ways,
+    each the mean over prompts with a 95% bootstrap interval over prompts:
+
+    - ``kl_to_base``: Σ_h KL(π_{t+1}(·|x, y_<h) ‖ π_1(·|x, y_<h)), the exact KL at each position of
+      the sampled prefix (by the chain rule its expectation is the sequence KL); every term ≥ 0;
+    - ``kl_to_base_log_ratio``: log π_{t+1}(y|x) − log π_1(y|x), the single-sample estimate (k1),
+      unbiased too but of higher variance, and negative for some samples.
+    """
+    exact = terms[:, 2].reshape(prompts, n).mean(axis=1)
+    ratio = (terms[:, 0] - terms[:, 1]).reshape(prompts, n).mean(axis=1)
+    kl, lo, hi = mean_interval(exact, seed=seed)
+    kr, rlo, rhi = mean_interval(ratio, seed=seed)
+    return {"kl_to_base": kl, "kl_to_base_ci": [lo, hi], "kl_to_base_log_ratio": kr,
+            "kl_to_base_log_ratio_ci": [rlo, rhi]}
 
 
 def best_index(m: np.ndarray) -> int:

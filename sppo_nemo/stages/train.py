@@ -7,7 +7,9 @@ from pathlib import Path
 
 from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
 from sppo_nemo.backends import TrainerSpec, make_trainer, policy_location, trainer_spec
+from sppo_nemo.backends.chat_format import rows_from_text
 from sppo_nemo.context import Context, PolicyRef, Upstream
+from sppo_nemo.rows import read_rows
 
 NAME = "train"
 # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
@@ -29,13 +31,16 @@ def inputs(ctx: Context, t: int) -> Inputs:
 
 def run(inp: Inputs, workdir: Path, bar) -> dict:
     rows_file = inp.rows.path / "rows.jsonl"
-    with rows_file.open(encoding="utf-8") as fh:
-        n_rows = sum(1 for _ in fh)  # one row a line; the trainer reads them itself
+    rows = read_rows(rows_file)  # the trainer reads them itself; here they are counted
+    n_rows, from_text = len(rows), rows_from_text(rows)
+    del rows
     trainer = make_trainer(inp.trainer)
     t, epochs = inp.iteration, inp.trainer.trainer.epochs
     with bar(n_rows, f"iter {t} reference log-probs") as ref_bar, bar(n_rows * epochs, f"iter {t} train") as b:
         result = trainer.train(Path(policy_location(inp.policy.location)), rows_file, workdir / "policy",
                                progress=b.update, ref_progress=ref_bar.update)
+    # rows whose responses had no sampled ids (an older run's responses) were tokenised from their text
+    result.summary["rows_from_text"] = from_text
     write_jsonl(workdir / "metrics.jsonl", [{k: v for k, v in m.items() if k not in TIMING_KEYS}
                                             for m in result.metrics])
     write_json(workdir / "summary.json", {k: v for k, v in result.summary.items() if k not in TIMING_KEYS})

@@ -4,6 +4,8 @@ are known offline (sppo_nemo/hub.py KNOWN_CONFIGS), so a layout that cannot spli
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sppo_nemo import recipe
@@ -32,7 +34,8 @@ def test_the_mistral_recipe_states_the_papers_setting():
     assert (t.lr, t.warmup_ratio, t.schedule, t.epochs, t.schedule_epochs) == (5e-7, 0.1, "linear", 1, 18)
     assert (t.max_prompt_length, t.max_length, t.precision) == (512, 1024, "bf16")
     lay = megatron_layout(t)
-    assert lay.world == 8 and t.batch_size * lay.grad_accum * lay.data == 64
+    # appendix C's batch of 64 prompts: SPPO's best_worst makes two point rows a prompt
+    assert lay.world == 8 and t.batch_size * lay.grad_accum * lay.data == 128 == 2 * 64
     assert r.generation.backend == "vllm"
 
 
@@ -46,7 +49,14 @@ def test_the_other_paper_recipes_differ_only_where_they_say(name, loss, extra):
     assert r.loss.type == loss and r.loss.selection == "best_worst" and r.loss.rank_by == "score"
     for key, value in extra.items():
         assert getattr(r.loss, key) == value
-    assert r.trainer == base.trainer and r.data == base.data and r.sampling == base.sampling
+    assert r.data == base.data and r.sampling == base.sampling
+    if loss == "sppo":
+        assert r.trainer == base.trainer
+    else:  # one pair row a prompt: 64 rows a step are the SPPO recipe's 64 prompts (128 point rows)
+        assert r.trainer.megatron.global_batch_size == 64 == base.trainer.megatron.global_batch_size // 2
+        pair_trainer = dataclasses.replace(r.trainer, megatron=dataclasses.replace(
+            r.trainer.megatron, global_batch_size=base.trainer.megatron.global_batch_size))
+        assert pair_trainer == base.trainer
     if name.startswith("llama3"):
         assert r.policy.model == "meta-llama/Meta-Llama-3-8B-Instruct"
 

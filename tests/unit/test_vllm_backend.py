@@ -559,8 +559,10 @@ def sampler(**v) -> VLLMGenerator:
 
 
 def want(base_of=lambda pos: 0) -> list[list[Sample]]:
-    """Every prompt's 2 samples as the fake makes them: text 'position+base index', 3 tokens with the end."""
-    return [[Sample(f"p{pos}", s, f"{pos + base_of(pos)} {s}", 3, True) for s in range(2)] for pos in range(6)]
+    """Every prompt's 2 samples as the fake makes them: text 'position+base index', 3 tokens with the
+    end, the sampled ids kept as they came (the end id 7 last)."""
+    return [[Sample(f"p{pos}", s, f"{pos + base_of(pos)} {s}", 3, True, [pos + base_of(pos), s, 7]) for s in range(2)]
+            for pos in range(6)]
 
 
 def test_sample_runs_engines_and_merges_in_prompt_order(cpu4, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -103,7 +103,8 @@ class VLLMGenerator:
             kv_cache_memory_bytes=None if kv is None else int(kv * 2**30),
             in_process=not on_gpu and c.tensor_parallel == 1)
         sampling = Sampling(n=k, temperature=params.temperature, top_p=params.top_p,
-                            max_tokens=params.max_new_tokens, stop_token_ids=list(self.fmt.end_ids))
+                            max_tokens=params.max_new_tokens, stop_token_ids=list(self.fmt.end_ids),
+                            max_length=params.max_length)
         chunks = [[(i, derive_seed(*seed_tag, "prompt", i), self.fmt.prompt_ids(prompts[i].text, self.max_prompt))
                    for i in chunk] for chunk in grid]
         return Job(engine, sampling, chunks)
@@ -181,6 +182,12 @@ class VLLMGenerator:
         if self.scorer is None:
             self.scorer = HFGenerator(self.policy, self.system_prompt, self.max_prompt)
         return self.scorer.sequence_logprobs(prompts, responses, precision)
+
+    def kl_terms(self, base: str, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                 precision: str = "fp32") -> np.ndarray:
+        if self.scorer is None:
+            self.scorer = HFGenerator(self.policy, self.system_prompt, self.max_prompt)
+        return self.scorer.kl_terms(base, prompts, responses, precision)
 
     def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
         return sum(len(self.fmt.prompt_ids(p.text)) > self.max_prompt for p in prompts)

@@ -53,6 +53,13 @@ class Sampling:
     top_p: float
     max_tokens: int
     stop_token_ids: list[int]
+    max_length: int | None = None  # prompt + response at most (the trainer's); None: max_tokens alone
+
+    def budget(self, prompt_len: int) -> int:
+        """A request's max_tokens: as ``ChatFormat.response_budget`` reckons it."""
+        if self.max_length is None:
+            return self.max_tokens
+        return max(1, min(self.max_tokens, self.max_length - prompt_len))
 
 
 @dataclass

@@ -93,9 +93,10 @@ def run(state: Path, engine: int) -> None:
     for c in job.assignment[engine]:
         items = job.chunks[c]
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, _, ids in items]
-        params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=0, max_tokens=s.max_tokens,
-                                 seed=seed, stop_token_ids=s.stop_token_ids, detokenize=False)
-                  for _, seed, _ in items]
+        params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=0,
+                                 max_tokens=s.budget(len(ids)), seed=seed, stop_token_ids=s.stop_token_ids,
+                                 detokenize=False)
+                  for _, seed, ids in items]
         outs = llm.generate(prompts, params, use_tqdm=False)
         rows = [{"position": pos, "outputs": [[list(o.token_ids), o.finish_reason]
                                               for o in sorted(out.outputs, key=lambda o: o.index)]}
