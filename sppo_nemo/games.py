@@ -1,9 +1,10 @@
 """Preference games on a finite response set: the exact mathematics, as pure numpy/scipy functions.
 
 A game is an n×n preference matrix P with P[i, j] = P(y_i ≻ y_j | x), P + Pᵀ = 1 (so the
-diagonal is ½), and a policy is a probability vector π over the n responses. Equations refer to
-shared/reference/sppo-paper.txt (Wu et al., ICLR 2025). Nothing here reads or writes files; the
-loop's game backends (sppo_nemo/backends/game.py) and benchmarks/games_suite.py build on it.
+diagonal is ½), and a policy is a probability vector π over the n responses. Equations and
+sections are those of Wu et al., SPPO, arXiv:2405.00675 (§2.2, eq. 3.1, appendix F). Nothing here
+reads or writes files; the loop's game backends (sppo_nemo/backends/game.py) and
+benchmarks/games_suite.py build on it.
 
 Definitions used throughout:
 

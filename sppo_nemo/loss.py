@@ -1,7 +1,7 @@
 """The training losses, as pure per-example tensor functions.
 
-Symbols follow the paper (Wu et al., "Self-Play Preference Optimization", ICLR 2025;
-shared/reference/sppo-paper.txt). Log-probabilities are *sequence* log-probabilities:
+Symbols follow the paper (Wu et al., SPPO, arXiv:2405.00675: eq. 3.5–3.7 and appendix B, eq.
+B.1–B.3). Log-probabilities are *sequence* log-probabilities:
 log π(y|x) = Σ_h log π(y_h | x, y_<h), summed over response tokens.
 
 η (``eta``) is the paper's step size of the multiplicative-weight update (3.1); the pairwise

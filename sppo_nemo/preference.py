@@ -2,7 +2,8 @@
 P(y_i ≻ y_j | x), and from that matrix to the win rates P̂(y ≻ π_t | x) the losses need.
 
 M[i, j] = P(y_i ≻ y_j | x) for K responses y_1..y_K ~ π_t(·|x) of one prompt.
-Equations refer to shared/reference/sppo-paper.txt. Every function works on (K, K) or (..., K, K).
+Equations are those of Wu et al., SPPO, arXiv:2405.00675 (eq. 3.5 for the win rates). Every
+function works on (K, K) or (..., K, K).
 
 Logits to probabilities (PairRM)
 --------------------------------
