@@ -21,7 +21,8 @@ dense (V, d) gradient at the end of the backward.
   The torch trainer uses it in fp32 only (its docstring says why not under bf16 autocast).
 - :meth:`FlatState.release` gives the parameters storage of their own again before saving.
 
-Measured: ``benchmarks/bench_trainer_step.py`` (README, "The training state lives in flat buffers").
+Measured: ``benchmarks/bench_trainer_step.py`` (figures in benchmarks/README.md; the design in
+docs/backends.md).
 """
 
 from __future__ import annotations

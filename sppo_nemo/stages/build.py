@@ -11,8 +11,9 @@
 
 Each row carries the token ids its responses were sampled as (``Sample.ids``): the trainers score
 exactly those, never a re-tokenisation of the text, which can be another token sequence
-(decode → encode drift; its share on the default run is in benchmarks/README.md). Responses of an older run, text alone, make
-rows without ids; those are tokenised from the text, and the train summary counts them.
+(decode → encode drift; its share on the default run is in benchmarks/README.md). Responses of
+an older run, text alone, make rows without ids; those are tokenised from the text, and the train
+summary counts them (``rows_from_text``).
 
 The judge's scores come from the annotate stage ("scores" in matrices.jsonl) when the judge has
 logits (PairRM, llm-blender); otherwise they are read back from the matrix
