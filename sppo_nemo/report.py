@@ -49,9 +49,17 @@ def _ci(row: dict, key: str) -> str:
     return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _kl(row: dict) -> str:
+    """The two KL estimates; a run evaluated before the exact one existed has the log-ratio alone,
+    under the key the exact one now has."""
+    if "kl_to_base_log_ratio" in row:
+        return f"{_ci(row, 'kl_to_base')} | {_ci(row, 'kl_to_base_log_ratio')}"
+    return f"– | {_ci(row, 'kl_to_base')}" if "kl_to_base_ci" in row else "– | –"
+
+
 def table(rows: list[dict]) -> str:
     header = ("| iter | policy | win vs π_1 [95% CI] | win vs π_t [95% CI] | mean tokens | finished | "
-              "KL(π‖π_1) | loss before→after (scaled) | seconds |")
+              "KL(π‖π_1) [95% CI] | log-ratio [95% CI] | loss before→after (scaled) | seconds |")
     exact = any("duality_gap" in r for r in rows)  # the game backends evaluate exactly
     if exact:
         header += " duality gap π_{t+1} | duality gap π̄ | TV to Nash π̄ |"
@@ -73,7 +81,7 @@ def table(rows: list[dict]) -> str:
         secs = sum(r.get("seconds", {}).values())
         lines.append(
             f"| {t} | π_{t + 1} | {_ci(r, 'win_rate_vs_base')} | {_ci(r, 'win_rate_vs_previous')} | "
-            f"{_fmt(r.get('mean_tokens'), 1)} | {_fmt(r.get('finished_fraction'), 2)} | {_fmt(r.get('kl_to_base'))} | "
+            f"{_fmt(r.get('mean_tokens'), 1)} | {_fmt(r.get('finished_fraction'), 2)} | {_kl(r)} | "
             f"{loss} | {secs:.0f} |"
             + (f" {_fmt(r.get('duality_gap'), 4)} | {_fmt(r.get('duality_gap_avg'), 4)} | "
                f"{_fmt(r.get('nash_tv_avg'), 4)} |" if exact else "")
@@ -203,7 +211,9 @@ def write_report(ctx: Context) -> str:
         table(rows),
         "",
         "Win rates are the judge's mean P(π_{t+1} ≻ opponent) over held-out prompts with a percentile-bootstrap "
-        "95% interval; KL is the mean sampled log-ratio log π_{t+1}(y|x) − log π_1(y|x), y ~ π_{t+1}. "
+        "95% interval. KL(π‖π_1) is the exact per-position KL Σ_h KL(π_{t+1}(·|x, y_<h) ‖ π_1(·|x, y_<h)) over "
+        "samples y ~ π_{t+1} (never negative); log-ratio is the single-sample estimate log π_{t+1}(y|x) − "
+        "log π_1(y|x) over the same samples, kept for comparison. "
         "Loss before→after: the training loss on the same fixed rows (up to 64 of the iteration's) at π_t, "
         "before training, and at π_{t+1}, after it (a run trained before this figure existed shows its first and "
         "last step's losses, on different rows). Scaled loss is the square loss divided by η² (appendix B units).",

@@ -189,6 +189,17 @@ def test_the_best_of_column_only_when_present():
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+def test_the_report_shows_both_kl_estimates_and_reads_an_older_run_as_log_ratio():
+    now = dict(ROW, kl_to_base=0.2, kl_to_base_ci=[0.15, 0.25], kl_to_base_log_ratio=0.18,
+               kl_to_base_log_ratio_ci=[-0.1, 0.4])
+    older = dict(ROW, kl_to_base=0.3, kl_to_base_ci=[0.1, 0.5])  # evaluated before the exact KL: a log-ratio
+    lines = table([{"iteration": 0, "mean_tokens": 10.0}, now, older]).splitlines()
+    assert "| KL(π‖π_1) [95% CI] | log-ratio [95% CI] |" in lines[0]
+    assert "| 0.200 [0.150, 0.250] | 0.180 [-0.100, 0.400] |" in lines[3]
+    assert "| – | 0.300 [0.100, 0.500] |" in lines[4]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
 def test_report_includes_the_cost_estimate_and_the_length_plot(ctx):
     pytest.importorskip("matplotlib")
     ctx.stage(1, "train").remove()
