@@ -505,6 +505,19 @@ def test_job_seeds_by_position_whatever_the_grid(cpu4) -> None:
     assert jobs[0].sampling == Sampling(n=2, temperature=0.7, top_p=0.9, max_tokens=48, stop_token_ids=[7, 8])
 
 
+def test_each_request_stops_where_the_trainer_would_cut(cpu4, tmp_path: Path) -> None:
+    """SamplingParams.max_length reaches the job; a request's max_tokens is what the trainer's
+    max_length leaves after its prompt (as ChatFormat.response_budget), never below 1."""
+    g = bare_generator(VllmConfig(), fmt=FakeFormat(), policy="/m", max_model_len=320, max_prompt=3)
+    p = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=48, seed=0, batch_size=4, max_length=50)
+    job = g._job(PROMPTS, chunk_grid(6, 2, 4), 2, p, TAG)
+    assert job.sampling.max_length == 50
+    assert [job.sampling.budget(len(ids)) for chunk in job.chunks for _, _, ids in chunk] == [48, 48, 47, 47, 47, 47]
+    assert Sampling(1, 1.0, 1.0, 48, [7], max_length=10).budget(12) == 1
+    assert Sampling(1, 1.0, 1.0, 48, [7]).budget(400) == 48  # no max_length: max_tokens as it was
+    assert Job.read(job.write(tmp_path)).sampling == job.sampling  # what the workers read
+
+
 def test_job_engine_settings_on_cpu_and_gpu(cpu4, monkeypatch: pytest.MonkeyPatch) -> None:
     def engine(config: VllmConfig) -> EngineSettings:
         g = bare_generator(config, fmt=FakeFormat(), policy="/m", max_model_len=320, max_prompt=3)
