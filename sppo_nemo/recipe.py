@@ -97,7 +97,10 @@ def _build(raw: Any, schema: type, prefix: str) -> tuple[Any, tuple[str, ...]]:
         elif f.default == MISSING or name in raw:
             base = _strip_optional(tp)
             base = str if choices(base) else base
-            kwargs[name] = f.default if f.default != MISSING else _PLACEHOLDERS.get(base, "placeholder")
+            if f.default_factory is not dataclasses.MISSING:  # a list key: its empty default
+                kwargs[name] = f.default_factory()
+            else:
+                kwargs[name] = f.default if f.default != MISSING else _PLACEHOLDERS.get(base, "placeholder")
             muted.append(f"{prefix}{name}:")
     return schema(**kwargs), tuple(muted)
 
@@ -219,8 +222,24 @@ def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
             continue
         problem = _type_problem(raw[name], tp)
         if problem:
-            problems.append(f"{path}: {problem}")
+            problems.append(f"{path}: {problem}{_list_form(path, raw[name]) if typing.get_origin(tp) is list else ''}")
     return problems
+
+
+# The form of each list key's items, for the message when a recipe writes something else.
+LIST_FORMS = {"launch.env": "a KEY=VALUE string", "launch.container_mounts": "a /host/path:/container/path[:ro] string",
+              "launch.setup": "a shell line (a string)"}
+
+
+def _list_form(path: str, value: Any) -> str:
+    """The fix of a list key written otherwise: the form of its items; a mapping given for
+    launch.env, the very list to write instead."""
+    if path == "launch.env" and isinstance(value, dict):
+        items = ", ".join(f"{k}={v}" for k, v in value.items())
+        return f"; write a list of KEY=VALUE strings: env: [{items}]"
+    form = LIST_FORMS.get(path, "an srun flag (a string, e.g. --container-image=...)" if path.endswith("srun_args")
+                          else "a string")
+    return f"; write a YAML list, each item {form}"
 
 
 def _type_name(tp: Any, plural: bool = False) -> str:

@@ -159,6 +159,15 @@ BAD = [
     Bad("non_utf8_jsonl", BASE + "data:\n  prompts: @TMP@/latin1.jsonl\n", "data.prompts:",
         ("latin1.jsonl",), setup=_non_utf8_jsonl),
     Bad("top_level_is_a_scalar", "5\n", None, ("mapping",)),
+    # a list key written as a mapping, or with an item that is not a string: the key and the form
+    Bad("launch_env_as_a_mapping", BASE + "launch:\n  env: {HF_HOME: /x, A: b}\n", "launch.env:",
+        ("got dict", "list of KEY=VALUE strings", "env: [HF_HOME=/x, A=b]")),
+    Bad("container_mount_not_a_string", BASE + "launch:\n  container_mounts: [/a:/b, 5]\n",
+        "launch.container_mounts:", ("item 1", "got int 5", "/host/path:/container/path[:ro]")),
+    Bad("launch_setup_a_string", BASE + "launch:\n  setup: module load cuda\n", "launch.setup:",
+        ("must be a list", "a shell line")),
+    Bad("srun_args_a_mapping", BASE + "judge:\n  srun_args: {a: 1}\n", "judge.srun_args:",
+        ("must be a list", "an srun flag")),
 ]
 
 
@@ -244,6 +253,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         pytest.param(BASE + "etta: 5\n", (), "etta:", id="unknown_key"),
         pytest.param(BASE, ("trainer.learning_rate=1e-6",), "trainer.learning_rate:", id="unknown_override"),
         pytest.param(BASE, ("name=[abc",), "name", id="unparsable_override"),
+        pytest.param(BASE + "launch:\n  env: {HF_HOME: /x}\n", (), "launch.env: must be a list", id="env_mapping"),
+        pytest.param(BASE + "launch:\n  container_mounts: [/a:/b, 5]\n", (), "launch.container_mounts: item 1",
+                     id="mount_not_a_string"),
     ],
 )
 def test_cli_validate_bad_recipe_exits_2_without_traceback(body, overrides, key, tmp_path: Path) -> None:
