@@ -114,8 +114,14 @@ def _records(path: Path, split: str | None = None, fields: list[str] | None = No
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{path} is Parquet; reading it needs `pip install pyarrow`") from None
-        keep = _keep(str(path), pq.read_schema(path).names, fields)
-        rows = pq.read_table(path, columns=keep).to_pylist()
+        import pyarrow as pa
+
+        try:
+            keep = _keep(str(path), pq.read_schema(path).names, fields)
+            rows = pq.read_table(path, columns=keep).to_pylist()
+        except pa.ArrowException as exc:  # not Parquet at all, empty, or cut short
+            raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}){_format_hint(path)}"
+                            ) from None
         return [(f"{path} row {i + 1}", row) for i, row in enumerate(rows)]
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unknown format {path.suffix!r}; use .jsonl, .parquet, a datasets directory or "
@@ -139,6 +145,17 @@ def _records(path: Path, split: str | None = None, fields: list[str] | None = No
             raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
         out.append((f"{path}:{lineno}", record))
     return out
+
+
+def _format_hint(path: Path) -> str:
+    """The fix for a .parquet file that is not Parquet: what it looks like instead, if text."""
+    with path.open("rb") as fh:
+        head = fh.read(64).lstrip()
+    if head.startswith(b"{"):
+        return "; it looks like JSON lines: rename it to .jsonl"
+    if head.startswith(b"["):
+        return "; it looks like JSON: write one object per line and name it .jsonl"
+    return "; write it with pyarrow or pandas (DataFrame.to_parquet), or give a .jsonl file"
 
 
 def download_command(cfg: DataConfig) -> str:

@@ -85,6 +85,18 @@ def test_bad_prompt_files_are_named(tmp_path, content, match):
         read_eval_prompts(tmp_path / "p.json")
 
 
+def test_a_parquet_file_that_is_not_parquet_is_named_for_the_run_and_the_evaluation(tmp_path):
+    from sppo_nemo.config import DataConfig
+    from sppo_nemo.data import load_prompts
+
+    fake = tmp_path / "p.parquet"
+    fake.write_text('{"instruction": "a", "prompt": "a"}\n')
+    with pytest.raises(DataError, match=r"p\.parquet: not a readable Parquet file \(.*\); it looks like JSON lines"):
+        load_prompts(DataConfig(prompts=str(fake), split_size=1))
+    with pytest.raises(DataError, match=r"p\.parquet: not a readable Parquet file"):
+        read_eval_prompts(fake)
+
+
 def test_the_prompt_file_is_fingerprinted_by_content(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.json"
     a.write_text('{"instruction": "x", "dataset": "d"}\n')

@@ -62,6 +62,14 @@ def _non_utf8_jsonl(tmp: Path) -> None:
     (tmp / "latin1.jsonl").write_bytes(b'{"id": "a", "prompt": "caf\xe9"}\n')
 
 
+def _jsonl_named_parquet(tmp: Path) -> None:
+    write(tmp / "prompts.parquet", '{"id": "a", "prompt": "one"}\n')
+
+
+def _empty_parquet(tmp: Path) -> None:
+    (tmp / "empty.parquet").write_bytes(b"")
+
+
 def _model_dir_without_config(tmp: Path) -> None:
     (tmp / "model").mkdir()
     (tmp / "model" / "model.safetensors").write_bytes(b"")
@@ -159,6 +167,11 @@ BAD = [
     Bad("non_utf8_jsonl", BASE + "data:\n  prompts: @TMP@/latin1.jsonl\n", "data.prompts:",
         ("latin1.jsonl",), setup=_non_utf8_jsonl),
     Bad("top_level_is_a_scalar", "5\n", None, ("mapping",)),
+    Bad("parquet_file_that_is_json_lines", BASE + "data:\n  prompts: @TMP@/prompts.parquet\n", "data.prompts:",
+        ("prompts.parquet: not a readable Parquet file", "magic bytes", "rename it to .jsonl"),
+        setup=_jsonl_named_parquet),
+    Bad("parquet_file_empty", BASE + "data:\n  prompts: @TMP@/empty.parquet\n", "data.prompts:",
+        ("empty.parquet: not a readable Parquet file", "0 bytes", "to_parquet"), setup=_empty_parquet),
     # a list key written as a mapping, or with an item that is not a string: the key and the form
     Bad("launch_env_as_a_mapping", BASE + "launch:\n  env: {HF_HOME: /x, A: b}\n", "launch.env:",
         ("got dict", "list of KEY=VALUE strings", "env: [HF_HOME=/x, A=b]")),
