@@ -97,6 +97,9 @@ def check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(e.max_new_tokens is None or e.max_new_tokens >= 1, "evaluation.max_new_tokens: must be at least 1")
     need(e.best_of is None or e.best_of >= 2,
          f"evaluation.best_of: {e.best_of}; best-of-n needs n ≥ 2 samples per prompt, or null for off")
+    need(e.best_of is None or e.enabled,
+         f"evaluation.best_of: {e.best_of}, but evaluation.enabled is false: no evaluate stage runs, so nothing would "
+         f"be sampled best-of-n; set evaluation.enabled=true or remove evaluation.best_of (null)")
     need(bool(e.prompt_field.strip()), "evaluation.prompt_field: empty; name the field holding the instruction")
 
     model = r.policy.model
