@@ -163,7 +163,8 @@ def _execute(ctx, only, restart) -> list[dict]:
 def _validate_notes(r, recipe_path: str) -> list[str]:
     """What --validate could not read itself and how it checked instead: a policy that is not local
     (its shape from the HF cache or the known shapes of the paper's models), prompts not readable
-    here (a hub dataset not in the cache: not counted)."""
+    here (a hub dataset not in the cache: not counted); and warnings: values that are valid but cost
+    orders of magnitude more than anyone runs (recipe_checks.cost_warnings)."""
     from pathlib import Path
 
     from sppo_nemo.config import GAME_POLICY, SHIPPED_SMOLLM2, looks_like_path
@@ -189,6 +190,9 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     note = availability(r.data, Path(recipe_path).parent)
     if note:
         notes.append(f"data.prompts: {note}")
+    from sppo_nemo.recipe_checks import cost_warnings  # valid values, but a cost orders of magnitude off
+
+    notes += [f"warning: {w}" for w in cost_warnings(r, Path(recipe_path).parent)]
     return notes
 
 

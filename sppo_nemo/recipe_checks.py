@@ -3,7 +3,8 @@ sampling, judge, trainer, evaluation, policy, data sizes), each problem as 'dott
 
 Called from ``recipe.check`` after the structural check, with the sections' own checks (data, game,
 megatron layout, vLLM, launch) beside it; nothing here reads a file but the policy directory's
-``config.json`` presence.
+``config.json`` presence. :func:`cost_warnings` are valid values that cost orders of magnitude more
+than anyone runs: ``--validate`` prints them as warnings and refuses nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sppo_nemo.config import GAME_BACKENDS, SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
+from sppo_nemo.errors import UserError
 
 GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
@@ -114,3 +116,38 @@ def check_general(r: Recipe, base_dir: Path) -> list[str]:
          f"data.eval_size: {r.data.eval_size}; evaluation needs at least 1 held-out prompt (or evaluation.enabled=false)")
     need(r.data.split_size >= 1, f"data.split_size: {r.data.split_size}; must be at least 1")
     return p
+
+
+# The paper samples K = 5 responses per prompt (appendix C); practice stays within a few dozen. The
+# judge compares every ordered pair, K·(K−1) per prompt, so a K past this is most likely a typo.
+K_PRACTICE = 64
+# The estimate's judging "dwarfs" generation: this many times its hours, and over an hour an iteration.
+JUDGE_OVER_GENERATION = 100.0
+
+
+def cost_warnings(r: Recipe, base_dir: Path) -> list[str]:
+    """Valid values whose cost is orders of magnitude off, as 'dotted.key: what; fix': K beyond
+    :data:`K_PRACTICE`, or, where the policy's shape is known (sppo_nemo/estimate.py), a judge whose
+    K·(K−1) comparisons per prompt take over :data:`JUDGE_OVER_GENERATION` times generation's hours."""
+    from sppo_nemo.estimate import estimate  # the policy's shape from its config.json, or the HF cache
+
+    comparisons = r.K * (r.K - 1)
+    try:
+        e = estimate(r, Path(r.output_dir) / r.name, base_dir=base_dir)
+    except (UserError, ArithmeticError, LookupError, TypeError, ValueError):  # games, a shape not known here
+        e = None
+    dwarfs, costed = False, ""
+    if e is not None:
+        hours = {s.stage: s.seconds / 3600 for s in e.stages}
+        gen, judge, it = hours["generate"], hours["annotate"], e.iteration_seconds / 3600
+        dwarfs = judge > max(1.0, JUDGE_OVER_GENERATION * gen)
+        costed = (f"; the estimate puts one iteration at {f'{it:,.2f}' if it >= 0.01 else f'{it:.2g}'} h on "
+                  f"{e.gpus} × {e.gpu.name}, {judge / it if it else 0:.0%} of it judging (sppo-run RECIPE "
+                  f"--estimate prints the whole cost)")
+    if r.K <= K_PRACTICE and not dwarfs:
+        return []
+    why = ("far beyond the paper's K = 5 and the few dozen of practice" if r.K > K_PRACTICE
+           else "and judging them dwarfs generating them")
+    return [f"K: {r.K} responses per prompt, {why}: the judge makes K·(K−1) = {comparisons:,} comparisons per "
+            f"prompt, {comparisons * r.data.split_size:,} an iteration of data.split_size={r.data.split_size} "
+            f"prompts{costed}. If K is a typo, fix it"]

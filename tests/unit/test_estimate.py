@@ -179,3 +179,34 @@ def test_the_paper_recipe_estimates_offline(tmp_path, capsys):
     assert main([str(PAPER), "--estimate", f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "Mistral-7B-Instruct-v0.2" in out and "| **iteration** |" in out and "| **total** |" in out
+
+
+# --------------------------------------------------------------------------- --validate's cost warning
+def test_a_K_far_beyond_practice_is_a_warning_naming_the_comparisons_per_prompt(tmp_path):
+    from sppo_nemo.recipe_checks import cost_warnings
+
+    assert cost_warnings(tiny_recipe(tmp_path, "K=5"), tmp_path) == []
+    assert cost_warnings(tiny_recipe(tmp_path, "K=64"), tmp_path) == []
+    (warning,) = cost_warnings(tiny_recipe(tmp_path, "K=5000"), tmp_path)
+    assert warning.startswith("K: 5000 responses per prompt, far beyond the paper's K = 5")
+    assert "K·(K−1) = 24,995,000 comparisons per prompt, 249,950,000 an iteration of data.split_size=10" in warning
+    assert "of it judging" in warning and "If K is a typo, fix it" in warning
+
+
+def test_judging_that_dwarfs_generation_is_a_warning_below_the_K_bound(tmp_path):
+    from sppo_nemo.recipe_checks import cost_warnings
+
+    # the 388-parameter policy generates in no time; 200,000 prompts × 4,032 comparisons take hours
+    (warning,) = cost_warnings(tiny_recipe(tmp_path, "K=64", "data.split_size=200000"), tmp_path)
+    assert warning.startswith("K: 64 responses per prompt, and judging them dwarfs generating them")
+    assert "4,032 comparisons per prompt" in warning and "100% of it judging" in warning
+
+
+def test_cli_validate_prints_the_warning_and_still_passes(capsys):
+    assert main([str(SHIPPED), "K=5000", "--validate"]) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("# warning: "))
+    assert line.startswith("# warning: K: 5000 responses per prompt") and "24,995,000 comparisons per prompt" in line
+    assert err.rstrip().endswith("valid")
+    assert main([str(SHIPPED), "--validate"]) == 0
+    assert "warning" not in capsys.readouterr().err
