@@ -37,6 +37,13 @@ class TrainingDiverged(UserError):
     pass
 
 
+# What to change when training diverges (Fit.end_step, Fit.record_probe): the same words either way.
+# Not clipping: AdamW's and RMSprop's steps are normalised, so a smaller trainer.max_grad_norm leaves
+# the first update (≈ lr per weight) as large as it was.
+DIVERGED_FIX = ("nothing of this stage was committed. Lower trainer.lr, raise trainer.warmup_ratio, or train in "
+                "fp32 (trainer.precision=fp32).")
+
+
 @dataclass(frozen=True)
 class Slot:
     """One micro-batch of an optimizer step: row indices and their epoch (-1: padding, no rows)."""
@@ -272,24 +279,34 @@ class Fit:
 
     def end_step(self, step: int, lr: float, grad_norm: float, seconds: float, totals: torch.Tensor) -> dict:
         """The step's metrics; a non-finite loss or gradient norm stops training before anything is
-        committed (TrainingDiverged names the step)."""
+        committed (TrainingDiverged names the step). The loss is π's before the step's update: the
+        last update is checked by :meth:`record_probe`."""
         m = step_metrics(totals, step, lr, grad_norm, self.loss_type, self.eta, seconds)
         if not (math.isfinite(m["loss"]) and math.isfinite(grad_norm)):
             raise TrainingDiverged(
                 f"training diverged at optimizer step {step} of {len(self.steps)}: loss {m['loss']}, gradient norm "
-                f"{grad_norm} (lr {lr:.3g}); nothing of this stage was committed. Lower trainer.lr, raise "
-                f"trainer.warmup_ratio, or train in fp32 (trainer.precision=fp32).")
+                f"{grad_norm} (lr {lr:.3g}); {DIVERGED_FIX}")
         self.metrics.append(m)
         return m
 
     def record_probe(self, pol_after: torch.Tensor, ref: torch.Tensor) -> None:
         """The loss on the fixed probe rows (:attr:`probe`) before training and after it:
         ``pol_after`` (probe rows, 1 or 2) are π_{t+1}'s log-probs of them, ``ref`` π_t's. Before
-        training π = π_t, so the loss there is the batch loss at log-ratio 0: no extra pass."""
+        training π = π_t, so the loss there is the batch loss at log-ratio 0: no extra pass.
+
+        The probe is the one look at π after the last update (:meth:`end_step` sees each step's loss
+        before its update): a non-finite loss here, as a single step at a huge learning rate leaves
+        it, stops training before anything is committed, as a diverging step does."""
         rows = [self.rows[i] for i in self.probe]
         ref = ref.double()
         before = batch_loss(self.loss_type, self.eta, ref, ref, rows).mean().item()
         after = batch_loss(self.loss_type, self.eta, pol_after.double(), ref, rows).mean().item()
+        if rows and not math.isfinite(after):
+            last = self.metrics[-1] if self.metrics else {"step": len(self.steps) - 1, "lr": self.cfg.lr}
+            raise TrainingDiverged(
+                f"training diverged at optimizer step {last['step']} of {len(self.steps)}: after its update the "
+                f"loss on the {len(rows)} fixed probe rows is {after} (it was {before:.4g} before training; lr "
+                f"{last['lr']:.3g}); {DIVERGED_FIX}")
         self.probe_losses = (before, after)
 
     def summary(self, ref_seconds: float, **extra) -> dict:

@@ -213,6 +213,16 @@ def test_a_diverging_loss_stops_training_naming_the_step(tiny_model, tmp_path):
     assert "nothing of this stage was committed" in err
 
 
+def test_a_single_diverging_step_is_refused_like_a_diverging_run(tiny_model, tmp_path):
+    """One optimizer step (16 rows, one micro-batch) at lr 1e30: no later step sees its loss, so it
+    used to commit a policy with NaN log-probs and exit 0; the probe after training now stops it."""
+    err = failed_cleanly(run(tiny_model, tmp_path, "K=2", "data.split_size=8", "trainer.batch_size=16",
+                             "trainer.epochs=1", "trainer.lr=1e30", "evaluation.enabled=false"), 1,
+                         "training diverged at optimizer step 0 of 1: after its update the loss on the 16 fixed "
+                         "probe rows is nan", "nothing of this stage was committed. Lower trainer.lr")
+    assert not (tmp_path / "tiny_sppo/iter_01/train").exists() and (tmp_path / "tiny_sppo/iter_01/build/_DONE").exists()
+
+
 # ------------------------------------------------------------ bad data
 
 def test_a_huge_prompt_is_cut_from_the_left_and_counted(tiny_model, tmp_path):

@@ -294,6 +294,17 @@ def test_pair_losses_move_the_winner_up_and_the_loser_down(tmp_path, loss_type):
     assert result.summary["last_loss"] < result.summary["first_loss"]
 
 
+def test_a_single_diverging_step_of_the_game_trainer_commits_nothing(tmp_path):
+    from sppo_nemo.training import TrainingDiverged
+
+    rows = [PointRow("x", "play", "paper", True, 0.9), PointRow("x", "play", "rock", True, 0.1)]
+    t = trainer("sppo", 1.0, epochs=1, lr=1e300)  # one step: logits ±1e300, the loss after it is inf
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at optimizer step 0 of 1: after its update the "
+                                               r"loss on the 2 fixed probe rows is inf"):
+        t.train(Path("game"), rows_file(tmp_path, rows), tmp_path / "next")
+    assert not (tmp_path / "next").exists()
+
+
 def test_training_touches_only_the_contexts_it_sees(tmp_path):
     game = rps_game()
     start = GamePolicy.initial(game)

@@ -169,6 +169,26 @@ def test_failed_job_quotes_the_workers_traceback_and_keeps_its_folder(tmp_path: 
     assert sorted(p.name for p in job.iterdir()) == ["job.json", "train.log"]
 
 
+def test_a_worker_stopped_by_divergence_is_the_trainer_cores_error_not_a_traceback(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    from sppo_nemo.training import TrainingDiverged
+
+    said = ("training diverged at optimizer step 0 of 1: after its update the loss on the 4 fixed probe rows is nan "
+            "(it was 0.25 before training; lr 1e+30); nothing of this stage was committed. Lower trainer.lr, raise "
+            "trainer.warmup_ratio, or train in fp32 (trainer.precision=fp32).")
+    script = ("import sys; print('[rank0]: Traceback (most recent call last):'); "
+              "print('[rank0]:   File \"worker.py\", line 247, in probe_pass'); "
+              f"print('[rank0]: sppo_nemo.training.TrainingDiverged: {said}'); print('torchrun noise'); sys.exit(1)")
+    t = MegatronTrainer(cfg(), "sppo", 1.0, None, 0)
+    fake_workers(t, monkeypatch, script)
+    (tmp_path / "pi_t").mkdir()
+    with pytest.raises(TrainingDiverged) as e:
+        t.train(tmp_path / "pi_t", tmp_path / "rows.jsonl", tmp_path / "train" / "policy")
+    job = tmp_path / "train" / "megatron-job"
+    assert str(e.value) == f"{said} The workers' log: {job / 'train.log'}" and e.value.exit_code == 1
+    assert "Traceback" in (job / "train.log").read_text()  # kept for inspection
+
+
 @pytest.mark.parametrize("error", [
     "AssertionError: Torch not compiled with CUDA enabled",  # the CPU build of torch
     "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and "

@@ -79,6 +79,45 @@ def test_a_non_finite_loss_stops_training_naming_the_step():
         fit.end_step(0, 0.1, 1.0, 0.1, stats.totals())
 
 
+def test_a_non_finite_probe_loss_after_the_only_step_stops_training_naming_it():
+    """end_step sees each step's loss before its update; a single step that diverges shows only in
+    the probe after it, and is refused the same way, before anything is committed."""
+    from sppo_nemo.training import TrainingDiverged
+
+    rows = [PointRow("p", "x", "y", True, 1.0)]
+    fit = Fit(rows, TrainerConfig(lr=1e30, batch_size=1), "sppo", 2.0, 0)
+    stats = StepStats()
+    fit.micro_loss(Slot((0,), 0), torch.zeros(1, 1), torch.zeros(1, 1), stats, tokens=1)
+    fit.end_step(0, 1e30, 1.0, 0.1, stats.totals())  # the loss before the update is finite
+    with pytest.raises(TrainingDiverged) as info:
+        fit.record_probe(torch.tensor([[float("nan")]]), torch.zeros(1, 1))
+    assert str(info.value) == (
+        "training diverged at optimizer step 0 of 1: after its update the loss on the 1 fixed probe rows is nan (it "
+        "was 1 before training; lr 1e+30); nothing of this stage was committed. Lower trainer.lr, raise "
+        "trainer.warmup_ratio, or train in fp32 (trainer.precision=fp32).")
+    assert fit.probe_losses is None
+    fit.record_probe(torch.full((1, 1), 1e6), torch.zeros(1, 1))  # large but finite: a result, not an error
+    assert fit.summary(0.0)["probe_loss_after"] > 1e11
+
+
+def test_the_torch_trainer_commits_nothing_when_its_only_step_diverges(tmp_path):
+    """The symptom: trainer.lr=1e30 with one optimizer step trained a policy whose log-probs are NaN and
+    saved it; the fixture rows at lr 1e30 give NaN on the tiny Llama (measured)."""
+    from pathlib import Path
+
+    from sppo_nemo.backends.torch_trainer import TorchTrainer
+    from sppo_nemo.testing import build_tiny_llama
+    from sppo_nemo.training import TrainingDiverged
+
+    rows = Path(__file__).resolve().parents[1] / "fixtures" / "rows_sppo.jsonl"
+    cfg = TrainerConfig(lr=1e30, warmup_ratio=0.0, batch_size=16, epochs=1, max_prompt_length=32, max_length=64)
+    trainer = TorchTrainer(cfg, "sppo", 10.0, None, seed=0, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at optimizer step 0 of 1: after its update the "
+                                               r"loss on the 12 fixed probe rows is nan .*Lower trainer.lr"):
+        trainer.train(build_tiny_llama(tmp_path / "tiny"), rows, tmp_path / "policy")
+    assert not (tmp_path / "policy").exists()
+
+
 def test_probe_rows_are_fixed_and_scored_before_and_after_hand_worked():
     from sppo_nemo.protocols import PointRow
     from sppo_nemo.training import probe_rows

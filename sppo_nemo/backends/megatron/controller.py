@@ -80,6 +80,8 @@ class MegatronTrainer:
         result = read_result(job_dir)
         if rc != 0 and any("No space left on device" in line for line in tail):
             raise OSError(errno.ENOSPC, "No space left on device", str(output_dir))  # the CLI's disk-full message
+        if rc != 0:
+            _raise_diverged(job_dir, [*worker_tail, *tail])
         if rc != 0 or result is None:
             raise MegatronJobError(_failure(rc, job_dir, tail, worker_tail))
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -119,6 +121,18 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
             proc.wait()
             raise
     return rc, tail, worker_tail
+
+
+def _raise_diverged(job_dir: Path, lines: list[str]) -> None:
+    """A worker stopped by the trainer core's TrainingDiverged (sppo_nemo/training.py: a non-finite
+    loss, gradient norm or probe loss after the last update): the same error as the torch trainer's,
+    its message without the worker's traceback around it."""
+    from sppo_nemo.training import TrainingDiverged
+
+    for line in lines:
+        _, found, message = line.partition("TrainingDiverged: ")
+        if found:
+            raise TrainingDiverged(f"{message.strip()} The workers' log: {job_dir / 'train.log'}")
 
 
 def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) -> str:

@@ -48,7 +48,7 @@ from sppo_nemo.backends.megatron.weights import export_hf, load_hf_weights
 from sppo_nemo.backends.hf import encode_rows, row_tokens
 from sppo_nemo.protocols import TrainResult
 from sppo_nemo.rows import read_rows
-from sppo_nemo.training import Fit, Slot, StepStats, sequences_per_row
+from sppo_nemo.training import DIVERGED_FIX, Fit, Slot, StepStats, TrainingDiverged, sequences_per_row
 
 
 @dataclass
@@ -210,8 +210,9 @@ def train_steps(s: Setup, reference: torch.Tensor) -> Fit:
         optimizer.zero_grad()
         s.run(micro, False, train_loss)
         ok, grad_norm, _ = optimizer.step()
-        if not ok:
-            raise RuntimeError(f"optimizer step {step} was skipped (non-finite gradients)")
+        if not ok:  # megatron's optimizer skips a step with non-finite gradients: the core's divergence
+            raise TrainingDiverged(f"training diverged at optimizer step {step} of {len(fit.steps)}: non-finite "
+                                   f"gradients, so megatron's optimizer skipped the step (lr {lr:.3g}); {DIVERGED_FIX}")
         if last:
             totals = stats.reduce(dp_group, s.device)
             if s.reporting:
