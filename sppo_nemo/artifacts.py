@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sppo_nemo.config import ADDED_KEYS
 from sppo_nemo.errors import StaleStageError, UserError
@@ -218,8 +218,9 @@ class Stage:
     def digest(self) -> str:
         return self.manifest()["digest"]
 
-    def check(self, fingerprint: dict[str, Any], run_dir: Path) -> None:
-        """Raise StaleStageError naming every key whose value differs from the finished stage's."""
+    def check(self, fingerprint: dict[str, Any], run_dir: Path, name: Callable[[str], str] | None = None) -> None:
+        """Raise StaleStageError naming every key whose value differs from the finished stage's:
+        ``name`` gives the recipe key a fingerprint key stands for (stages.recipe_key)."""
         old = self.manifest().get("fingerprint", {})
         new = canonical(fingerprint)
         changed = sorted(k for k in set(old) | set(new)
@@ -228,7 +229,8 @@ class Stage:
             return
         lines = [f"{self.label} was finished with a different recipe or different inputs:"]
         for k in changed:
-            lines.append(f"  {k}: was {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}")
+            was, now = old.get(k, "<absent>"), new.get(k, "<absent>")
+            lines.append(f"  {name(k) if name else k}: was {was!r}, now {now!r}")
         lines.append(
             f"Nothing was reused or overwritten. To redo this stage and everything after it, run again "
             f"with --restart-from {self.label}; to keep this run, revert the change; to start afresh, "

@@ -10,6 +10,7 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from sppo_nemo import recipe as recipe_mod
@@ -20,7 +21,7 @@ from sppo_nemo.config import Recipe
 from sppo_nemo.context import Context
 from sppo_nemo.errors import StaleStageError, UsageError, UserError
 from sppo_nemo.report import write_report
-from sppo_nemo.stages import fingerprint, plan
+from sppo_nemo.stages import fingerprint, plan, recipe_key
 
 
 class RunError(UserError):
@@ -83,7 +84,8 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
             try:
                 stage.verify(ctx.full_verify)
                 if upstream_done:
-                    stage.check(fingerprint(module.inputs(ctx, t)), ctx.run_dir)
+                    inputs = module.inputs(ctx, t)
+                    stage.check(fingerprint(inputs), ctx.run_dir, partial(recipe_key, inputs))
             except (StaleStageError, CorruptStageError) as exc:
                 kind = "STALE" if isinstance(exc, StaleStageError) else "CHANGED"
                 lines = str(exc).splitlines()
@@ -137,7 +139,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
                                f"run without --stage first") from None
             fp = fingerprint(inputs)
             if stage.done():
-                stage.check(fp, ctx.run_dir)
+                stage.check(fp, ctx.run_dir, partial(recipe_key, inputs))
                 log(f"{stage.label}: done, skipped")
                 continue
             started = time.time()

@@ -34,6 +34,15 @@ def game_ref(r: Recipe) -> GameRef | None:
     return GameRef(r.game) if uses_games(r) and r.game is not None else None
 
 
+def _recipe_key(key: str, section: str, renamed: dict[str, str]) -> str:
+    """The recipe key a spec's (flattened) fingerprint key stands for, for a stale stage's message:
+    ``renamed`` for keys read from elsewhere in the recipe, the game file's identity (``game``,
+    ``game.matrix``) as it is, any other key under ``section``."""
+    if key in renamed:
+        return renamed[key]
+    return key if key == "game" or key.startswith("game.") else section + key
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     backend: str
@@ -58,6 +67,11 @@ class GeneratorSpec:
                            "enable_prefix_caching": v.enable_prefix_caching, "max_model_len": v.max_model_len}
         return out
 
+    @staticmethod
+    def recipe_key(key: str) -> str:
+        return _recipe_key(key, "generation.", {"system_prompt": "policy.system_prompt",
+                                                "max_prompt_length": "trainer.max_prompt_length"})
+
 
 @dataclass(frozen=True)
 class JudgeSpec:
@@ -69,6 +83,10 @@ class JudgeSpec:
         for where in ("launcher", "srun_args"):  # where the workers run never changes a judgement
             keys.pop(where)
         return {**keys, "game": self.game.fingerprint() if self.game else None}
+
+    @staticmethod
+    def recipe_key(key: str) -> str:
+        return _recipe_key(key, "judge.", {})
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,12 @@ class TrainerSpec:
         else:
             keys.pop("megatron")
         return {"trainer": keys, **out}
+
+    @staticmethod
+    def recipe_key(key: str) -> str:
+        """``trainer.lr`` for the train stage's ``trainer.trainer.lr``: the keys above are the recipe's
+        own (trainer.*, loss.type, eta, seed, threads), but the system prompt."""
+        return _recipe_key(key, "", {"system_prompt": "policy.system_prompt"})
 
 
 def generator_spec(r: Recipe) -> GeneratorSpec:

@@ -33,6 +33,18 @@ def fingerprint(inputs: Any) -> dict:
     return {f.name: _value(getattr(inputs, f.name)) for f in dataclasses.fields(inputs)}
 
 
+def recipe_key(inputs: Any, key: str) -> str:
+    """The recipe key that a flattened fingerprint key of ``inputs`` stands for, for a stale stage's
+    message: a backend spec's keys are nested under the inputs' field that holds it (the train
+    stage's ``trainer.trainer.lr`` is the recipe's ``trainer.lr``), so the spec names them; any other
+    key is named as it is."""
+    field, _, rest = key.partition(".")
+    value = getattr(inputs, field, None)
+    if rest and hasattr(value, "recipe_key"):
+        return value.recipe_key(rest)
+    return key
+
+
 def _value(v: Any) -> Any:
     if hasattr(v, "fingerprint"):
         return v.fingerprint()

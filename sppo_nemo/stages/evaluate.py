@@ -79,6 +79,10 @@ class Extras:
             out["best_of"] = self.best_of
         return out
 
+    @staticmethod
+    def recipe_key(key: str) -> str:
+        return f"evaluation.{key}"
+
 
 @dataclass(frozen=True)
 class Inputs:

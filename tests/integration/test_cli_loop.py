@@ -157,7 +157,9 @@ def test_changed_recipe_names_the_key_and_touches_nothing(tiny_model, reference_
     before = digests(reference_run)
     proc = sppo_run(tiny_model, TINY_RECIPE, f"output_dir={reference_run.parent}", "trainer.lr=0.02", check=False)
     assert proc.returncode == 3
-    assert "trainer.lr" in proc.stderr and "iter_01/train" in proc.stderr
+    # the recipe's key on a line of its own (the train stage's fingerprint nests it: trainer.trainer.lr)
+    assert "  trainer.lr: was 0.01, now 0.02" in proc.stderr.splitlines(), proc.stderr
+    assert "iter_01/train" in proc.stderr
     assert "--restart-from" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert digests(reference_run) == before

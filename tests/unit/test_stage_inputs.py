@@ -13,7 +13,7 @@ import pytest
 
 from sppo_nemo import recipe as recipe_mod
 from sppo_nemo.context import Context
-from sppo_nemo.stages import STAGES, build, evaluate, fingerprint, generate, plan
+from sppo_nemo.stages import STAGES, annotate, build, evaluate, fingerprint, generate, plan
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +87,83 @@ def test_inputs_of_an_unfinished_upstream_stage_cannot_be_made(ctx):
     with pytest.raises(FileNotFoundError):
         build.inputs(ctx, 1)
     generate.inputs(ctx, 1)  # generate reads only π_1 and the prompts
+
+
+# ------------------------------------------------------------------ a stale stage names what changed
+def relaunch(ctx: Context, *overrides: str) -> Context:
+    """The next sppo-run of the same run directory, with ``overrides`` on the command line."""
+    r = recipe_mod.load(ROOT / "recipes" / "smollm2_sppo_3iter.yaml",
+                        [f"output_dir={ctx.run_dir.parent}", f"policy.model={ctx.recipe.policy.model}", *overrides])
+    return Context(r, ctx.run_dir, progress=False)
+
+
+def commit_real(ctx: Context, t: int, module) -> None:
+    """A finished stage folder committed with the fingerprint the runner gives it."""
+    fp = fingerprint(module.inputs(ctx, t))
+    stage = ctx.stage(t, module.NAME)
+    (stage.begin(fp) / "out.txt").write_text(module.NAME)
+    stage.commit(fp, 0.0)
+
+
+def stale_lines(ctx: Context, t: int, name: str) -> list[str]:
+    from sppo_nemo.errors import StaleStageError
+    from sppo_nemo.runner import execute
+
+    with pytest.raises(StaleStageError) as info:
+        execute(ctx, only=(t, name), log=lambda *_: None)
+    return str(info.value).splitlines()
+
+
+@pytest.mark.parametrize("override, line", [
+    ("trainer.lr=2e-06", "  trainer.lr: was 1e-06, now 2e-06"),
+    ("loss.type=sppo_pair", "  loss.type: was 'sppo', now 'sppo_pair'"),
+    ("eta=500.0", "  eta: was 1000.0, now 500.0"),
+    ("policy.system_prompt=Be brief.", "  policy.system_prompt: was None, now 'Be brief.'"),
+], ids=["trainer.lr", "loss.type", "eta", "system_prompt"])
+def test_an_edited_trainer_key_is_named_as_the_recipe_writes_it(ctx, override, line):
+    """The train stage's inputs nest the trainer spec under `trainer` (trainer.trainer.lr in its
+    fingerprint): the message names the recipe's key, on a line of its own."""
+    from sppo_nemo.runner import status
+    from sppo_nemo.stages import train
+
+    ctx = relaunch(ctx, "trainer.lr=1e-06")
+    commit_real(ctx, 0, evaluate)
+    for name in ("generate", "annotate", "build"):
+        commit_real(ctx, 1, {"generate": generate, "annotate": annotate, "build": build}[name])
+    commit_real(ctx, 1, train)
+    edited = ("trainer.lr=1e-06", override) if not override.startswith("loss.type") else \
+        ("trainer.lr=1e-06", override, "loss.selection=best_worst")
+    lines = stale_lines(relaunch(ctx, *edited), 1, "train")
+    assert lines[0] == "iter_01/train was finished with a different recipe or different inputs:"
+    assert line in lines, lines
+    assert not any("trainer.trainer." in x or x.startswith("  trainer.loss.") for x in lines)
+    if override.startswith("trainer.lr"):  # the dry run names it the same way
+        state = {(t, n): s for t, n, s in status(relaunch(ctx, *edited))}
+        assert state[(1, "train")] == "STALE: trainer.lr: was 1e-06, now 2e-06", state
+
+
+def test_generation_keys_read_from_elsewhere_in_the_recipe_are_named_there(ctx):
+    commit_real(ctx, 1, generate)
+    lines = stale_lines(relaunch(ctx, "trainer.max_prompt_length=100"), 1, "generate")
+    assert "  trainer.max_prompt_length: was 256, now 100" in lines, lines
+
+
+def test_every_spec_names_its_fingerprint_keys_by_the_recipe_keys(ctx):
+    from sppo_nemo.stages import recipe_key, train
+
+    for name in ("generate", "annotate", "build"):
+        commit_real(ctx, 1, {"generate": generate, "annotate": annotate, "build": build}[name])
+    names = [
+        (train.inputs(ctx, 1), {"trainer.trainer.lr": "trainer.lr", "trainer.trainer.megatron.nnodes":
+                               "trainer.megatron.nnodes", "trainer.loss.type": "loss.type", "trainer.seed": "seed",
+                               "trainer.system_prompt": "policy.system_prompt", "trainer.game.matrix": "game.matrix",
+                               "iteration": "iteration", "policy": "policy"}),
+        (generate.inputs(ctx, 1), {"generation.backend": "generation.backend", "generation.vllm.dtype":
+                                  "generation.vllm.dtype", "generation.max_prompt_length": "trainer.max_prompt_length",
+                                  "sampling.top_p": "sampling.top_p", "K": "K"}),
+        (evaluate.inputs(ctx, 0), {"extras.kl_precision": "evaluation.kl_precision", "judge": "judge",
+                                  "generation.system_prompt": "policy.system_prompt"}),
+        (annotate.inputs(ctx, 1), {"judge.batch_size": "judge.batch_size", "judge.game": "game"}),
+    ]
+    for inp, keys in names:
+        assert {k: recipe_key(inp, k) for k in keys} == keys
