@@ -111,7 +111,8 @@ def digest_files(root: Path) -> str:
 def content_digest(root: Path, cache: Path, full: bool = False) -> str:
     """A directory identified by its content (file names and sha256), cheaply: sha256 sums are kept
     in ``cache`` with each file's size and mtime, and only a file whose size or mtime moved is hashed
-    again (every file with ``full``). A 7B checkpoint is hashed once, then stat'ed on each rerun."""
+    again (every file with ``full``). A 7B checkpoint is hashed once, then stat'ed on each rerun.
+    Each content's file list is kept too (:func:`content_changes` names the files that changed)."""
     try:
         known = read_json(cache) if cache.is_file() and not full else {}
     except (OSError, ValueError):
@@ -127,7 +128,54 @@ def content_digest(root: Path, cache: Path, full: bool = False) -> str:
     if table != known:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, table)
-    return table_digest(table)
+    digest = table_digest(table)
+    _remember(cache, digest, table)
+    return digest
+
+
+KEPT_CONTENTS = 8  # the file lists of the last contents content_digest saw, kept to name what changed
+
+
+def _contents_file(cache: Path) -> Path:
+    return cache.with_name(cache.stem + ".contents.json")
+
+
+def _remember(cache: Path, digest: str, table: dict[str, dict]) -> None:
+    """Keep the content's file list ({name: sha256}) under its digest beside ``cache``, the last
+    :data:`KEPT_CONTENTS` of them (a list, oldest first), so that a change can later be named file by file."""
+    kept = _kept_contents(cache)
+    if any(entry["digest"] == digest for entry in kept):
+        return
+    kept.append({"digest": digest, "files": {rel: rec["sha256"] for rel, rec in table.items()}})
+    write_json(_contents_file(cache), kept[-KEPT_CONTENTS:])
+
+
+def _kept_contents(cache: Path) -> list[dict]:
+    try:
+        kept = read_json(_contents_file(cache))
+    except (OSError, ValueError):  # none yet (or a damaged one): start afresh
+        return []
+    ok = isinstance(kept, list) and all(isinstance(e, dict) and isinstance(e.get("files"), dict) for e in kept)
+    return kept if ok else []
+
+
+def content_changes(cache: Path, old: str, new: str) -> list[tuple[str, str]] | None:
+    """What differs between two contents that :func:`content_digest` hashed with ``cache``, by their
+    digests: (file name, what happened to it), as :func:`changed_files` words it; None when either
+    content is not kept (hashed by an older sppo-nemo, or long ago)."""
+    files = {entry["digest"]: entry["files"] for entry in _kept_contents(cache)}
+    a, b = files.get(old), files.get(new)
+    if a is None or b is None:
+        return None
+    lines = []
+    for rel in sorted(set(a) | set(b)):
+        if rel not in b:
+            lines.append((rel, "deleted"))
+        elif rel not in a:
+            lines.append((rel, "added"))
+        elif a[rel] != b[rel]:
+            lines.append((rel, "its content changed"))
+    return lines
 
 
 def changed_files(root: Path, recorded: dict[str, dict], full: bool) -> list[str]:
@@ -218,9 +266,11 @@ class Stage:
     def digest(self) -> str:
         return self.manifest()["digest"]
 
-    def check(self, fingerprint: dict[str, Any], run_dir: Path, name: Callable[[str], str] | None = None) -> None:
+    def check(self, fingerprint: dict[str, Any], run_dir: Path, name: Callable[[str], str] | None = None,
+              why: Callable[[Any, Any], list[str]] | None = None) -> None:
         """Raise StaleStageError naming every key whose value differs from the finished stage's:
-        ``name`` gives the recipe key a fingerprint key stands for (stages.recipe_key)."""
+        ``name`` gives the recipe key a fingerprint key stands for (stages.recipe_key), ``why`` the
+        lines that explain a changed value (Context.base_policy_changes: the files of π_1 that changed)."""
         old = self.manifest().get("fingerprint", {})
         new = canonical(fingerprint)
         changed = sorted(k for k in set(old) | set(new)
@@ -231,6 +281,7 @@ class Stage:
         for k in changed:
             was, now = old.get(k, "<absent>"), new.get(k, "<absent>")
             lines.append(f"  {name(k) if name else k}: was {was!r}, now {now!r}")
+            lines += [f"    {line}" for line in (why(was, now) if why else [])]
         lines.append(
             f"Nothing was reused or overwritten. To redo this stage and everything after it, run again "
             f"with --restart-from {self.label}; to keep this run, revert the change; to start afresh, "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sppo_nemo.artifacts import Stage, content_digest
+from sppo_nemo.artifacts import Stage, content_changes, content_digest
 from sppo_nemo.backends import policy_location
 from sppo_nemo.config import Recipe
 from sppo_nemo.data import Splits, load_prompts, make_splits, prompts_digest
@@ -24,6 +24,10 @@ class Upstream:
 
     def fingerprint(self) -> str:
         return self.digest
+
+
+BASE_POLICY_CACHE = ".base_policy.json"  # in the run directory: π_1's file hashes (artifacts.content_digest)
+MODEL_KEY = "model:"  # a base policy's fingerprint: MODEL_KEY + its content digest (a local directory) or hub id
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,23 @@ class Context:
         model = self.recipe.policy.model
         local = Path(policy_location(model))
         if local.is_dir():
-            return PolicyRef(model, f"model:{content_digest(local, self.run_dir / '.base_policy.json', self.full_verify)}")
-        return PolicyRef(model, f"model:{model}")
+            digest = content_digest(local, self.run_dir / BASE_POLICY_CACHE, self.full_verify)
+            return PolicyRef(model, MODEL_KEY + digest)
+        return PolicyRef(model, MODEL_KEY + model)
+
+    def base_policy_changes(self, was, now) -> list[str]:
+        """For a stale stage's message (artifacts.Stage.check): when a fingerprint value that holds π_1's
+        content digest (a stage's policy, or the first of evaluate's policies) changed, the files of
+        the base policy that changed since the stage was made; nothing for any other value."""
+        old, new = _model_key(was), _model_key(now)
+        local = Path(policy_location(self.recipe.policy.model))
+        if old is None or new is None or old == new or not local.is_dir():
+            return []
+        files = content_changes(self.run_dir / BASE_POLICY_CACHE, old, new)
+        if files is None:  # π_1 first hashed by an older sppo-nemo, which kept no file list
+            return [f"the files of policy.model ({local}) changed since this stage was made (which ones was not "
+                    f"recorded then)"]
+        return [f"{local / rel}: {what} since this stage was made" for rel, what in files]
 
     def policy(self, t: int) -> PolicyRef:
         """π_t: the base model for t = 1, else the policy trained in iteration t − 1."""
@@ -133,6 +152,14 @@ class Context:
 
     def bar(self, total: int, desc: str):
         return progress_bar(self.progress)(total, desc)
+
+
+def _model_key(value) -> str | None:
+    """The content digest in a base policy's fingerprint value (or the first such of a list of them)."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and v.startswith(MODEL_KEY):
+            return v[len(MODEL_KEY):]
+    return None
 
 
 def progress_bar(enabled: bool):

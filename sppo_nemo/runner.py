@@ -85,7 +85,7 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
                 stage.verify(ctx.full_verify)
                 if upstream_done:
                     inputs = module.inputs(ctx, t)
-                    stage.check(fingerprint(inputs), ctx.run_dir, partial(recipe_key, inputs))
+                    stage.check(fingerprint(inputs), ctx.run_dir, partial(recipe_key, inputs), ctx.base_policy_changes)
             except (StaleStageError, CorruptStageError) as exc:
                 kind = "STALE" if isinstance(exc, StaleStageError) else "CHANGED"
                 lines = str(exc).splitlines()
@@ -139,7 +139,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
                                f"run without --stage first") from None
             fp = fingerprint(inputs)
             if stage.done():
-                stage.check(fp, ctx.run_dir, partial(recipe_key, inputs))
+                stage.check(fp, ctx.run_dir, partial(recipe_key, inputs), ctx.base_policy_changes)
                 log(f"{stage.label}: done, skipped")
                 continue
             started = time.time()

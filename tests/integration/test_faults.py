@@ -104,8 +104,9 @@ def test_the_base_model_is_identified_by_its_content(tiny_model, tmp_path):
     assert run(tiny_model, out, f"policy.model={model}", "evaluation.enabled=false").returncode == 0
     weights = load_file(str(model / "model.safetensors"))
     save_file({k: v * 1.01 for k, v in weights.items()}, str(model / "model.safetensors"))  # replaced in place
-    failed_cleanly(run(tiny_model, out, f"policy.model={model}", "evaluation.enabled=false"), 3,
-                   "iter_01/generate", "policy: was 'model:")
+    err = failed_cleanly(run(tiny_model, out, f"policy.model={model}", "evaluation.enabled=false"), 3,
+                         "iter_01/generate", "policy: was 'model:")
+    assert f"    {model / 'model.safetensors'}: its content changed since this stage was made" in err.splitlines(), err
 
 
 def test_a_garbage_manifest_is_a_message_for_the_run_and_the_dry_run(tiny_model, copy_of):

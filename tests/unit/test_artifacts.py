@@ -128,6 +128,28 @@ def test_content_digest_follows_content_not_path_and_caches_hashes(tmp_path):
     assert content_digest(a, cache) != first
 
 
+def test_content_changes_names_each_file_between_two_digests_the_cache_saw(tmp_path):
+    from sppo_nemo.artifacts import KEPT_CONTENTS, content_changes
+
+    a, cache = tmp_path / "a", tmp_path / "cache.json"
+    a.mkdir()
+    (a / "model.safetensors").write_bytes(b"weights")
+    (a / "config.json").write_text("{}")
+    first = content_digest(a, cache)
+    (a / "model.safetensors").write_bytes(b"WEIGHTS")  # replaced in place
+    (a / "config.json").unlink()
+    second = content_digest(a, cache)
+    assert content_changes(cache, first, second) == [("config.json", "deleted"),
+                                                     ("model.safetensors", "its content changed")]
+    assert content_changes(cache, second, first) == [("config.json", "added"),
+                                                     ("model.safetensors", "its content changed")]
+    assert content_changes(cache, first, "0" * 16) is None  # never seen: nothing to compare with
+    for i in range(KEPT_CONTENTS):
+        (a / "model.safetensors").write_bytes(b"w%d" % i)
+        content_digest(a, cache)
+    assert content_changes(cache, first, second) is None  # only the last few are kept
+
+
 def test_a_stage_committed_without_a_file_record_says_so(tmp_path):
     st = committed(tmp_path, {"responses.jsonl": b"{}\n"})
     m = st.manifest()

@@ -167,3 +167,32 @@ def test_every_spec_names_its_fingerprint_keys_by_the_recipe_keys(ctx):
     ]
     for inp, keys in names:
         assert {k: recipe_key(inp, k) for k in keys} == keys
+
+
+def test_base_weights_replaced_in_place_are_named_file_by_file(ctx):
+    model = Path(ctx.recipe.policy.model)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "tokenizer.json").write_text("{}")
+    commit_real(ctx, 0, evaluate)
+    commit_real(ctx, 1, generate)
+    (model / "model.safetensors").write_bytes(b"other weights")  # replaced in place
+    (model / "tokenizer.json").unlink()
+    (model / "extra.bin").write_bytes(b"x")
+    named = [f"    {model / 'extra.bin'}: added since this stage was made",
+             f"    {model / 'model.safetensors'}: its content changed since this stage was made",
+             f"    {model / 'tokenizer.json'}: deleted since this stage was made"]
+    for t, name, key in ((1, "generate", "  policy: was 'model:"), (0, "evaluate", "  policies: was ['model:")):
+        lines = stale_lines(relaunch(ctx), t, name)
+        i = next(i for i, x in enumerate(lines) if x.startswith(key))
+        assert lines[i + 1:i + 4] == named, lines
+        assert lines[-1].startswith("Nothing was reused or overwritten.")
+
+
+def test_base_weights_hashed_by_an_older_version_still_say_which_folder_changed(ctx):
+    model = Path(ctx.recipe.policy.model)
+    commit_real(ctx, 1, generate)
+    (ctx.run_dir / ".base_policy.contents.json").unlink()  # an older sppo-nemo kept no file lists
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    lines = stale_lines(relaunch(ctx), 1, "generate")
+    assert f"    the files of policy.model ({model}) changed since this stage was made (which ones was not " \
+           f"recorded then)" in lines, lines
