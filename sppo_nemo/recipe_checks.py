@@ -102,6 +102,9 @@ def check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(e.best_of is None or e.enabled,
          f"evaluation.best_of: {e.best_of}, but evaluation.enabled is false: no evaluate stage runs, so nothing would "
          f"be sampled best-of-n; set evaluation.enabled=true or remove evaluation.best_of (null)")
+    need(not e.prompts or e.enabled,
+         f"evaluation.prompts: {e.prompts}, but evaluation.enabled is false: no evaluate stage runs, so no outputs "
+         f"would be written for it; set evaluation.enabled=true or remove evaluation.prompts")
     need(bool(e.prompt_field.strip()), "evaluation.prompt_field: empty; name the field holding the instruction")
 
     model = r.policy.model

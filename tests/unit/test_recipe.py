@@ -169,6 +169,8 @@ BAD = [
     Bad("top_level_is_a_scalar", "5\n", None, ("mapping",)),
     Bad("best_of_without_evaluation", BASE + "evaluation:\n  enabled: false\n  best_of: 4\n", "evaluation.best_of:",
         ("evaluation.enabled is false", "set evaluation.enabled=true or remove evaluation.best_of")),
+    Bad("prompt_file_without_evaluation", BASE + "evaluation:\n  enabled: false\n  prompts: alpaca.json\n",
+        "evaluation.prompts:", ("evaluation.enabled is false", "set evaluation.enabled=true or remove evaluation.prompts")),
     Bad("parquet_file_that_is_json_lines", BASE + "data:\n  prompts: @TMP@/prompts.parquet\n", "data.prompts:",
         ("prompts.parquet: not a readable Parquet file", "magic bytes", "rename it to .jsonl"),
         setup=_jsonl_named_parquet),
