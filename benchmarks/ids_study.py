@@ -50,17 +50,20 @@ def fmt_ci(m: dict, key: str) -> str:
 
 def study(run: Path, fmt) -> None:
     print(f"\n## {run}\n")
-    print("| iter | ids ≠ re-tokenised (of which strip) | win vs π_1 | win vs π_t | KL exact | KL log-ratio "
-          "| probe loss before → after | rows from text |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| iter | training samples: ids ≠ re-tokenised (of which strip) | held-out samples: the same | win vs π_1 "
+          "| win vs π_t | KL exact | KL log-ratio | probe loss before → after | rows from text |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for it in sorted(run.glob("iter_*")):
         m = json.loads((it / "evaluate" / "metrics.json").read_text()) if (it / "evaluate" / "metrics.json").exists() else {}
         gen = it / "generate" / "responses.jsonl"
         d = drift(gen, fmt) if gen.exists() and fmt is not None else None
         share = "-" if d is None else f"{d[0]:.1%} ({d[1]:.0%}) of {d[2]}"
+        held = it / "evaluate" / "responses.jsonl"
+        e = drift(held, fmt) if held.exists() and fmt is not None else None
+        held_share = "-" if e is None else f"{e[0]:.1%} ({e[1]:.0%}) of {e[2]}"
         s = json.loads((it / "train" / "summary.json").read_text()) if (it / "train" / "summary.json").exists() else {}
         probe = (f"{s['probe_loss_before']:.4g} → {s['probe_loss_after']:.4g}" if "probe_loss_before" in s else "-")
-        print(f"| {it.name} | {share} | {fmt_ci(m, 'win_rate_vs_base')} | {fmt_ci(m, 'win_rate_vs_previous')} | "
+        print(f"| {it.name} | {share} | {held_share} | {fmt_ci(m, 'win_rate_vs_base')} | {fmt_ci(m, 'win_rate_vs_previous')} | "
               f"{fmt_ci(m, 'kl_to_base') if 'kl_to_base_log_ratio' in m else '-'} | "
               f"{fmt_ci(m, 'kl_to_base_log_ratio') if 'kl_to_base_log_ratio' in m else fmt_ci(m, 'kl_to_base')} | "
               f"{probe} | {s.get('rows_from_text', '-')} |")
