@@ -6,7 +6,8 @@ Only the model, the data and the sizes are overridden (a tiny random MistralForC
 prompts, short responses, a tiny random PairRM), plus what a CPU cannot run, each named with its
 reason in OVERRIDES below. Everything else is the recipe's own: megatron TP 2 × DP 4 (8 ranks of
 one node, here over gloo with the test-only CPU patches of tests/megatron_cpu.py), selective
-recompute, bf16 mixed precision, global batch 64 = 4 rows × 4 accumulations × DP 4, the linear
+recompute, bf16 mixed precision, global batch 128 rows (64 prompts, two point rows each) = 4 rows ×
+8 accumulations × DP 4, the linear
 schedule over 18 epochs, best-worst SPPO ranked by PairRM score, vLLM sampling in bf16 (one engine:
 the recipe leaves `generation.vllm.engines` null, which is the visible GPUs / TP, one on a CPU).
 
@@ -47,8 +48,8 @@ OVERRIDES: list[tuple[str, str, str]] = [
     ("data.split", "null", "a .jsonl file has no splits (the hub dataset's train_prefs)"),
     ("data.id_field", "id", "the local file's id field (UltraFeedback's prompt_id)"),
     ("data.eval_size", "8", "8 held-out prompts instead of 500"),
-    ("data.split_size", "32", "32 prompts: best-worst gives 64 rows, one optimizer step of the recipe's "
-     "global batch 64"),
+    ("data.split_size", "64", "64 prompts: best-worst gives 128 rows, one optimizer step of the recipe's "
+     "global batch of 64 prompts"),
     ("T", "1", "one iteration"),
     ("sampling.max_new_tokens", "8", "short responses instead of 2048 tokens"),
     ("judge.model", "{pairrm}", "a tiny random PairRM in the PairRM-hf layout for llm-blender/PairRM-hf"),
@@ -149,10 +150,10 @@ def test_the_paper_recipe_runs_one_iteration_on_its_own_layout(slurm, tiny_model
     assert ran["trainer.megatron.recompute"] == "selective" and ran["trainer.precision"] == "bf16"
 
     # the train stage trained 8 ranks as TP 2 × DP 4 (the sizes of megatron's own process groups),
-    # one step of 64 rows: 4 per rank and micro-batch, 4 accumulations, 4 data-parallel ranks
+    # one step of 128 rows (64 prompts): 4 per rank and micro-batch, 8 accumulations, 4 data-parallel ranks
     summary = read_json(run_dir / "iter_01" / "train" / "summary.json")
     assert summary["parallel"] == {"tensor": 2, "pipeline": 1, "data": 4}, summary
-    assert (summary["steps"], summary["rows"], summary["schedule_steps"]) == (1, 64, 18), summary
+    assert (summary["steps"], summary["rows"], summary["schedule_steps"]) == (1, 128, 18), summary
     assert summary["transformer_engine"] is False
     if ran["generation.backend"] == "vllm":
         for label in ("iter_00/evaluate", "iter_01/generate", "iter_01/evaluate"):
@@ -172,4 +173,4 @@ def test_the_paper_recipe_runs_one_iteration_on_its_own_layout(slurm, tiny_model
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
     seconds = {s: read_json(run_dir / s / "manifest.json")["seconds"] for s in STAGES}
-    print("paper layout: TP 2 × DP 4, one step of 64 rows; " + ", ".join(f"{s} {v:.0f}s" for s, v in seconds.items()))
+    print("paper layout: TP 2 × DP 4, one step of 128 rows; " + ", ".join(f"{s} {v:.0f}s" for s, v in seconds.items()))
