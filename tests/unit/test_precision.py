@@ -49,6 +49,28 @@ def test_a_claimed_native_path_that_runs_slower_than_fp32_is_refused():
     assert not native and "1.0 GFLOP/s" in why and "140.0" in why
 
 
+def test_a_native_path_measured_on_a_busy_machine_is_still_native():
+    """Both rates fall under load, unevenly: bf16 at 0.57x fp32 was measured on a native CPU busy with
+    another run; emulation is ~100x slower, so only a rate under a tenth of fp32's is emulation."""
+    busy = {torch.float32: 7.4e9, torch.bfloat16: 4.2e9}
+    native, _ = cpu_bf16(flags={"avx512_bf16"}, capability="AVX512", rate=busy.__getitem__)
+    assert native
+    emulated = {torch.float32: 131e9, torch.bfloat16: 12e9}  # even a 10x-lucky emulation stays under
+    assert not cpu_bf16(flags={"avx512_bf16"}, capability="AVX512", rate=emulated.__getitem__)[0]
+
+
+def test_each_dtype_counts_its_best_of_three_interleaved_rounds():
+    seen, rates = [], {torch.float32: iter([9e9, 140e9, 10e9]), torch.bfloat16: iter([380e9, 5e9, 6e9])}
+
+    def rate(dtype):
+        seen.append(dtype)
+        return next(rates[dtype])
+
+    native, why = cpu_bf16(flags={"avx512_bf16"}, capability="AVX512", rate=rate)
+    assert seen == [torch.float32, torch.bfloat16] * 3
+    assert native and "2.7x" in why  # 380 / 140, the best of each
+
+
 def test_the_probe_measures_both_dtypes_on_this_cpu():
     rates = {dtype: machine._rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
     assert all(0 < rate < 1e15 for rate in rates.values())
