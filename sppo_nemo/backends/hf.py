@@ -109,9 +109,6 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
     return model
 
 
-
-
-
 # ------------------------------------------------------- packed sequence log-probs
 # How a custom attention pattern reaches an HF Llama in transformers 5.x: create_causal_mask returns
 # a 4D mask unchanged (masking_utils._preprocess_mask_arguments); sdpa passes it to

@@ -16,11 +16,15 @@ from torch.utils.checkpoint import checkpoint
 from sppo_nemo.backends.chat_format import Encoded
 
 
+def _logits(hidden: torch.Tensor, lm_head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    """The LM head's logits in fp32, soft-capped where the model caps them (Gemma-2)."""
+    logits = lm_head(hidden).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
                           softcap: float | None) -> torch.Tensor:
-    logits = lm_head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _logits(hidden, lm_head, softcap)
     return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
@@ -80,11 +84,8 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
 
 
 def _log_probs(model, h: torch.Tensor) -> torch.Tensor:
-    logits = model.get_output_embeddings()(h).float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(_logits(h, model.get_output_embeddings(), softcap), dim=-1)
 
 
 @torch.no_grad()
