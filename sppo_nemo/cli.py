@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import signal
+import os
 import sys
 import time
 
 from sppo_nemo import recipe as recipe_mod
+from sppo_nemo import stopping
 from sppo_nemo.allocator import keep_freed_memory
 from sppo_nemo.errors import UsageError, UserError
 from sppo_nemo.estimate import GPUS
+from sppo_nemo.stopping import Terminated
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         print("sppo-run: --gpus and --gpu go with --estimate", file=sys.stderr)
         return 2
     keep_freed_memory()  # the in-process engines' allocation churn (sppo_nemo/allocator.py)
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = stopping.install()
     try:
         return _main(args)
     except UserError as exc:
@@ -63,26 +65,19 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"sppo-run: {os_error_message(exc)}", file=sys.stderr)
         return 1
-    except Terminated:
-        print(f"\nsppo-run: terminated (SIGTERM); {KEPT}", file=sys.stderr)
+    except Terminated as exc:
+        kept = f"{exc.kept}; " if exc.kept else ""
+        print(f"\nsppo-run: terminated ({exc.signal_name}); {kept}{KEPT}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print(f"\nsppo-run: interrupted; {KEPT}", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stopping.restore(previous)
 
 
 KEPT = ("finished stages and the finished chunks of the current one are kept; rerun the same command to "
         "resume where it stopped")
-
-
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's time limit, `kill`): unwinds like Ctrl-C, so partial work is closed cleanly."""
-
-
-def _terminated(signum, frame):
-    raise Terminated()
 
 
 def os_error_message(exc: OSError) -> str:
@@ -139,13 +134,30 @@ def _main(args: argparse.Namespace) -> int:
     only = parse_stage(args.stage, r) if args.stage else None
     restart = parse_stage(args.restart_from, r) if args.restart_from else None
     started = time.time()
-    if only is not None:
-        return _one_stage(ctx, only, restart)
-    timings = _execute(ctx, only, restart)
+    try:
+        if only is not None:
+            return _one_stage(ctx, only, restart)
+        timings = _execute(ctx, only, restart)
+    except Terminated as exc:
+        _refuse_a_requeue_loop(ctx.run_dir, exc)
+        raise
     print()
     print(table(collect(ctx)))
     print(f"\n{len(timings)} stage(s) run in {time.time() - started:.0f}s; report: {ctx.run_dir / 'report.md'}")
     return 0
+
+
+def _refuse_a_requeue_loop(run_dir, exc: Terminated) -> None:
+    """Inside a Slurm job (which requeues itself on exit 143): a second stop with nothing new on disk
+    is a UserError (exit 1), so the job ends instead of looping (sppo_nemo/launch/requeue.py)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    from sppo_nemo.launch.requeue import record_stop
+
+    stuck = record_stop(run_dir, job, exc.signal_name)
+    if stuck:
+        raise UserError(stuck) from None
 
 
 def _execute(ctx, only, restart) -> list[dict]:

@@ -227,6 +227,11 @@ class TrainerConfig:
     # SDPA or local attention; under Transformer Engine the rows still share micro-batches but each
     # sequence is computed whole (TE runs a block mask only on its unfused kernel).
     pack_prompts: bool = True
+    # Step checkpoints inside the train stage's partial folder, so a killed stage resumes at its
+    # last one: "30min" or "2h" (of training), "200steps" (optimizer steps), or null (off). Never in
+    # the fingerprint: a resumed stage ends with the same policy and metrics as an uninterrupted one.
+    # The torch trainer; SIGTERM or SIGUSR1 during training writes one at the next step boundary.
+    checkpoint_every: Optional[str] = "30min"
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
 
 

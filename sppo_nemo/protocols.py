@@ -176,12 +176,16 @@ class Trainer(Protocol):
     def train(
         self,
         policy_dir: Path,
-        rows: Sequence[PointRow] | Sequence[PairRow],
+        rows_file: Path,
         output_dir: Path,
         progress: ProgressFn | None = None,
         ref_progress: ProgressFn | None = None,
+        state_dir: Path | None = None,
     ) -> TrainResult:
-        """Write π_{t+1} as an HF checkpoint (safetensors, config, tokenizer) into output_dir."""
+        """Write π_{t+1}, fitted on the rows of ``rows_file`` (rows.jsonl, sppo_nemo/rows.py), as an HF
+        checkpoint (safetensors, config, tokenizer) into output_dir. ``state_dir`` (the stage's partial
+        folder) holds what a killed stage resumes from: step checkpoints (sppo_nemo/step_checkpoints.py),
+        for the trainers that write them."""
         ...
 
 

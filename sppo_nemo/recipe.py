@@ -222,10 +222,13 @@ def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
             continue
         problem = _type_problem(raw[name], tp)
         if problem:
-            problems.append(f"{path}: {problem}{_list_form(path, raw[name]) if typing.get_origin(tp) is list else ''}")
+            hint = _list_form(path, raw[name]) if typing.get_origin(tp) is list else FORMS.get(path, "")
+            problems.append(f"{path}: {problem}{hint}")
     return problems
 
 
+# The forms a key of several forms takes, for the message when a recipe writes another type.
+FORMS = {"trainer.checkpoint_every": '; write a period as "200steps", "30min" or "2h", or null (off)'}
 # The form of each list key's items, for the message when a recipe writes something else.
 LIST_FORMS = {"launch.env": "a KEY=VALUE string", "launch.container_mounts": "a /host/path:/container/path[:ro] string",
               "launch.setup": "a shell line (a string)"}

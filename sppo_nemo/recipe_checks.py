@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sppo_nemo.config import GAME_BACKENDS, SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
 from sppo_nemo.errors import UserError
+from sppo_nemo.step_checkpoints import parse_period
 
 GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
@@ -84,6 +85,10 @@ def check_general(r: Recipe, base_dir: Path) -> list[str]:
          f"trainer.optimizer: {t.optimizer} is not offered by megatron-core's optimizer (adam and sgd only); "
          f"use trainer.optimizer=adamw with trainer.backend=megatron, or trainer.backend=torch")
     need(t.max_grad_norm > 0, f"trainer.max_grad_norm: {t.max_grad_norm}; must be > 0")
+    try:
+        parse_period(t.checkpoint_every)
+    except ValueError as exc:
+        p.append(f"trainer.checkpoint_every: {exc}")
     need(t.weight_decay >= 0, f"trainer.weight_decay: {t.weight_decay}; must be >= 0")
     need(t.max_prompt_length >= 1, f"trainer.max_prompt_length: {t.max_prompt_length}; must be at least 1")
     need(

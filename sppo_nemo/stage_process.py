@@ -14,7 +14,9 @@ The worker reads the stage's inputs (the same frozen object the fingerprint is m
 writes into the stage's partial folder as the in-process stage does; the runner commits. A
 ``UserError`` or ``OSError`` in the worker reaches sppo-run as the same error; anything else, or a
 worker that dies, is a ``StageProcessError`` naming the stage, with the worker's last words.
-Ctrl-C and SIGTERM stop the worker (its finished chunks are already on disk) and unwind sppo-run.
+Ctrl-C, SIGTERM and SIGUSR1 stop the worker (its finished chunks are already on disk) and unwind
+sppo-run: the worker gets SIGTERM and up to :data:`STOP_GRACE` seconds, in which a trainer writes a
+step checkpoint at its next step boundary (sppo_nemo/stopping.py) and says what it kept.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+from sppo_nemo import stopping
 from sppo_nemo.errors import UserError
 
 DEVICE_STAGES = ("generate", "annotate", "train", "evaluate")  # build reads and writes files only
+STOP_GRACE = 120.0  # seconds a stopped worker has to reach a step boundary and save there
 
 
 class StageProcessError(UserError):
@@ -58,6 +62,8 @@ def run(module: ModuleType, inputs, workdir: Path, progress: bool, label: str,
                 f"{label}: its worker process ended with exit code {proc.exitcode} before finishing; the "
                 f"finished chunks of the stage are kept. See the output above for why, then rerun the same "
                 f"command to resume.") from None
+        except (stopping.Terminated, KeyboardInterrupt) as stop:
+            raise _stop_worker(proc, receive, stop) from None
         proc.join()
     finally:
         if proc.is_alive():  # Ctrl-C or SIGTERM in sppo-run: stop the worker, then unwind
@@ -74,10 +80,26 @@ def run(module: ModuleType, inputs, workdir: Path, progress: bool, label: str,
         err = UserError(message)
         err.exit_code = code  # the worker's error kind decides sppo-run's exit status, as in-process
         raise err
+    if kind == "terminated":  # the worker itself was signalled (a scheduler signals every process)
+        raise stopping.Terminated(*payload)
     if kind == "os":
         errno_, strerror, filename = payload
         raise OSError(errno_, strerror, filename)
     raise StageProcessError(f"{label}: its worker process failed:\n{payload}")
+
+
+def _stop_worker(proc, receive, stop: BaseException) -> BaseException:
+    """Pass a stop on to the worker and wait for its last word: a trainer answers with the step
+    checkpoint it wrote. Returns the exception to unwind sppo-run with."""
+    proc.terminate()
+    try:
+        if receive.poll(STOP_GRACE):
+            kind, payload = receive.recv()
+            if kind == "terminated" and isinstance(stop, stopping.Terminated):
+                return stopping.Terminated(stop.signal_name, payload[1])
+    except (EOFError, OSError):
+        pass
+    return stop
 
 
 def _worker(module_name: str, inputs, workdir: Path, progress: bool, threads: int | None, send) -> None:
@@ -92,6 +114,7 @@ def _worker(module_name: str, inputs, workdir: Path, progress: bool, threads: in
     from sppo_nemo.context import progress_bar
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is sppo-run's to handle: it stops this process
+    stopping.install()  # SIGTERM from sppo-run (or the scheduler): a trainer saves at its next step boundary
     try:
         module = importlib.import_module(module_name)
         message = ("done", module.run(inputs, workdir, progress_bar(progress)))
@@ -99,6 +122,8 @@ def _worker(module_name: str, inputs, workdir: Path, progress: bool, threads: in
         message = ("user", (str(exc), exc.exit_code))
     except OSError as exc:
         message = ("os", (exc.errno, exc.strerror or str(exc), exc.filename))
+    except stopping.Terminated as exc:
+        message = ("terminated", (exc.signal_name, exc.kept))
     except BaseException:  # noqa: BLE001 - everything else goes back as text, the stage named by the caller
         message = ("error", traceback.format_exc(limit=-8))
     try:

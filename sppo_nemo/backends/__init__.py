@@ -107,6 +107,7 @@ class TrainerSpec:
 
     def fingerprint(self) -> dict:
         keys = dataclasses.asdict(self.trainer)
+        keys.pop("checkpoint_every")  # where checkpoints fall never changes what training makes
         out = {"loss.type": self.loss_type, "eta": self.eta, "system_prompt": self.system_prompt, "seed": self.seed,
                "game": self.game.fingerprint() if self.game else None}
         if self.loss_type == "ipo":

@@ -213,7 +213,7 @@ class GameTrainer:
         self.seed = seed
 
     def train(self, policy_dir: Path, rows_file: Path, output_dir: Path, progress: ProgressFn | None = None,
-              ref_progress: ProgressFn | None = None) -> TrainResult:
+              ref_progress: ProgressFn | None = None, state_dir: Path | None = None) -> TrainResult:
         import torch  # the trainer core's dependency; the generator, judge and check need numpy only
 
         from sppo_nemo.rows import read_rows

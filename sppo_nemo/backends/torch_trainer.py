@@ -22,6 +22,13 @@ tied weight's chunk gradients in bf16 before one cast to fp32: the in-place path
 the default recipe's seeded trajectory (final win rate 0.775 → 0.727, inside each other's 95%
 intervals), so it is left off there.
 
+Step checkpoints (``trainer.checkpoint_every``, sppo_nemo/step_checkpoints.py): in the stage's
+partial folder, the reference log-probs once, then after every period the flat parameters, the
+optimizer's state, the metrics so far and the RNG state. A killed stage resumes after the newest
+whole checkpoint and ends byte-identical to an uninterrupted one (the plan and the learning rate
+are functions of the step). SIGTERM or SIGUSR1 during the step loop writes one at the next step
+boundary, then stops (sppo_nemo/stopping.py).
+
 Precision (``trainer.precision``): ``fp32`` computes and keeps everything in fp32. ``bf16`` is
 mixed precision: the weights stay fp32 (the master copy the optimizer updates, and the saved
 checkpoint), and the forward passes — reference and training — run under
@@ -40,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from sppo_nemo import stopping
 from sppo_nemo.allocator import return_free_memory
 from sppo_nemo.backends.flat_state import accumulate_in_place, adamw_state, flatten
 from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, packed_sequence_logps,
@@ -47,7 +55,11 @@ from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.protocols import ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
+from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period
 from sppo_nemo.training import Fit, StepStats, make_optimizer
+
+STATE = "state.pt"  # one step checkpoint's file
+REFERENCE = "reference.pt"
 
 
 class TorchTrainer:
@@ -61,7 +73,7 @@ class TorchTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def train(self, policy_dir: Path, rows_file: Path, output_dir: Path, progress: ProgressFn | None = None,
-              ref_progress: ProgressFn | None = None) -> TrainResult:
+              ref_progress: ProgressFn | None = None, state_dir: Path | None = None) -> TrainResult:
         c = self.cfg
         torch.manual_seed(self.seed)
         rows = read_rows(rows_file)
@@ -82,44 +94,122 @@ class TorchTrainer:
             with self._autocast():
                 return score(model, [e for i in ids for e in seqs[i]], pad).view(len(ids), -1)
 
-        t0 = time.time()
-        reference = self._reference(logps, model, reference_batches(rows, c.batch_size, packed), ref_progress)
-        ref_seconds = time.time() - t0
-
         fit = Fit(rows, c, self.loss_type, self.eta, self.seed)
-        opt = self._optimizer(model)
-        adamw_state(opt, state)  # AdamW's moments in a third
-        model.train()
-        for step, slots in enumerate(fit.steps):
-            started, stats = time.time(), StepStats()
-            for slot in fit.local_slots(slots):
-                if not slot.rows:
-                    continue
-                ids = list(slot.rows)
-                per_row = fit.micro_loss(slot, logps(ids), reference[ids], stats, tokens(seqs, ids))
-                (per_row.mean() / fit.grad_accum).backward()
-                if progress:
-                    progress(len(ids))
-            lr = fit.lr(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
-            opt.step()
-            state.zero_grad()
-            fit.end_step(step, lr, float(grad_norm), time.time() - started, stats.totals())
+        period = parse_period(c.checkpoint_every)
+        ckpts = StepCheckpoints(state_dir, len(fit.steps)) if state_dir is not None and not period.off else None
+        # From the reference pass on, SIGTERM/SIGUSR1 stop training at the next step boundary, saved.
+        with stopping.at_step_boundaries():
+            t0 = time.time()
+            reference = self._reference_once(ckpts, logps, model, reference_batches(rows, c.batch_size, packed),
+                                             ref_progress)
+            ref_seconds = time.time() - t0
 
+            opt = self._optimizer(model)
+            adamw_state(opt, state)  # AdamW's moments in a third
+            start = self._resume(ckpts, state, opt, fit, progress)
+            due, saved = CheckpointDue(period), {"checkpoints_written": 0, "checkpoint_seconds": 0.0}
+            model.train()
+            for step in range(start, len(fit.steps)):
+                self._step(step, fit, model, opt, state, seqs, logps, reference, tokens, progress)
+                stop = stopping.requested()
+                if ckpts is not None and (stop or due(step)):
+                    t1 = time.time()
+                    folder = ckpts.save(step, lambda d: torch.save(self._state(step, state, opt, fit), d / STATE))
+                    saved["checkpoints_written"] += 1
+                    saved["checkpoint_seconds"] += time.time() - t1
+                    due.written()
+                if stop:
+                    stopping.acted_on()
+                    kept = (f"the train stage saved a step checkpoint after optimizer step {step + 1} of "
+                            f"{len(fit.steps)} ({folder})" if ckpts is not None else
+                            "the train stage keeps no step checkpoints (trainer.checkpoint_every=off)")
+                    raise stopping.Terminated(stop, kept)
         # Free the optimizer state and gradients before serialising: saving builds a byte buffer
         # the size of the model, which must not stack on top of 3× the model in Adam state.
         del opt
         state.release()
         gc.collect()
+        return self._finish(fit, model, logps, reference, tok, output_dir, ref_seconds,
+                            {**saved, "resumed_at_step": start})
+
+    def _step(self, step, fit, model, opt, state, seqs, logps, reference, tokens, progress) -> None:
+        """One optimizer step of the plan: its micro-batches' gradients, clipping, the update."""
+        c = self.cfg
+        slots = fit.steps[step]
+        started, stats = time.time(), StepStats()
+        for slot in fit.local_slots(slots):
+            if not slot.rows:
+                continue
+            ids = list(slot.rows)
+            per_row = fit.micro_loss(slot, logps(ids), reference[ids], stats, tokens(seqs, ids))
+            (per_row.mean() / fit.grad_accum).backward()
+            if progress:
+                progress(len(ids))
+        lr = fit.lr(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+        opt.step()
+        state.zero_grad()
+        fit.end_step(step, lr, float(grad_norm), time.time() - started, stats.totals())
+
+    def _finish(self, fit, model, logps, reference, tok, output_dir, ref_seconds, extra) -> TrainResult:
+        """The probe rows' loss after training, and π_{t+1} saved."""
+        c = self.cfg
         model.eval()
         with torch.no_grad():  # the loss on the same fixed rows after training (before: log-ratio 0)
             probe = [fit.probe[b:b + c.batch_size] for b in range(0, len(fit.probe), c.batch_size)]
             after = torch.cat([logps(ids).float() for ids in probe]) if probe else torch.zeros(0, 1)
         fit.record_probe(after, reference[fit.probe])
         save_checkpoint(model, tok, output_dir)
-        return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds))
+        return TrainResult(metrics=fit.metrics, summary=fit.summary(ref_seconds, **extra))
+
+    # --------------------------------------------------------------- step checkpoints
+    def _reference_once(self, ckpts, logps, model, batches, ref_progress) -> torch.Tensor:
+        """The reference log-probs: read back from the stage's folder when a killed attempt wrote
+        them, else computed (and written there, once, for the next attempt)."""
+        found = ckpts.reference() if ckpts is not None else None
+        if found is not None:
+            reference = torch.load(found / REFERENCE, weights_only=True)
+            if ref_progress:
+                ref_progress(sum(len(b) for b in batches))
+            return reference
+        reference = self._reference(logps, model, batches, ref_progress)
+        if ckpts is not None:
+            ckpts.save_reference(lambda d: torch.save(reference, d / REFERENCE))
+        return reference
+
+    @staticmethod
+    def _state(step: int, state, opt, fit: Fit) -> dict:
+        """What a resumed stage needs after optimizer ``step``: the flat parameters (AdamW's moments
+        share one buffer too, saved once), the optimizer's state, the metrics and RNG state."""
+        return {"step": step, "params": state.data, "optimizer": opt.state_dict(), "metrics": fit.metrics,
+                "epoch_sums": fit.epoch_sums, "rng": torch.get_rng_state()}
+
+    def _resume(self, ckpts, state, opt, fit: Fit, progress) -> int:
+        """The first optimizer step to run: 0, or the one after the newest whole checkpoint, whose
+        state is copied into the parameters and the optimizer in place (the flat layout stays)."""
+        if ckpts is None:
+            return 0
+        found = ckpts.latest()
+        for note in found.notes:
+            print(f"train: {note}", flush=True)
+        if found.folder is None:
+            if found.notes:
+                print("train: no whole step checkpoint is left; training starts from its first step", flush=True)
+            return 0
+        saved = torch.load(found.folder / STATE, weights_only=True)
+        with torch.no_grad():
+            state.data.copy_(saved["params"])
+        load_optimizer(opt, saved["optimizer"])
+        fit.metrics[:] = saved["metrics"]
+        fit.epoch_sums.copy_(saved["epoch_sums"])
+        torch.set_rng_state(saved["rng"])
+        step = found.step
+        print(f"train: resumed after optimizer step {step + 1} of {len(fit.steps)} from {found.folder}", flush=True)
+        if progress:
+            progress(sum(len(s.rows) for slots in fit.steps[:step + 1] for s in fit.local_slots(slots)))
+        return step + 1
 
     def _autocast(self):
         """bf16 compute over the fp32 weights for trainer.precision=bf16; nothing for fp32."""
@@ -157,6 +247,22 @@ class TorchTrainer:
         return make_optimizer(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             self.cfg, fused=True)
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore an optimizer's state_dict. Where its state already exists (AdamW's moments as views of
+    one flat buffer, flat_state.adamw_state) the values are copied into it in place, so the layout
+    stays; otherwise (RMSprop before its first step) torch's own load_state_dict."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if not all(opt.state.get(p) for p in params):
+        opt.load_state_dict(saved)
+        return
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            for key, value in saved["state"][i].items():
+                opt.state[p][key].copy_(value)
+    for group, kept in zip(opt.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in kept.items() if k != "params"})
 
 
 def reference_batches(rows, batch_size: int, keep_prompts: bool) -> list[list[int]]:

@@ -10,11 +10,14 @@ from sppo_nemo.backends import TrainerSpec, make_trainer, policy_location, train
 from sppo_nemo.backends.chat_format import rows_from_text
 from sppo_nemo.context import Context, PolicyRef, Upstream
 from sppo_nemo.rows import read_rows
+from sppo_nemo.step_checkpoints import clear_checkpoints
 
 NAME = "train"
 # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's
 # artifacts are byte-identical to an uninterrupted one's.
-TIMING_KEYS = {"seconds", "reference_logps_seconds", "mean_step_seconds"}
+# So do the step checkpoints' figures: where a killed stage resumed depends on when it was killed.
+TIMING_KEYS = {"seconds", "reference_logps_seconds", "mean_step_seconds", "checkpoints_written",
+               "checkpoint_seconds", "resumed_at_step"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     t, epochs = inp.iteration, inp.trainer.trainer.epochs
     with bar(n_rows, f"iter {t} reference log-probs") as ref_bar, bar(n_rows * epochs, f"iter {t} train") as b:
         result = trainer.train(Path(policy_location(inp.policy.location)), rows_file, workdir / "policy",
-                               progress=b.update, ref_progress=ref_bar.update)
+                               progress=b.update, ref_progress=ref_bar.update, state_dir=workdir)
+    clear_checkpoints(workdir)  # the committed stage holds the policy and metrics only
     # rows whose responses had no sampled ids (an older run's responses) were tokenised from their text
     result.summary["rows_from_text"] = from_text
     write_jsonl(workdir / "metrics.jsonl", [{k: v for k, v in m.items() if k not in TIMING_KEYS}

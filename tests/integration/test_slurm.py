@@ -408,3 +408,37 @@ def test_pairrm_workers_over_the_allocation_judge_as_one_local_worker(tiny_model
     print(f"PairRM over two nodes vs one local worker: max |ΔM| {worst:.1e}; annotate {secs[1]:.1f}s vs {secs[0]:.1f}s "
           f"(two fake nodes share this host's 2 cores)")
     assert worst < 1e-6
+
+
+def test_the_one_allocation_job_stopped_in_training_requeues_itself_and_resumes(tiny_model, slurm, inline_t1,
+                                                                                tmp_path):
+    """Slurm's warning signal (USR1 to the batch shell, as --signal=B:USR1@300 sends it before the
+    time limit; here by scancel --signal at a chosen moment): sppo-run saves a step checkpoint,
+    exits 143, the job requeues itself, and its second start resumes at that step and finishes with
+    the inline run's artifacts."""
+    run_dir = _from_inline(inline_t1, tmp_path, keep=4)  # up to build: the next stage is train
+    env = run_env(tiny_model, slurm, SPPO_RUN=f"{sys.executable} -m sppo_nemo")
+    log = tmp_path / "alloc.out"
+    proc = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(ROOT / "launchers" / "slurm_allocation.sbatch"),
+                           str(TINY_RECIPE), f"output_dir={tmp_path}", *T1, "trainer.checkpoint_every=10h"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    reference = run_dir / "iter_01" / "train.partial" / "reference"
+    deadline = time.time() + 300
+    while not reference.is_dir():
+        assert time.time() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.01)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True, timeout=30)
+    deadline = time.time() + 400  # a requeued job waits about a minute before it may start again
+    while True:
+        shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        if "JobState=COMPLETED" in shown or "JobState=FAILED" in shown:
+            break
+        assert time.time() < deadline, f"{shown}\n{log.read_text() if log.exists() else ''}"
+        time.sleep(1)
+    out = log.read_text()
+    assert "JobState=COMPLETED" in shown and "Restarts=1" in shown, f"{shown}\n{out}"
+    assert "terminated (SIGUSR1)" in out and "saved a step checkpoint" in out, out
+    assert "requeueing job" in out and "resumed after optimizer step" in out, out
+    assert digests(run_dir) == digests(inline_t1)

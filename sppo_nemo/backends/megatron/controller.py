@@ -68,7 +68,7 @@ class MegatronTrainer:
                 *worker], env
 
     def train(self, policy_dir: Path, rows_file: Path, output_dir: Path, progress: ProgressFn | None = None,
-              ref_progress: ProgressFn | None = None) -> TrainResult:
+              ref_progress: ProgressFn | None = None, state_dir: Path | None = None) -> TrainResult:
         policy_dir = hub.local_dir(policy_dir, "policy checkpoint", "policy.model")  # workers read its files
         job_dir = Path(output_dir).parent / "megatron-job"
         shutil.rmtree(job_dir, ignore_errors=True)
