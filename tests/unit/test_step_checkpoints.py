@@ -116,3 +116,20 @@ def test_a_signal_inside_the_step_loop_waits_for_the_boundary():
         assert stopping.requested() is None
     finally:
         stopping.restore(previous)
+
+
+def test_a_requeue_loop_without_progress_is_refused(tmp_path: Path):
+    from sppo_nemo.launch.requeue import record_stop
+
+    (tmp_path / "iter_01/train.partial/checkpoints/step_000002").mkdir(parents=True)
+    (tmp_path / "iter_01/train.partial/checkpoints/step_000002/state.pt").write_text("x")
+    assert record_stop(tmp_path, "41", "SIGUSR1") is None  # the first stop of job 41
+    assert record_stop(tmp_path, "7", "SIGUSR1") is None  # another job's stops are its own
+    (tmp_path / "iter_01/train.partial/checkpoints/step_000005").mkdir()
+    (tmp_path / "iter_01/train.partial/checkpoints/step_000005/state.pt").write_text("x")
+    (tmp_path / "iter_01/train.partial/worker.log").write_text("grows")  # logs are not progress
+    assert record_stop(tmp_path, "41", "SIGUSR1") is None  # a new checkpoint since: progress
+    (tmp_path / "iter_01/train.partial/worker.log").write_text("grows more")
+    stuck = record_stop(tmp_path, "41", "SIGTERM")
+    assert stuck and "Slurm job 41 was stopped (SIGTERM) twice with nothing new" in stuck
+    assert "trainer.checkpoint_every" in stuck and "#SBATCH --time" in stuck
