@@ -139,7 +139,7 @@ def _main(args: argparse.Namespace) -> int:
             return _one_stage(ctx, only, restart)
         timings = _execute(ctx, only, restart)
     except Terminated as exc:
-        _refuse_a_requeue_loop(ctx.run_dir, exc)
+        _after_a_stop(ctx.run_dir, exc, requeue=only is not None)
         raise
     print()
     print(table(collect(ctx)))
@@ -147,17 +147,21 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_a_requeue_loop(run_dir, exc: Terminated) -> None:
-    """Inside a Slurm job (which requeues itself on exit 143): a second stop with nothing new on disk
-    is a UserError (exit 1), so the job ends instead of looping (sppo_nemo/launch/requeue.py)."""
+def _after_a_stop(run_dir, exc: Terminated, requeue: bool) -> None:
+    """Inside a Slurm job: a second stop with nothing new on disk is a UserError (exit 1), so a job
+    that requeues itself ends instead of looping (sppo_nemo/launch/requeue.py). Otherwise a chained
+    stage job (``requeue``: sppo-run --stage) warned of its time limit (SIGUSR1) requeues itself; the
+    one-allocation script requeues its job itself (launchers/slurm_allocation.sbatch)."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return
-    from sppo_nemo.launch.requeue import record_stop
+    from sppo_nemo.launch.requeue import record_stop, requeue_job
 
     stuck = record_stop(run_dir, job, exc.signal_name)
     if stuck:
         raise UserError(stuck) from None
+    if requeue and exc.signal_name == "SIGUSR1":
+        print(f"sppo-run: {requeue_job(job)}", file=sys.stderr, flush=True)
 
 
 def _execute(ctx, only, restart) -> list[dict]:

@@ -36,6 +36,9 @@ from sppo_nemo.launch import squeue
 from sppo_nemo.launch.plan import JobSpec
 
 
+WARNING_SECONDS = 300  # how long before a job's time limit Slurm signals it (launchers/slurm_allocation.sbatch too)
+
+
 class SubmitError(UserError):
     """sbatch (or docker) refused a job; the message quotes its own words. ``launched`` holds the
     jobs submitted before the refusal (the same records as a submission's), so none goes untracked."""
@@ -89,7 +92,10 @@ def _executor(la: LaunchConfig, spec: JobSpec, home: Path, prefix: str):
         gpus_per_node=res.gpus_per_node or None, cpus_per_task=res.cpus_per_task,
         container_image=container, container_mounts=list(la.container_mounts) if container else [],
         srun_args=srun_args, additional_parameters=params, env_vars=_env(la), tunnel=_tunnel(la, home),
-        packager=run.Packager(), job_name_prefix=prefix, poll_estimated_start_time=False)
+        packager=run.Packager(), job_name_prefix=prefix, poll_estimated_start_time=False,
+        # SIGUSR1 to the job's steps before its time limit: the stage's sppo-run --stage saves what it
+        # can (a step checkpoint in training), then requeues its own job (cli, launch/requeue.py)
+        signal=f"USR1@{WARNING_SECONDS}")
 
 
 def _experiment(title: str, home: Path, id: str | None = None):

@@ -1,7 +1,8 @@
 """A Slurm job that requeues itself must make progress between requeues, or stop and say so.
 
-The one-allocation launcher and the chained mode's jobs requeue themselves when Slurm's warning
-signal stops sppo-run before the time limit (launchers/slurm_allocation.sbatch): the rerun
+The one-allocation launcher (launchers/slurm_allocation.sbatch) and the chained mode's stage jobs
+(:func:`requeue_job`, from ``sppo-run --stage``) requeue themselves when Slurm's warning signal
+(SIGUSR1, five minutes before the time limit) stops sppo-run: the rerun
 resumes at the last finished chunk or step checkpoint. If a job is stopped twice in a row with
 nothing new on disk (no stage finished, no chunk, no step checkpoint: a stage whose step or chunk
 is longer than the job's time), requeueing again would loop forever. Each stop of a Slurm job is
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -56,3 +58,16 @@ def record_stop(run_dir: Path, job_id: str, signal_name: str) -> str | None:
                 f"one chunk or checkpoint period. Give the job more time (#SBATCH --time), or checkpoint more "
                 f"often (trainer.checkpoint_every), then resubmit the same command; everything finished is kept.")
     return None
+
+
+def requeue_job(job_id: str) -> str:
+    """``scontrol requeue`` this job (it is killed, then starts again once Slurm lets it: about a
+    minute); what happened, in words."""
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"could not requeue Slurm job {job_id} ({exc}); resubmit with --submit to resume"
+    if proc.returncode != 0:
+        return (f"could not requeue Slurm job {job_id} (scontrol: {proc.stderr.strip() or proc.returncode}); "
+                f"resubmit with --submit to resume")
+    return f"warned of the time limit: Slurm job {job_id} requeued itself and will resume where it stopped"

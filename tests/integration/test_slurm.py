@@ -410,6 +410,21 @@ def test_pairrm_workers_over_the_allocation_judge_as_one_local_worker(tiny_model
     assert worst < 1e-6
 
 
+def release_when_requeued(env: dict, job: str, timeout: float = 120) -> None:
+    """Slurm holds a requeued job for about a minute (Reason=BeginTime) before it may start again;
+    once it is held, let it start now (the tests' cluster runs as root), so the test need not wait."""
+    deadline = time.time() + timeout
+    while True:
+        shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        if "Restarts=1" in shown and "JobState=PENDING" in shown:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, timeout=30)
+            return
+        if "Restarts=1" in shown and "JobState=PENDING" not in shown and "JobState=REQUEUED" not in shown:
+            return  # already started again
+        assert time.time() < deadline, f"job {job} was not requeued:\n{shown}"
+        time.sleep(0.5)
+
+
 def test_the_one_allocation_job_stopped_in_training_requeues_itself_and_resumes(tiny_model, slurm, inline_t1,
                                                                                 tmp_path):
     """Slurm's warning signal (USR1 to the batch shell, as --signal=B:USR1@300 sends it before the
@@ -430,7 +445,8 @@ def test_the_one_allocation_job_stopped_in_training_requeues_itself_and_resumes(
         assert time.time() < deadline, log.read_text() if log.exists() else "no log"
         time.sleep(0.01)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True, timeout=30)
-    deadline = time.time() + 400  # a requeued job waits about a minute before it may start again
+    release_when_requeued(env, job)
+    deadline = time.time() + 400
     while True:
         shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
         if "JobState=COMPLETED" in shown or "JobState=FAILED" in shown:
@@ -442,3 +458,33 @@ def test_the_one_allocation_job_stopped_in_training_requeues_itself_and_resumes(
     assert "terminated (SIGUSR1)" in out and "saved a step checkpoint" in out, out
     assert "requeueing job" in out and "resumed after optimizer step" in out, out
     assert digests(run_dir) == digests(inline_t1)
+
+
+def test_a_chained_train_job_warned_of_its_time_limit_requeues_itself_and_the_chain_finishes(
+        tiny_model, slurm, inline_t1, tmp_path):
+    """The chained mode's jobs ask Slurm for SIGUSR1 before their time limit (#SBATCH --signal); here
+    it is sent to the train job's steps by scancel at a chosen moment: its sppo-run --stage saves a
+    step checkpoint, requeues the job, the job's second start resumes there, and the chain (train,
+    then evaluate after it) ends with the inline run's artifacts."""
+    run_dir = _from_inline(inline_t1, tmp_path, keep=4)
+    env = run_env(tiny_model, slurm)
+    args = [f"output_dir={tmp_path}", *T1, *SLURM, "trainer.checkpoint_every=10h"]
+    proc = cli(env, *args, "--submit")
+    assert "submitted 2 job(s)" in proc.stdout, proc.stdout
+    train = next(j for j in last_submission(run_dir)["jobs"] if j["stage"] == "iter_01/train")
+    scripts = sorted(Path(last_submission(run_dir)["dir"]).glob("*_sbatch.sh"))
+    assert scripts and all("#SBATCH --signal=USR1@300" in p.read_text() for p in scripts)
+    reference = run_dir / "iter_01" / "train.partial" / "reference"
+    deadline = time.time() + 300
+    while not reference.is_dir():
+        assert time.time() < deadline, "the train job never reached its step loop"
+        time.sleep(0.01)
+    subprocess.run(["scancel", "--signal=USR1", str(train["job_id"])], env=env, check=True, timeout=30)
+    release_when_requeued(env, str(train["job_id"]))
+    wait_for_jobs(env, run_dir, timeout=400)
+    shown = subprocess.run(["scontrol", "show", "job", str(train["job_id"])], env=env, capture_output=True,
+                           text=True).stdout
+    assert "Restarts=1" in shown and "JobState=COMPLETED" in shown, shown
+    assert digests(run_dir) == digests(inline_t1)
+    stops = [json.loads(line) for line in (run_dir / "jobs" / "stops.jsonl").read_text().splitlines()]
+    assert [s["signal"] for s in stops] == ["SIGUSR1"] and stops[0]["job"] == str(train["job_id"])
