@@ -237,7 +237,7 @@ def main() -> int:
         def run(r):
             for key in judge.stats:
                 judge.stats[key] = 0.0 if key in ("forward_s", "flops") else 0
-            judge._net.attention = attention
+            judge.set_attention(attention)
             t = time.perf_counter()
             mats = judge.logit_matrices([prompts[r]], [cands[r]])
             return time.perf_counter() - t, dict(judge.stats), mats[0]

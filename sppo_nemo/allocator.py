@@ -4,11 +4,9 @@ A training step on CPU allocates and frees its activations, autocast's bf16 weig
 gradients (hundreds of MB) every micro-batch. With glibc's defaults, freed memory at the top of the
 heap is given back to the kernel (``M_TRIM_THRESHOLD``, 128 KiB, raised dynamically) and blocks
 above the dynamic mmap threshold are unmapped on free, so the next micro-batch faults the same
-pages in again, each zeroed by the kernel. Measured on 2 cores (this one by an ad hoc script, not
-committed): the default recipe's first train stage alone in a fresh process (SmolLM2-135M, 128 rows, bf16 autocast), 4.0 M minor page faults
-and 30 s of system time in a 71 s stage, against 1.6 M, 20 s and 52 s with the settings below;
-the whole default run (benchmarks/bench_default_run.py, one process, where glibc's dynamic
-thresholds have partly adapted by then) 10.3 M → 5.7 M faults, 81 → 59 s system, 324 → 296 s.
+pages in again, each zeroed by the kernel. Keeping freed memory trades page faults and system time
+for resident memory (benchmarks/README.md, "Freed memory kept for reuse", has the measurement and
+its command).
 
 :func:`keep_freed_memory` sets, through ``mallopt`` (glibc on Linux; elsewhere it does nothing):
 
@@ -17,8 +15,9 @@ thresholds have partly adapted by then) 10.3 M → 5.7 M faults, 81 → 59 s sys
 - ``M_TRIM_THRESHOLD`` = 2 GiB − 1: free memory at the top of the heap is kept for reuse;
 - ``M_TOP_PAD`` = 256 MiB: the heap grows in large steps.
 
-The cost is resident memory: the process keeps its peak (peak RSS of the default run 5.19 against
-4.54 GiB). ``SPPO_MALLOC=system`` in the environment keeps glibc's defaults.
+The cost is resident memory: the process keeps its peak. It is the CPU engines' setting: sppo-run
+applies it to itself, and a megatron worker only when it computes on the CPU (a GPU worker's
+tensors are not on the heap). ``SPPO_MALLOC=system`` in the environment keeps glibc's defaults.
 """
 
 from __future__ import annotations

@@ -363,11 +363,10 @@ class HFGenerator(ChunkedSampling):
         """log π(y|x) of each (prompt, response), over its sampled ids as training scores them, from the weights in
         ``precision`` (evaluation.kl_precision): fp32 by default, which under
         generation.precision=bf16 loads the fp32 model for this alone (the sampling copy freed).
-        Measured on the default run's last evaluation (64 responses of π_4 and π_1): bf16 weights
-        move a response's log-probability by 0.24 nats on average (up to 0.9), the KL estimate by
-        0.001-0.08 over the default run's iterations; fp32 reproduces it exactly. Scored packed when
+        bf16 weights move each log-probability by a fraction of a nat and the KL estimate well inside
+        its interval (benchmarks/README.md); fp32 reproduces the trainer's numbers. Scored packed when
         the model allows it (:func:`packed_sequence_logps`: no padding, the same values to 1e-5), 8 at a
-        time (larger batches were slower in fp32 on 2 cores)."""
+        time."""
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         encoded = self._encoded(prompts, responses)
         model = self._scoring_model(dtype)

@@ -222,7 +222,7 @@ def test_encoder_modes_agree_on_every_budget(setup):
     transformers' own forward on the cases that reach every truncation budget (2048 tokens)."""
     judge, fast = ours(setup["ours_hf"], setup["cases"], batch_size=64, max_batch_tokens=10**6)
     for mode in ("padded", "reference"):
-        judge._net.attention = mode
+        judge.set_attention(mode)
         prompts = [Prompt(f"p{n}", c["prompt"]) for n, c in enumerate(setup["cases"])]
         other = judge.logit_matrices(prompts, [c["candidates"] for c in setup["cases"]])
         assert max_diff(fast, other) <= TOL, mode

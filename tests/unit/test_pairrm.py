@@ -172,7 +172,7 @@ def test_stats_count_the_batches_actually_run(tiny):
         shapes.append(tuple(args[0].shape))
         batches.append((args[1].sum(dim=1).tolist(), args[0].shape[1]))
 
-    hook = j._net.register_forward_pre_hook(seen)
+    hook = j.network.register_forward_pre_hook(seen)
     try:
         rng = random.Random(12)
         prompts = [Prompt("a", words(rng, 9)), Prompt("b", words(rng, 30)), Prompt("c", "alone")]
@@ -180,7 +180,7 @@ def test_stats_count_the_batches_actually_run(tiny):
         j.logit_matrices(prompts, resp)
     finally:
         hook.remove()
-    cfg = j._net.config
+    cfg = j.network.config
     assert len(shapes) > 1 and all(b <= 4 for b, _ in shapes)
     assert j.stats["flops"] == sum(executed_flops(cfg, lens, w, per_sequence=True) for lens, w in batches)
     assert all(executed_flops(cfg, lens, w, True) < deberta_forward_flops(cfg, len(lens), w) for lens, w in batches)
@@ -232,7 +232,7 @@ def test_bad_input_is_defined_or_a_clear_error(tmp_path):
         one(j, Prompt("p", None), ["a", "b"])
     with pytest.raises(ValueError, match="lengths differ"):
         j.compare([p], ["a"], ["b", "c"])
-    assert j._encoder is None and j._net is None
+    assert j._encoder is None and j.network is None
     with pytest.raises(UserError, match=r"judge.model: .*nothing-here.* is not a directory"):
         one(j, p, ["a", "b"])
     with pytest.raises(ValueError, match="probability"):
@@ -367,7 +367,7 @@ def test_device_workers_match_one_device_and_persist(tiny, tmp_path):
     assert sum(told) == 3
     pool = j._pool
     procs = [proc for _, proc, _ in pool._workers]
-    assert j._net is None and len(procs) == 2 and all(p.is_alive() for p in procs)
+    assert j.network is None and len(procs) == 2 and all(p.is_alive() for p in procs)
     got += j.preference_matrices(prompts[3:], resp[3:])
     assert j._pool is pool and all(p.is_alive() for p in procs)  # the same workers served both calls
     for x, y in zip(got, want):

@@ -267,6 +267,8 @@ def export(s: Setup, fit: Fit, ref_seconds: float, job_dir: Path) -> None:
 def run_job(job_dir: Path) -> None:
     job = read_job(job_dir)
     device = init_parallel(job.layout.tensor, job.layout.pipeline, job.seed)
+    if device.type == "cpu":  # the CPU engines' allocator setting (sppo_nemo/allocator.py), not a GPU worker's
+        keep_freed_memory()
     try:
         s = set_up(job, device)
         reference, ref_seconds = reference_pass(s)
@@ -282,6 +284,5 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m sppo_nemo.backends.megatron JOB_DIR", file=sys.stderr)
         return 2
-    keep_freed_memory()
     run_job(Path(argv[0]))
     return 0

@@ -13,13 +13,13 @@ sequence, on top of the matmuls every model needs:
   one fused ``baddbmm`` for the content scores, softmax, the value matmul;
 - a padded B×heads×L×L attention block for a batch (the padding's queries and keys included),
   which stops fitting in the CPU's last-level cache beyond batch 1 (15.6 MB a sequence at
-  L ≈ 494 against a 32 MB L3). On a CPU (``per_sequence``) the matmuls run on all the batch's
+  L ≈ 494, against last-level caches of tens of MB). On a CPU (``per_sequence``) the matmuls run on all the batch's
   rows together but attention runs one sequence at a time at its own length; on a GPU
   (``padded``) attention runs on the padded batch with the padding's keys masked.
 - on a CPU, a batch's matmuls over more than ``CHUNK_TOKENS`` padded tokens: the feed-forward's
   intermediate (tokens × 4096 floats, 162 MB at batch 20 of ~496-token sequences) then no longer
-  fits the last-level cache and each pass over it goes to memory, which is why batches of 20 ran
-  at 0.81× batch 1. In ``per_sequence`` mode a larger batch is encoded in consecutive chunks of
+  fits the last-level cache and each pass over it goes to memory, so large batches lose to batch 1
+  (benchmarks/README.md). In ``per_sequence`` mode a larger batch is encoded in consecutive chunks of
   sequences of at most ``CHUNK_TOKENS`` padded tokens each (sequences are independent, so the
   result is the same), and a batch costs what its chunks cost: batching never loses to batch 1.
 - the whole last layer for every token, while PairRM reads three positions of it. Here the last
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 MODES = ("per_sequence", "padded")
 # Padded tokens a CPU (per_sequence) forward computes at once: about four ~500-token sequences,
-# whose feed-forward intermediate (2048 × 4096 fp32 = 32 MB) matches a 32 MB L3.
+# whose feed-forward intermediate (2048 × 4096 fp32 = 32 MB) stays within a server CPU's last-level cache.
 CHUNK_TOKENS = 2048
 
 

@@ -45,12 +45,12 @@ from sppo_nemo.preference import PROBABILITIES, probabilities
 from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 DEFAULT_MODEL = "llm-blender/PairRM-hf"
-# max_batch_tokens=None: padded tokens per forward by device. transformers' forward lost at batch
-# 3-20 on a CPU (0.26-0.27 and 0.219 pairs/s against 0.33 at batch 1): its padded B×heads×L×L
-# attention tensors (15.6 MB a ~494-token sequence) outgrow the 32 MB L3 and each of its ~15 passes
-# over them goes to memory. The encoder now attends one sequence at a time on a CPU, so batches
-# only share the matmuls; 2048 tokens (about four workload sequences) keeps the feed-forward's
-# intermediate (tokens × 4096 floats) near the L3's size. A GPU wants large batches.
+# max_batch_tokens=None: padded tokens per forward by device. On a CPU transformers' forward loses
+# to batch 1 as soon as a batch's padded B×heads×L×L attention tensors outgrow the last-level
+# cache (benchmarks/README.md, "PairRM batching on a CPU"). The encoder attends one sequence at a
+# time on a CPU, so batches only share the matmuls; 2048 tokens (about four ~500-token sequences)
+# keeps the feed-forward's intermediate (tokens × 4096 floats, 32 MB) within a server CPU's
+# last-level cache. A GPU wants large batches.
 AUTO_BATCH_TOKENS = {False: 2048, True: 65536}
 PAIRS = ("both", "single")
 
@@ -106,6 +106,20 @@ class PairRMJudge:
         self.device = None  # torch.device of the in-process model
         self.dtype = None
         self.stats = {"pairs": 0, "forward_s": 0.0, "tokens": 0, "padded_tokens": 0, "flops": 0.0}
+
+    @property
+    def network(self):
+        """The in-process PairRMModel (None before it is loaded, after close(), or with worker
+        processes): for tests and benchmarks that look inside it."""
+        return self._net
+
+    def set_attention(self, mode: str) -> None:
+        """The in-process encoder's attention path: ``auto`` (the device's), ``per_sequence``,
+        ``padded``, or ``reference`` (transformers' own forward), for equivalence tests and
+        benchmarks (sppo_nemo/backends/pairrm/model.py)."""
+        if self._net is None:
+            raise RuntimeError("set_attention: the judge has no in-process model (not loaded, closed, or in workers)")
+        self._net.attention = mode
 
     # ---------------------------------------------------------------- construction
     @classmethod

@@ -41,8 +41,8 @@ class EngineSettings:
     gpu_memory_utilization: float
     kv_cache_memory_bytes: int | None
     # The engine core in the worker's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0): on CPU with one
-    # tensor-parallel rank, which saves two interpreter starts (measured 28 → 10 s for SmolLM2) and
-    # the inter-process hops of every step; the worker then pins its threads to its cores itself.
+    # tensor-parallel rank, which saves two interpreter starts and the inter-process hops of every
+    # step; the worker then pins its threads to its cores itself.
     in_process: bool = False
 
 
