@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sppo_nemo.config import ADDED_KEYS
 from sppo_nemo.errors import StaleStageError, UserError
 
 
@@ -30,6 +29,10 @@ class CorruptStageError(UserError):
     """A finished stage's files or manifest no longer match what it committed."""
 
 
+# The run-directory format: written into every manifest. A stage of another format (an older
+# sppo-nemo's, whose fingerprints were made by other rules) is refused as a whole, never reused
+# or compared key by key. Raise it when a stage's fingerprint or files change meaning.
+FORMAT = 2
 MANIFEST = "manifest.json"
 DONE = "_DONE"
 TIMINGS = "timings.jsonl"  # wall-clock figures: kept, but outside the digest (never reproducible)
@@ -217,14 +220,6 @@ def canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(flat, sort_keys=True))
 
 
-def _added_at_default(key: str, value: Any) -> bool:
-    """A fingerprint key the schema gained later (config.ADDED_KEYS), at the value older code implied."""
-    for added, default in ADDED_KEYS.items():
-        if (key == added or key.endswith("." + added)) and value == default:
-            return True
-    return False
-
-
 class Stage:
     """One stage folder of one iteration, e.g. ``runs/demo/iter_01/generate``."""
 
@@ -249,13 +244,15 @@ class Stage:
                 f"it made is lost, so it cannot be trusted: rerun with --restart-from {self.label}") from None
 
     def verify(self, full: bool = False) -> None:
-        """Raise CorruptStageError naming every file that no longer matches the manifest."""
+        """Raise StaleStageError for a stage of another run-directory format (:data:`FORMAT`), and
+        CorruptStageError naming every file that no longer matches the manifest."""
         m = self.manifest()
-        if "files" not in m:
-            raise CorruptStageError(
-                f"{self.label} was committed by an older sppo-nemo that kept no record of its files, so it cannot "
-                f"be verified; redo it with --restart-from {self.label} (or start a new run name)")
-        problems = changed_files(self.path, m["files"], full)
+        if m.get("format") != FORMAT:
+            raise StaleStageError(
+                f"{self.label} was made by an older sppo-nemo (run-directory format {m.get('format', 1)}; this "
+                f"version reads format {FORMAT}), so it is not reused. Redo it and everything after it with "
+                f"--restart-from {self.label}, or start afresh under another name (name=...).")
+        problems = changed_files(self.path, m.get("files", {}), full)
         if problems:
             lines = [f"{self.label} is finished, but its files are not what it committed:"]
             lines += [f"  {self.path.name}/{p}" for p in problems]
@@ -273,8 +270,7 @@ class Stage:
         lines that explain a changed value (Context.base_policy_changes: the files of π_1 that changed)."""
         old = self.manifest().get("fingerprint", {})
         new = canonical(fingerprint)
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not (k not in old and _added_at_default(k, new[k])))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if not changed:
             return
         lines = [f"{self.label} was finished with a different recipe or different inputs:"]
@@ -310,6 +306,7 @@ class Stage:
         (self.partial / "fingerprint.json").unlink(missing_ok=True)
         files = file_table(self.partial)
         manifest = {
+            "format": FORMAT,
             "stage": self.label,
             "fingerprint": canonical(fingerprint),
             "digest": table_digest(files),

@@ -50,20 +50,6 @@ TransformerEngine = Literal["auto", "on", "off"]
 Attention = Literal["sdpa", "local"]
 Executor = Literal["inline", "slurm", "local", "docker"]
 Tunnel = Literal["local", "ssh"]
-# Keys added to the schema after runs were made with the code before them, each with the value
-# that reproduces what that code did. A finished stage whose fingerprint lacks such a key counts as
-# made with that value (artifacts.Stage.check), so adding a key leaves existing runs valid.
-ADDED_KEYS = {
-    "trainer.optimizer": "adamw",
-    "trainer.schedule_epochs": None,
-    "loss.rank_by": "win_rate",
-    "loss.estimator_samples": None,
-    "loss.ipo_form": "appendix_b",
-    "trainer.pack_prompts": False,
-    "generation.precision": "fp32",
-    "judge.pairs": "both",
-    "evaluation.kl_precision": "fp32",
-}
 STAGE_NAMES = ("generate", "annotate", "build", "train", "evaluate")  # one plan iteration, in order
 
 

@@ -48,13 +48,6 @@ class SamplingParams:
     # samples then stop where training would cut them); None where it cannot bind, or in evaluation
     max_length: int | None = None
 
-    def fingerprint(self) -> dict:
-        """The fields, max_length only when set: runs made before it existed stay fresh."""
-        out = {k: getattr(self, k) for k in ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")}
-        if self.max_length is not None:
-            out["max_length"] = self.max_length
-        return out
-
 
 ProgressFn = Callable[[int], None]  # called with the number of items just finished
 

@@ -56,7 +56,7 @@ class GeneratorSpec:
     def fingerprint(self) -> dict:
         out = {"backend": self.backend, "system_prompt": self.system_prompt,
                "max_prompt_length": self.max_prompt_length, "game": self.game.fingerprint() if self.game else None}
-        if self.backend == "hf" and self.precision != "fp32":  # fp32: the key older runs were made without
+        if self.backend == "hf":  # generation.precision: the transformers generator's
             out["precision"] = self.precision
         # What changes vLLM's samples (eager vs compiled does, measured on CPU); engines do not (chunks
         # are engine-independent), nor memory sizes. max_model_len as the recipe says: the derived

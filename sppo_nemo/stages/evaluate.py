@@ -59,25 +59,17 @@ PROMPTS_STATE = "sampling_prompts"
 
 @dataclass(frozen=True)
 class Extras:
-    """What the optional evaluation keys add. Its fingerprint holds only the keys that are set, so
-    with none set it flattens to nothing (artifacts.canonical) and a stage's fingerprint is exactly
-    what it was before these keys existed: finished runs stay fresh. ``run_name`` only names the
-    generator in the AlpacaEval files; the run directory bears the same name, so it is not keyed."""
+    """What the optional evaluation keys add. ``run_name`` only names the generator in the
+    AlpacaEval files; the run directory bears the same name, so it is not keyed."""
 
     run_name: str
     prompts: EvalPrompts | None = None  # evaluation.prompts, read
     best_of: int | None = None
-    kl_precision: str | None = None  # evaluation.kl_precision when not fp32 (the legacy value)
+    kl_precision: str = "fp32"  # evaluation.kl_precision, resolved
 
     def fingerprint(self) -> dict:
-        out: dict = {}
-        if self.kl_precision is not None:
-            out["kl_precision"] = self.kl_precision
-        if self.prompts is not None:
-            out["prompts"] = self.prompts.fingerprint()
-        if self.best_of is not None:
-            out["best_of"] = self.best_of
-        return out
+        return {"kl_precision": self.kl_precision, "best_of": self.best_of,
+                "prompts": self.prompts.fingerprint() if self.prompts is not None else None}
 
     @staticmethod
     def recipe_key(key: str) -> str:
@@ -106,7 +98,7 @@ def inputs(ctx: Context, t: int) -> Inputs:
     extra = _prompt_file(r) if e.prompts else None
     return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
                   r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
-                  Extras(r.name, extra, e.best_of, None if e.kl_precision == "fp32" else e.kl_precision))
+                  Extras(r.name, extra, e.best_of, e.kl_precision))
 
 
 def _prompt_file(r) -> EvalPrompts:

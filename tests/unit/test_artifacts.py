@@ -10,7 +10,7 @@ import os
 import pytest
 
 from sppo_nemo import cli
-from sppo_nemo.artifacts import CorruptStageError, Stage, StaleStageError, canonical, content_digest
+from sppo_nemo.artifacts import FORMAT, CorruptStageError, Stage, StaleStageError, canonical, content_digest
 
 
 def test_commit_is_a_rename_with_manifest_and_marker(tmp_path):
@@ -150,10 +150,15 @@ def test_content_changes_names_each_file_between_two_digests_the_cache_saw(tmp_p
     assert content_changes(cache, first, second) is None  # only the last few are kept
 
 
-def test_a_stage_committed_without_a_file_record_says_so(tmp_path):
+def test_a_stage_of_an_older_format_is_refused_naming_restart_from(tmp_path):
     st = committed(tmp_path, {"responses.jsonl": b"{}\n"})
     m = st.manifest()
-    del m["files"]
-    (st.path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(CorruptStageError, match="older sppo-nemo"):
-        st.verify()
+    assert m["format"] == FORMAT
+    for older in ({k: v for k, v in m.items() if k not in ("format", "files")}, dict(m, format=FORMAT - 1)):
+        (st.path / "manifest.json").write_text(json.dumps(older))
+        with pytest.raises(StaleStageError) as exc:
+            st.verify()
+        assert str(exc.value) == (
+            f"{st.label} was made by an older sppo-nemo (run-directory format {older.get('format', 1)}; this "
+            f"version reads format {FORMAT}), so it is not reused. Redo it and everything after it with "
+            f"--restart-from {st.label}, or start afresh under another name (name=...).")

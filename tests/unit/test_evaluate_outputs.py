@@ -117,21 +117,6 @@ def test_best_of_keeps_the_largest_win_rate_among_the_n():
 
 
 # ----------------------------------------------------------------------------- fingerprints
-@dataclasses.dataclass(frozen=True)
-class OldInputs:
-    """The evaluate stage's inputs before evaluation.prompts and evaluation.best_of existed."""
-
-    iteration: int
-    policies: tuple[PolicyRef, ...]
-    prompts: PromptSet
-    samples_per_prompt: int
-    sampling: SamplingParams
-    seed: int
-    generation: GeneratorSpec
-    judge: JudgeSpec | None
-    opponents: tuple[Upstream, ...]
-
-
 def finish(ctx: Context, t: int, name: str, files: dict[str, str]) -> None:
     stage = ctx.stage(t, name)
     work = stage.begin({"test": True})
@@ -158,30 +143,21 @@ def ctx(tmp_path) -> Context:
     return c
 
 
-@pytest.mark.parametrize("t", [0, 1, 2])
-def test_the_fingerprint_is_unchanged_without_the_new_keys(ctx, t):
-    if t == 2:
-        finish(ctx, 1, "evaluate", {"responses.jsonl": "π_2"})
-        finish(ctx, 2, "train", {"policy/config.json": "{}"})
-    inp = evaluate.inputs(ctx, t)
-    old = OldInputs(**{f.name: getattr(inp, f.name) for f in dataclasses.fields(OldInputs)})
-    assert canonical(fingerprint(inp)) == canonical(fingerprint(old))
-    assert (inp.judge is None) == (t == 0)
-
-
-def test_the_new_keys_enter_the_fingerprint(ctx, tmp_path):
+def test_the_optional_keys_enter_the_fingerprint(ctx, tmp_path):
+    base = canonical(fingerprint(evaluate.inputs(ctx, 0)))
+    assert (base["extras.best_of"], base["extras.prompts"], base["extras.kl_precision"]) == (None, None, "fp32")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"instruction": "x"}\n')
     other = context(tmp_path, "evaluation.best_of=4", f"evaluation.prompts={prompts}")
-    base = canonical(fingerprint(evaluate.inputs(ctx, 0)))
     fp = canonical(fingerprint(evaluate.inputs(other, 0)))
     assert fp["extras.best_of"] == 4 and fp["extras.prompts"] == read_eval_prompts(prompts).fingerprint()
     assert fp["judge.backend"] == other.recipe.judge.backend  # best-of ranks π_1's samples at iteration 0
-    assert {k for k in fp if not k.startswith(("extras.", "judge"))} == {k for k in base if k != "judge"}
+    assert {k for k in fp if not k.startswith(("extras.prompts", "judge"))} == {
+        k for k in base if k not in ("judge", "extras.prompts")}
     prompts.write_text('{"instruction": "y"}\n')
     assert canonical(fingerprint(evaluate.inputs(other, 0)))["extras.prompts"] != fp["extras.prompts"]
     bf16 = canonical(fingerprint(evaluate.inputs(context(tmp_path, "evaluation.kl_precision=bf16"), 0)))
-    assert bf16["extras.kl_precision"] == "bf16" and {k for k in bf16 if k != "extras.kl_precision"} == set(base)
+    assert bf16["extras.kl_precision"] == "bf16" and set(bf16) == set(base)
 
 
 # ----------------------------------------------------------------------------- report

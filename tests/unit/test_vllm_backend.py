@@ -193,8 +193,8 @@ def test_the_derived_model_len_is_not_fingerprinted() -> None:
     assert generator_spec(vrecipe(eval_new=100)).fingerprint() == generator_spec(vrecipe()).fingerprint()
 
 
-def test_an_hf_fingerprint_is_as_before_and_ignores_the_vllm_keys() -> None:
-    want = {"backend": "hf", "system_prompt": None, "max_prompt_length": 256, "game": None}  # the pre-vllm keys
+def test_an_hf_fingerprint_ignores_the_vllm_keys() -> None:
+    want = {"backend": "hf", "system_prompt": None, "max_prompt_length": 256, "game": None, "precision": "fp32"}
     assert generator_spec(vrecipe(backend="hf")).fingerprint() == want
     assert generator_spec(vrecipe(backend="hf", dtype="fp16", enforce_eager=True)).fingerprint() == want
 
