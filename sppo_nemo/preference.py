@@ -60,6 +60,12 @@ def score_probabilities(s: np.ndarray) -> np.ndarray:
     return sigmoid_antisymmetric(s[..., :, None] - s[..., None, :])
 
 
+def scored_from_logits(logit_matrices, probability: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(M, aggregated scores) per prompt from a logit judge's K×K logit matrices, M by the judge's
+    ``probability`` convention (:func:`probabilities`), the scores by :func:`aggregated_scores`."""
+    return [(probabilities(c, probability), aggregated_scores(c)) for c in logit_matrices]
+
+
 def aggregated_scores(c: np.ndarray) -> np.ndarray:
     """llm-blender's ``Blender.rank`` scores: s_i = (1/K) Σ_j (C[i, j] − C[j, i]), diagonal 0.
 

@@ -53,7 +53,8 @@ ProgressFn = Callable[[int], None]  # called with the number of items just finis
 
 
 class Generator(Protocol):
-    """Samples responses from one policy checkpoint (an HF directory)."""
+    """Samples responses from one policy checkpoint (an HF directory): what the generate and
+    evaluate stages call, implemented by every generator backend (hf, vllm, game)."""
 
     def sample(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams, state: Path,
                seed_tag: tuple, progress: ProgressFn | None = None) -> list[list[Sample]]:
@@ -62,6 +63,38 @@ class Generator(Protocol):
         seeded from ``seed_tag`` by position (``seeds.derive_seed``), never by how the work was run.
         The in-process backends chunk ``generate`` (``sampling.chunked_sample``)."""
         ...
+
+    def kl_terms(self, base: str, prompts: Sequence[Prompt], responses: Sequence[Sample],
+                 precision: str = "fp32") -> np.ndarray:
+        """Per (prompt, response), shape (n, 3): log π(y|x), log π_base(y|x) (``base``: the base
+        policy's loadable location, ``backends.policy_location``), and the exact per-position KL
+        Σ_h KL(π(·|x, y_<h) ‖ π_base(·|x, y_<h)) over the response's positions (non-negative)."""
+        ...
+
+    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
+        """How many prompts are longer than the policy takes, and so cut from the left (as the
+        trainer cuts them) by sampling and scoring."""
+        ...
+
+    def run_facts(self) -> dict:
+        """What the last ``sample`` call did that belongs in the stage's result (the vLLM backend:
+        engines, vLLM version, chunks read back from its logs); {} for the in-process backends."""
+        ...
+
+    def exact_metrics(self, prompts: Sequence[Prompt], history: Sequence[str | Path]) -> dict:
+        """Figures computed exactly rather than from samples, for the evaluate stage's metrics:
+        a finite game's duality gaps of π_{t+1} and of the average policy (``history``: π_1 … π_{t+1});
+        {} for a language model."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (a stage loads at most one policy at a time)."""
+        ...
+
+
+class InProcessGenerator(Protocol):
+    """What :func:`sppo_nemo.sampling.chunked_sample` needs of the generators that sample in this
+    process (hf, game): one fixed chunk of prompts at a time."""
 
     def generate(
         self,
@@ -76,33 +109,6 @@ class Generator(Protocol):
         batch is seeded from ``params.seed`` and its position, so a resumed run that calls this
         on the remaining prompts of a fixed batch grid reproduces an uninterrupted run.
         """
-        ...
-
-    def sequence_logprobs(self, prompts: Sequence[Prompt], responses: Sequence[Sample],
-                          precision: str = "fp32") -> np.ndarray:
-        """log π(y|x) summed over response tokens (the sampled ids), one float per (prompt, response)
-        pair, from weights in ``precision`` (fp32 or bf16; a backend with one exact form ignores it)."""
-        ...
-
-    def kl_terms(self, base: str, prompts: Sequence[Prompt], responses: Sequence[Sample],
-                 precision: str = "fp32") -> np.ndarray:
-        """Per (prompt, response), shape (n, 3): log π(y|x), log π_base(y|x) (``base``: the base
-        policy's loadable location, ``backends.policy_location``), and the exact per-position KL
-        Σ_h KL(π(·|x, y_<h) ‖ π_base(·|x, y_<h)) over the response's positions (non-negative)."""
-        ...
-
-    def cut_prompts(self, prompts: Sequence[Prompt]) -> int:
-        """How many prompts are longer than the policy takes, and so cut from the left (as the
-        trainer cuts them) by generate and sequence_logprobs."""
-        ...
-
-    def run_facts(self) -> dict:
-        """What the last ``sample`` call did that belongs in the stage's result (the vLLM backend:
-        engines, vLLM version, chunks read back from its logs); {} for the in-process backends."""
-        ...
-
-    def close(self) -> None:
-        """Free the model (a stage loads at most one policy at a time)."""
         ...
 
 
@@ -122,6 +128,13 @@ class Judge(Protocol):
         The annotate stage calls this on chunks of prompts (its chunk log makes it resumable);
         a judge batches and places the work on its devices as it sees fit. ``progress`` is told
         the number of prompts finished."""
+        ...
+
+    def scored_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                        progress: ProgressFn | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per prompt, M as :meth:`preference_matrices` gives it, and the judge's aggregated score of
+        each response where it has logits to aggregate (PairRM's; preference.scored_from_logits),
+        else None. The annotate stage keeps both."""
         ...
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sppo_nemo.chunklog import ChunkLog, run_chunks
-from sppo_nemo.protocols import Generator, ProgressFn, Prompt, Sample, SamplingParams
+from sppo_nemo.protocols import InProcessGenerator, ProgressFn, Prompt, Sample, SamplingParams
 from sppo_nemo.seeds import derive_seed
 
 
@@ -25,7 +25,7 @@ def chunk_grid(n_prompts: int, k: int, batch_size: int) -> list[range]:
     return [range(i, min(i + per, n_prompts)) for i in range(0, n_prompts, per)]
 
 
-def chunked_sample(generator: Generator, prompts: Sequence[Prompt], k: int, params: SamplingParams, state: Path,
+def chunked_sample(generator: InProcessGenerator, prompts: Sequence[Prompt], k: int, params: SamplingParams, state: Path,
                    seed_tag: tuple, progress: ProgressFn | None = None) -> list[list[Sample]]:
     """k responses per prompt by ``generator.generate``, chunk by chunk, resumable from
     ``state/chunks.jsonl``."""
@@ -42,11 +42,15 @@ def chunked_sample(generator: Generator, prompts: Sequence[Prompt], k: int, para
 
 
 class ChunkedSampling:
-    """``Generator.sample`` and ``run_facts`` for a generator with an in-process ``generate``."""
+    """``Generator.sample``, ``run_facts`` and ``exact_metrics`` for a generator with an in-process
+    ``generate`` (a finite game's generator has exact metrics of its own)."""
 
     def sample(self, prompts: Sequence[Prompt], num_samples: int, params: SamplingParams, state: Path,
                seed_tag: tuple, progress: ProgressFn | None = None) -> list[list[Sample]]:
         return chunked_sample(self, prompts, num_samples, params, state, seed_tag, progress)
 
     def run_facts(self) -> dict:
+        return {}
+
+    def exact_metrics(self, prompts: Sequence[Prompt], history: Sequence) -> dict:
         return {}

@@ -227,7 +227,7 @@ def step_metrics(totals: torch.Tensor, step: int, lr: float, grad_norm: float, l
 class Fit:
     """The loop state a trainer backend drives, step by step::
 
-        fit = Fit(rows, cfg, loss_type, eta, seed, dp=dp, grad_accum=accum)
+        fit = Fit(rows, cfg, loss_type, eta, seed, dp=dp, grad_accum=accum, keep_prompts=pack)
         for step, slots in enumerate(fit.steps):
             lr = fit.lr(step)                      # set it on the optimizer
             stats = StepStats()
@@ -241,15 +241,16 @@ class Fit:
     """
 
     def __init__(self, rows: Sequence, cfg: TrainerConfig, loss_type: str, eta: float, seed: int,
-                 dp: int = 1, grad_accum: int | None = None):
+                 dp: int = 1, grad_accum: int | None = None, keep_prompts: bool = False):
         self.rows = rows
         self.cfg = cfg
         self.loss_type = loss_type
         self.eta = eta
         self.dp = dp
         self.grad_accum = grad_accum or cfg.grad_accum
-        # the language-model trainers keep a prompt's rows together to pack them (trainer.pack_prompts)
-        groups = prompt_groups(rows) if cfg.pack_prompts and cfg.backend in ("torch", "megatron") else None
+        # ``keep_prompts``: a language-model trainer keeps a prompt's rows together to pack them
+        # (trainer.pack_prompts); the backend says so, the core does not know backends
+        groups = prompt_groups(rows) if keep_prompts else None
         self.steps = plan_steps(len(rows), cfg.batch_size, self.grad_accum, dp, cfg.epochs, seed, groups)
         horizon_epochs = cfg.schedule_epochs or cfg.epochs
         self.horizon = (len(self.steps) if horizon_epochs == cfg.epochs else

@@ -198,6 +198,11 @@ class MatrixJudge:
             progress(len(prompts))
         return out
 
+    def scored_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                        progress: ProgressFn | None = None) -> list[tuple[np.ndarray, None]]:
+        """(M, None) per prompt: the game's matrix has no logits to aggregate."""
+        return [(m, None) for m in self.preference_matrices(prompts, responses, progress)]
+
     def close(self) -> None:
         pass
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from sppo_nemo.errors import UserError
-from sppo_nemo.preference import PROBABILITIES, probabilities
+from sppo_nemo.preference import PROBABILITIES, probabilities, scored_from_logits
 from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 
@@ -114,6 +114,11 @@ class LLMBlenderJudge:
                             progress: ProgressFn | None = None) -> list[np.ndarray]:
         """M[i, j] = P(y_i ≻ y_j | x) per prompt from llm-blender's logits (K ≤ 1: no model call)."""
         return [probabilities(c, self.probability) for c in self.logit_matrices(prompts, responses, progress)]
+
+    def scored_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                        progress: ProgressFn | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(M, the aggregated score of each response) per prompt, from one pass of logits."""
+        return scored_from_logits(self.logit_matrices(prompts, responses, progress), self.probability)
 
     def compare(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """P(a_i ≻ b_i | x_i), shape (n,): the [0, 1] entry of the 2×2 matrix of (a_i, b_i)."""

@@ -277,6 +277,11 @@ class OfflineJudge:
                 progress(1)
         return out
 
+    def scored_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                        progress: ProgressFn | None = None) -> list[tuple[np.ndarray, None]]:
+        """(M, None) per prompt: no logits to aggregate."""
+        return [(m, None) for m in self.preference_matrices(prompts, responses, progress)]
+
     def scores(self, prompt: Prompt, responses: Sequence[str]) -> list[dict[str, float]]:
         """The per-criterion scores f_c(y) behind a matrix, for inspection and logging."""
         check_texts(responses, "responses")

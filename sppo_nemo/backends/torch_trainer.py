@@ -94,7 +94,7 @@ class TorchTrainer:
             with self._autocast():
                 return score(model, [e for i in ids for e in seqs[i]], pad).view(len(ids), -1)
 
-        fit = Fit(rows, c, self.loss_type, self.eta, self.seed)
+        fit = Fit(rows, c, self.loss_type, self.eta, self.seed, keep_prompts=c.pack_prompts)
         period = parse_period(c.checkpoint_every)
         ckpts = StepCheckpoints(state_dir, len(fit.steps)) if state_dir is not None and not period.off else None
         # From the reference pass on, SIGTERM/SIGUSR1 stop training at the next step boundary, saved.

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo import preference
 from sppo_nemo.artifacts import read_jsonl, write_jsonl
 from sppo_nemo.backends import JudgeSpec, judge_spec, make_judge
 from sppo_nemo.chunklog import ChunkLog, run_chunks
@@ -50,7 +49,7 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         lo = starts[c]
         chunk = prompts[lo:lo + CHUNK_PROMPTS]
         rows = []
-        for p, (m, scores) in zip(chunk, judged(judge, chunk, texts[lo:lo + CHUNK_PROMPTS])):
+        for p, (m, scores) in zip(chunk, judge.scored_matrices(chunk, texts[lo:lo + CHUNK_PROMPTS])):
             m = np.asarray(m, dtype=np.float64)
             check_preference_matrix(m)
             row = {"prompt_id": p.id, "matrix": m.round(8).tolist()}
@@ -67,16 +66,6 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
     (workdir / LOG).unlink(missing_ok=True)
     off = [np.abs(np.asarray(row["matrix"]) - 0.5).mean() for row in rows]
     return {"prompts": len(rows), "judge": judge.name, "mean_abs_margin": float(np.mean(off))}
-
-
-def judged(judge, prompts, responses) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(M, the judge's aggregated scores or None) per prompt: from the logits when the judge has
-    them (M by its own ``probability`` convention, as its preference_matrices would give)."""
-    logit_matrices = getattr(judge, "logit_matrices", None)
-    if logit_matrices is None:
-        return [(m, None) for m in judge.preference_matrices(prompts, responses)]
-    return [(preference.probabilities(c, judge.probability), preference.aggregated_scores(c))
-            for c in logit_matrices(prompts, responses)]
 
 
 def read_matrices(path: Path) -> list[np.ndarray]:

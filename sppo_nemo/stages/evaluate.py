@@ -125,8 +125,8 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         "prompts_cut": generator.cut_prompts(prompts),
         **generator.run_facts(),
     }
-    if inp.generation.backend == "game":  # finite games: exact duality gaps of π_{t+1} and of π̄
-        metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))
+    # finite games: the exact duality gaps of π_{t+1} and of π̄ (nothing for a language model)
+    metrics.update(generator.exact_metrics(prompts, [p.location for p in inp.policies]))
     name = generator_name(inp.extras.run_name, t)
     write_outputs(workdir / "model_outputs.json", output_records(
         [p.text for p in prompts], [ss[0].text for ss in samples], name, [HELDOUT_DATASET] * len(prompts)))

@@ -211,14 +211,13 @@ def test_annotate_keeps_the_judges_scores_from_a_real_pairrm(tmp_path):
     from sppo_nemo.backends.pairrm.checkpoint import save_pairrm  # noqa: F401  (the tiny PairRM's module)
     from sppo_nemo.backends.pairrm.judge import PairRMJudge
     from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
-    from sppo_nemo.stages.annotate import judged
     from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, train_test_tokenizer
 
     tok = train_test_tokenizer(["one two three four five six why how"] * 20, vocab_size=120)
     tokens = load_pairrm_tokenizer(save_test_tokenizer(tok, tmp_path / "tok"))
     judge = PairRMJudge.from_model(random_pairrm(tokens.vocab_size, "tiny", seed=0), tokens, device="cpu")
     prompts, responses = [Prompt("p", "why")], [["one two", "three", "four five six"]]
-    (m, s), = judged(judge, prompts, responses)
+    (m, s), = judge.scored_matrices(prompts, responses)
     np.testing.assert_allclose(m, judge.preference_matrices(prompts, responses)[0], atol=1e-12)
     np.testing.assert_allclose(s, P.aggregated_scores(judge.logit_matrices(prompts, responses)[0]), atol=1e-12)
 

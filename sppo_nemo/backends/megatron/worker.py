@@ -188,7 +188,7 @@ def train_steps(s: Setup, reference: torch.Tensor) -> Fit:
     dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
     last = ps.is_pipeline_last_stage()
     fit = Fit(s.rows, job.trainer, job.loss_type, job.eta, job.seed, dp=job.layout.data,
-              grad_accum=job.layout.grad_accum)
+              grad_accum=job.layout.grad_accum, keep_prompts=job.trainer.pack_prompts)
     optimizer = _optimizer(s)
     s.model.train()
     for step, slots in enumerate(fit.steps):

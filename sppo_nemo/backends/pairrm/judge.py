@@ -41,7 +41,7 @@ from sppo_nemo.backends.pairrm.inputs import CANDIDATE_MAX_LENGTH, SOURCE_MAX_LE
 from sppo_nemo.backends.pairrm.model import DTYPES, resolve_device, score_batches, torch_dtype
 from sppo_nemo.backends.pairrm.tokenizer import PairRMTokens
 from sppo_nemo.backends.pairrm.workers import BatchFn, DevicePool
-from sppo_nemo.preference import PROBABILITIES, probabilities
+from sppo_nemo.preference import PROBABILITIES, probabilities, scored_from_logits
 from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 DEFAULT_MODEL = "llm-blender/PairRM-hf"
@@ -249,6 +249,11 @@ class PairRMJudge:
                             progress: ProgressFn | None = None) -> list[np.ndarray]:
         """M[i, j] = P(y_i ≻ y_j | x) per prompt, K×K, M + Mᵀ = 1, diagonal ½ (K ≤ 1: no model call)."""
         return [probabilities(c, self.probability) for c in self.logit_matrices(prompts, responses, progress)]
+
+    def scored_matrices(self, prompts: Sequence[Prompt], responses: Sequence[Sequence[str]],
+                        progress: ProgressFn | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(M, the aggregated score of each response) per prompt, from one pass of logits."""
+        return scored_from_logits(self.logit_matrices(prompts, responses, progress), self.probability)
 
     def compare(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """P(a_i ≻ b_i | x_i), shape (n,): the [0, 1] entry of the 2×2 matrix of (a_i, b_i)."""

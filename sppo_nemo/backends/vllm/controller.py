@@ -195,6 +195,9 @@ class VLLMGenerator:
     def run_facts(self) -> dict:
         return {"vllm": dict(self.facts)} if self.facts else {}
 
+    def exact_metrics(self, prompts: Sequence[Prompt], history: Sequence) -> dict:
+        return {}  # a language model has no exact figures
+
     def close(self) -> None:
         if self.scorer is not None:
             self.scorer.close()
