@@ -123,6 +123,12 @@ def write_folder(final: Path, write: Callable[[Path], None], extra: dict) -> Non
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
+    finish_folder(tmp, final, extra)
+
+
+def finish_folder(tmp: Path, final: Path, extra: dict) -> None:
+    """The second half of :func:`write_folder`, for a ``tmp`` folder others filled (the ranks of a
+    megatron job): fsync and hash its files into ``meta.json``, then rename it to ``final``."""
     files = {}
     for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync(f)
@@ -182,6 +188,32 @@ class StepCheckpoints:
         """Write the checkpoint after optimizer ``step`` and keep the newest :data:`KEEP`."""
         final = self.root / f"step_{step:06d}"
         write_folder(final, write, {"step": step, "steps": self.plan_steps})
+        for old in self._folders()[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # --- the same in two phases, for a checkpoint many processes write (the megatron trainer):
+    # one process calls begin, every process writes its files into the folder it returns, then
+    # (after they all have) the one process calls commit
+    def begin(self, step: int) -> Path:
+        """An empty ``step_NNNNNN.tmp`` folder for the checkpoint after optimizer ``step``."""
+        tmp = self.tmp_folder(step)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def tmp_folder(self, step: int) -> Path:
+        return self.root / f"step_{step:06d}.tmp"
+
+    def folder(self, step: int) -> Path:
+        return self.root / f"step_{step:06d}"
+
+    def commit(self, step: int, tmp: Path) -> Path:
+        """Make ``tmp`` (from :meth:`begin`, now filled) the checkpoint after ``step`` — fsync, sha256,
+        meta.json, rename, as :meth:`save` — and keep the newest :data:`KEEP`."""
+        final = self.folder(step)
+        finish_folder(tmp, final, {"step": step, "steps": self.plan_steps})
         for old in self._folders()[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
         return final

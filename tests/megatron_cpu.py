@@ -146,7 +146,7 @@ class _CPUTorch:
     """``torch`` as a megatron module sees it after patching: factories map device "cuda" to CPU."""
 
     def __init__(self):
-        for name in ("zeros", "ones", "empty", "full", "tensor", "arange"):
+        for name in ("zeros", "ones", "empty", "empty_like", "full", "tensor", "arange"):
             fn = getattr(torch, name)
             setattr(self, name, lambda *a, _fn=fn, **k: _fn(*a, **_cpu_device(k)))
 
@@ -220,6 +220,12 @@ PATCHES = {
     "megatron.core.pipeline_parallel.p2p_communication": _patch_factories,
     # 0.19: DDP's gradient reduction waits on the current CUDA stream (for CUDA-graph replays)
     "megatron.core.distributed.param_and_grad_buffer": _patch_factories,
+    # distributed checkpointing (the megatron trainer's step checkpoints): torch.cuda.synchronize
+    # before writing, "cuda" tensors for the all-reduced save plan and exchanged shards
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": _patch_factories,
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver": _patch_factories,
+    "megatron.core.dist_checkpointing.strategies.fully_parallel": _patch_factories,
+    "megatron.core.dist_checkpointing.exchange_utils": _patch_factories,
 }
 
 

@@ -41,10 +41,11 @@ class MegatronTrainer:
     seed: int
     threads: int | None = None  # the recipe's threads, shared among the workers of a node
 
-    def job(self, policy_dir: Path, rows_file: Path, output_dir: Path) -> Job:
+    def job(self, policy_dir: Path, rows_file: Path, output_dir: Path, state_dir: Path | None = None) -> Job:
         return Job(policy_dir=Path(policy_dir).resolve(), rows_file=Path(rows_file).resolve(),
                    output_dir=Path(output_dir).resolve(), trainer=self.cfg, layout=megatron_layout(self.cfg),
-                   loss_type=self.loss_type, eta=self.eta, seed=self.seed, system_prompt=self.system_prompt)
+                   loss_type=self.loss_type, eta=self.eta, seed=self.seed, system_prompt=self.system_prompt,
+                   state_dir=Path(state_dir).resolve() if state_dir is not None else None)
 
     def command(self, job_dir: Path) -> tuple[list[str], dict]:
         m = self.cfg.megatron
@@ -73,7 +74,7 @@ class MegatronTrainer:
         job_dir = Path(output_dir).parent / "megatron-job"
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)
-        write_job(job_dir, self.job(policy_dir, rows_file, output_dir))
+        write_job(job_dir, self.job(policy_dir, rows_file, output_dir, state_dir))
         cmd, env = self.command(job_dir)
         rc, tail, worker_tail = _run_workers(cmd, env, job_dir / "train.log",
                                              {"ref": ref_progress, "train": progress})

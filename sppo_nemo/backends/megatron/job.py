@@ -34,6 +34,8 @@ class Job:
     eta: float
     seed: int
     system_prompt: str | None
+    # the train stage's partial folder, where step checkpoints go (trainer.checkpoint_every); None: none
+    state_dir: Path | None
 
 
 class JobFileError(ValueError):
@@ -65,7 +67,7 @@ def _typed(cls, data, where: str):
         tp, v = hints[name], data[name]
         if dataclasses.is_dataclass(tp):
             v = _typed(tp, v, f"{where}.{name}")
-        elif tp is Path:
+        elif tp is Path or (tp == (Path | None) and v is not None):
             v = Path(v)
         values[name] = v
     return cls(**values)

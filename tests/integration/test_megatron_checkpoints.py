@@ -1,0 +1,97 @@
+"""Step checkpoints of the megatron trainer (trainer.checkpoint_every) on CPU, at TP=2 with the
+distributed optimizer: a job killed (SIGKILL to every process of it, as a lost node) after its first
+checkpoint resumes there and ends with the policy and metrics of an uninterrupted job, bit for bit.
+
+The workers are real torchrun processes with the test-only CPU patches (tests/megatron_cpu.py),
+which include the few places megatron's dist_checkpointing assumes CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.megatron_cpu import ROOT, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEPS = 5  # 20 rows, micro-batches of 4, 2 a step (TP=2: DP=1, grad_accum 2), 2 epochs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One megatron train "stage" in this process: ``MODEL OUT PERIOD`` (PERIOD "off": no state_dir)."""
+    from sppo_nemo.backends.megatron.controller import MegatronTrainer
+    from sppo_nemo.config import MegatronConfig, TrainerConfig
+    from tests.integration.test_megatron import point_rows, rows_file
+
+    model, out, period = argv or sys.argv[1:]
+    out = Path(out)
+    cfg = TrainerConfig(backend="megatron", lr=3e-3, warmup_ratio=0.0, batch_size=4, grad_accum=1, epochs=2,
+                        max_prompt_length=96, max_length=128, checkpoint_every=None if period == "off" else period,
+                        megatron=MegatronConfig(global_batch_size=8, tensor_parallel=2, distributed_optimizer=True))
+    rows = rows_file(out / "rows.jsonl", point_rows(20, seed=3))
+    state_dir = None if period == "off" else out / "partial"
+    if state_dir is not None:
+        state_dir.mkdir(exist_ok=True)
+    result = MegatronTrainer(cfg, "sppo", 10.0, None, seed=7).train(Path(model), rows, out / "policy",
+                                                                    state_dir=state_dir)
+    (out / "result.json").write_text(json.dumps({"metrics": result.metrics, "summary": result.summary}))
+
+
+def start(model: Path, out: Path, period: str) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    code = "import sys; from tests.integration.test_megatron_checkpoints import main; main(sys.argv[1:])"
+    return subprocess.Popen([sys.executable, "-c", code, str(model), str(out), period], cwd=ROOT, env=worker_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-6000:]
+    return json.loads((Path(proc.args[-2]) / "result.json").read_text())
+
+
+def checkpoints(out: Path) -> list[str]:
+    root = out / "partial" / "checkpoints"
+    return sorted(p.name for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) \
+        if root.is_dir() else []
+
+
+def comparable(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def test_killed_megatron_job_resumes_at_its_checkpoint_bit_identical(tiny_model, tmp_path: Path) -> None:
+    whole = start(tiny_model, tmp_path / "whole", "off")
+    want = finish(whole)  # not concurrently with the killed run: 2 cores
+
+    out = tmp_path / "killed"
+    proc = start(tiny_model, out, "2steps")  # checkpoints after steps 1 and 3
+    deadline = time.time() + 240
+    while "step_000001" not in checkpoints(out):
+        assert proc.poll() is None, f"the job ended before its first checkpoint:\n{proc.stdout.read()[-6000:]}"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the controller, torchrun and both workers
+    proc.wait()
+    kept = checkpoints(out)
+    assert not (out / "result.json").exists()
+    assert (out / "partial" / "reference" / "reference.pt").is_file()
+    meta = json.loads((out / "partial" / "checkpoints" / kept[-1] / "meta.json").read_text())
+    assert any(f.startswith("dist/") for f in meta["files"]) and "fit_0.pt" in meta["files"], meta
+    newest = int(kept[-1].split("_")[1])
+
+    got = finish(start(tiny_model, out, "2steps"))
+    assert got["summary"]["resumed_at_step"] == newest + 1
+    assert len(got["metrics"]) == STEPS and [m["step"] for m in got["metrics"]] == list(range(STEPS))
+    assert comparable(got["metrics"]) == comparable(want["metrics"])  # bit-identical on CPU
+    assert got["summary"]["epoch_losses"] == want["summary"]["epoch_losses"]
+    for name in ("model.safetensors", "config.json"):
+        assert (out / "policy" / name).read_bytes() == (tmp_path / "whole" / "policy" / name).read_bytes(), name
