@@ -22,6 +22,9 @@ from tests.megatron_cpu import ROOT, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# the suite's layout; "plain_opt" (megatron's non-distributed optimizer) and "bf16" (mixed precision)
+# pass too, run by hand: SPPO_MCORE_CKPT_VARIANT=bf16,plain_opt pytest ... (a minute each)
+VARIANT = os.environ.get("SPPO_MCORE_CKPT_VARIANT", "fp32")
 STEPS = 5  # 20 rows, micro-batches of 4, 2 a step (TP=2: DP=1, grad_accum 2), 2 epochs
 
 
@@ -31,11 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     from sppo_nemo.config import MegatronConfig, TrainerConfig
     from tests.integration.test_megatron import point_rows, rows_file
 
-    model, out, period = argv or sys.argv[1:]
+    model, out, period, *variant = argv or sys.argv[1:]
+    variant = variant[0] if variant else VARIANT
     out = Path(out)
     cfg = TrainerConfig(backend="megatron", lr=3e-3, warmup_ratio=0.0, batch_size=4, grad_accum=1, epochs=2,
                         max_prompt_length=96, max_length=128, checkpoint_every=None if period == "off" else period,
-                        megatron=MegatronConfig(global_batch_size=8, tensor_parallel=2, distributed_optimizer=True))
+                        precision="bf16" if "bf16" in variant else "fp32",
+                        megatron=MegatronConfig(global_batch_size=8, tensor_parallel=2,
+                                                distributed_optimizer="plain_opt" not in variant))
     rows = rows_file(out / "rows.jsonl", point_rows(20, seed=3))
     state_dir = None if period == "off" else out / "partial"
     if state_dir is not None:
@@ -48,14 +54,15 @@ def main(argv: list[str] | None = None) -> None:
 def start(model: Path, out: Path, period: str) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     code = "import sys; from tests.integration.test_megatron_checkpoints import main; main(sys.argv[1:])"
-    return subprocess.Popen([sys.executable, "-c", code, str(model), str(out), period], cwd=ROOT, env=worker_env(),
+    return subprocess.Popen([sys.executable, "-c", code, str(model), str(out), period, VARIANT], cwd=ROOT,
+                            env=worker_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen) -> dict:
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, text[-6000:]
-    return json.loads((Path(proc.args[-2]) / "result.json").read_text())
+    return json.loads((Path(proc.args[-3]) / "result.json").read_text())
 
 
 def checkpoints(out: Path) -> list[str]:
@@ -90,6 +97,8 @@ def test_killed_megatron_job_resumes_at_its_checkpoint_bit_identical(tiny_model,
 
     got = finish(start(tiny_model, out, "2steps"))
     assert got["summary"]["resumed_at_step"] == newest + 1
+    print(f"checkpoint: {sum(f[0] for f in meta['files'].values())} bytes in {len(meta['files'])} files; "
+          f"{got['summary']['checkpoints_written']} written in {got['summary']['checkpoint_seconds']} s")
     assert len(got["metrics"]) == STEPS and [m["step"] for m in got["metrics"]] == list(range(STEPS))
     assert comparable(got["metrics"]) == comparable(want["metrics"])  # bit-identical on CPU
     assert got["summary"]["epoch_losses"] == want["summary"]["epoch_losses"]
