@@ -88,6 +88,28 @@ def test_an_interrupted_write_is_never_a_checkpoint(tmp_path: Path):
     assert ck.latest().step == 2 and not half.exists()
 
 
+def test_two_phases_begin_then_commit_make_the_same_checkpoint_as_save(tmp_path: Path):
+    """The megatron trainer's way: one process begins, every rank fills the folder (nested files
+    too), the one commits; until then it is a .tmp folder and never a checkpoint."""
+    ck = StepCheckpoints(tmp_path, plan_steps=24)
+    ck.save(2, write("after 2"))
+    tmp = ck.begin(5)
+    assert tmp == ck.tmp_folder(5) and tmp.is_dir() and not any(tmp.iterdir())
+    (tmp / "stale").write_text("from a killed attempt")
+    assert ck.begin(5) == tmp and not any(tmp.iterdir())  # a second begin starts it afresh
+    (tmp / "dist").mkdir()
+    (tmp / "dist" / "__0_0.distcp").write_text("rank 0")
+    (tmp / "fit_1.pt").write_text("rank 1")
+    assert ck.latest().step == 2  # not yet committed
+    assert ck.commit(5, ck.tmp_folder(5)) == ck.folder(5) and not tmp.exists()
+    meta = check_folder(ck.folder(5))
+    assert meta["step"] == 5 and meta["steps"] == 24 and set(meta["files"]) == {"dist/__0_0.distcp", "fit_1.pt"}
+    ck.commit(8, ck.begin(8))
+    (ck.begin(11) / "fit_0.pt").write_text("killed before the commit")
+    assert ck.latest().step == 8 and not ck.tmp_folder(11).exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000005", "step_000008"]
+
+
 def test_the_reference_is_read_back_only_when_whole(tmp_path: Path):
     ck = StepCheckpoints(tmp_path, plan_steps=24)
     assert ck.reference() is None
