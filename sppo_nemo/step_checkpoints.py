@@ -196,7 +196,8 @@ class StepCheckpoints:
     # one process calls begin, every process writes its files into the folder it returns, then
     # (after they all have) the one process calls commit
     def begin(self, step: int) -> Path:
-        """An empty ``step_NNNNNN.tmp`` folder for the checkpoint after optimizer ``step``."""
+        """An empty ``step_NNNNNN.tmp`` folder for the checkpoint after optimizer ``step``. (:meth:`latest`
+        removes ``.tmp`` folders, as a kill's leftovers: not to be called while one is being filled.)"""
         tmp = self.tmp_folder(step)
         if tmp.exists():
             shutil.rmtree(tmp)
