@@ -98,7 +98,7 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    bufsize=1)
+                                    bufsize=1, preexec_fn=_terminate_with_parent)
         except FileNotFoundError as e:
             hint = "; srun needs a Slurm allocation" if cmd[0] == "srun" else ""
             raise MegatronJobError(f"cannot start the megatron workers ({e}){hint}") from e
@@ -122,6 +122,19 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
             proc.wait()
             raise
     return rc, tail, worker_tail
+
+
+def _terminate_with_parent() -> None:
+    """In the launcher's child (torchrun or srun), before it starts: SIGTERM when the process that
+    started it dies, even by kill -9 (Linux prctl PR_SET_PDEATHSIG), so torchrun stops its workers
+    (srun its tasks) instead of leaving them to write into a stage the rerun resumes."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher outlives a killed parent, as before
+        pass
 
 
 def _raise_diverged(job_dir: Path, lines: list[str]) -> None:
