@@ -8,7 +8,7 @@ broadcast, so the ranks stay in step.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -16,8 +16,7 @@ import torch.distributed as dist
 from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period
 from sppo_nemo.training import Fit
 
-if TYPE_CHECKING:
-    from sppo_nemo.backends.megatron.worker import Setup
+Setup = Any  # the worker's Setup (.worker imports this module, so not the other way round)
 
 DIST = "dist"  # megatron's distributed checkpoint (every rank's shards) inside a step checkpoint
 REFERENCE = "reference.pt"
