@@ -216,8 +216,8 @@ class TrainerConfig:
     # Step checkpoints inside the train stage's partial folder, so a killed stage resumes at its
     # last one: "30min" or "2h" (of training), "200steps" (optimizer steps), or null (off). Never in
     # the fingerprint: a resumed stage ends with the same policy and metrics as an uninterrupted one.
-    # Torch and megatron trainers; SIGTERM or SIGUSR1 during torch training writes one at the next
-    # step boundary.
+    # Torch and megatron trainers; SIGTERM or SIGUSR1 during training writes one at the next step
+    # boundary.
     checkpoint_every: Optional[str] = "30min"
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
 

@@ -50,7 +50,7 @@ SELECTION = (
     "tests/integration/test_megatron.py::test_without_cuda_or_the_test_patches_the_error_points_to_the_torch_backend",
     "tests/integration/test_megatron.py::test_cli_tiny_recipe_runs_end_to_end_with_megatron_tp2",
     # step checkpoints through megatron-core's dist_checkpointing: a killed job resumes bit-identical
-    "tests/integration/test_megatron_checkpoints.py",
+    "tests/integration/test_megatron_checkpoints.py::test_killed_megatron_job_resumes_at_its_checkpoint_bit_identical",
     # the streamed export of a 254 MB model at TP 2 × PP 2 (4 ranks): byte-identical, bounded memory
     "tests/integration/test_megatron_export.py::*[[]tp2_pp2*",
     # shared-prompt packing: megatron (TP, PP, DP, its own attention; the worker's passes) and HF

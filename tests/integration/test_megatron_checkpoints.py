@@ -30,6 +30,7 @@ STEPS = 5  # 20 rows, micro-batches of 4, 2 a step (TP=2: DP=1, grad_accum 2), 2
 
 def main(argv: list[str] | None = None) -> None:
     """One megatron train "stage" in this process: ``MODEL OUT PERIOD`` (PERIOD "off": no state_dir)."""
+    from sppo_nemo import stopping
     from sppo_nemo.backends.megatron.controller import MegatronTrainer
     from sppo_nemo.config import MegatronConfig, TrainerConfig
     from tests.integration.test_megatron import point_rows, rows_file
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     state_dir = None if period == "off" else out / "partial"
     if state_dir is not None:
         state_dir.mkdir(exist_ok=True)
-    result = MegatronTrainer(cfg, "sppo", 10.0, None, seed=7).train(Path(model), rows, out / "policy",
-                                                                    state_dir=state_dir)
+    stopping.install()  # as sppo-run does
+    try:
+        result = MegatronTrainer(cfg, "sppo", 10.0, None, seed=7).train(Path(model), rows, out / "policy",
+                                                                        state_dir=state_dir)
+    except stopping.Terminated as exc:
+        print(f"terminated ({exc.signal_name}); {exc.kept}", flush=True)
+        sys.exit(143)
     (out / "result.json").write_text(json.dumps({"metrics": result.metrics, "summary": result.summary}))
 
 
@@ -104,3 +110,30 @@ def test_killed_megatron_job_resumes_at_its_checkpoint_bit_identical(tiny_model,
     assert got["summary"]["epoch_losses"] == want["summary"]["epoch_losses"]
     for name in ("model.safetensors", "config.json"):
         assert (out / "policy" / name).read_bytes() == (tmp_path / "whole" / "policy" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
+def test_a_signal_to_sppo_run_stops_megatron_workers_at_a_step_with_a_checkpoint(tiny_model, tmp_path: Path, sig):
+    """SIGTERM to the process driving the trainer (sppo-run's): the launcher gets SIGTERM and passes
+    it to the workers, which finish their step, save a checkpoint and stop; the rerun resumes there
+    and ends with the uninterrupted job's policy, bit for bit."""
+    want = finish(start(tiny_model, tmp_path / "whole", "off"))
+    out = tmp_path / "stopped"
+    proc = start(tiny_model, out, "10h")  # no periodic checkpoint: the one written is the signal's
+    reference = out / "partial" / "reference"
+    deadline = time.time() + 240
+    while not reference.is_dir():
+        assert proc.poll() is None, proc.stdout.read()[-6000:]
+        assert time.time() < deadline, "the job never reached its step loop"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    text, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 143, text[-6000:]
+    assert f"terminated ({sig.name}); the train stage saved a step checkpoint after optimizer step" in text, text[-3000:]
+    kept = checkpoints(out)
+    assert len(kept) == 1, kept
+    got = finish(start(tiny_model, out, "10h"))
+    assert got["summary"]["resumed_at_step"] == int(kept[0].split("_")[1]) + 1
+    assert comparable(got["metrics"]) == comparable(want["metrics"])
+    assert (out / "policy" / "model.safetensors").read_bytes() == \
+        (tmp_path / "whole" / "policy" / "model.safetensors").read_bytes()

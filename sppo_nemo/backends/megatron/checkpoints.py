@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sppo_nemo import stopping
 from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period
 from sppo_nemo.training import Fit
 
@@ -80,8 +81,22 @@ class Checkpoints:
                 "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=loading, metadata=SHARDED_METADATA)}
 
     def after_step(self, step: int, optimizer, fit: Fit) -> None:
-        if not _broadcast_int(int(self.due(step)) if self.rank == 0 else 0, self.s.device):
+        """A checkpoint if one is due, or if a stop was asked for (SIGTERM/SIGUSR1, which torchrun
+        passes to every rank; rank 0's decides), then :class:`stopping.Terminated` naming it."""
+        flag = 0
+        if self.rank == 0:
+            flag = int(self.due(step)) | (2 if stopping.requested() else 0)
+        flag = _broadcast_int(flag, self.s.device)
+        if not flag:
             return
+        self._save(step, optimizer, fit)
+        if flag & 2:
+            name = stopping.requested() or "SIGTERM"
+            stopping.acted_on()
+            raise stopping.Terminated(name, f"the train stage saved a step checkpoint after optimizer step "
+                                            f"{step + 1} of {len(fit.steps)} ({self.store.folder(step)})")
+
+    def _save(self, step: int, optimizer, fit: Fit) -> None:
         from megatron.core import dist_checkpointing
 
         t0 = time.time()

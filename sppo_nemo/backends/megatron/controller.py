@@ -20,8 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo import hub, slurm
-from sppo_nemo.backends.megatron.job import Job, parse_progress, read_result, write_job
+from sppo_nemo import hub, slurm, stopping
+from sppo_nemo.backends.megatron.job import Job, parse_progress, parse_stopped, read_result, write_job
 from sppo_nemo.backends.megatron.layout import megatron_layout
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.errors import UserError
@@ -79,6 +79,9 @@ class MegatronTrainer:
         rc, tail, worker_tail = _run_workers(cmd, env, job_dir / "train.log",
                                              {"ref": ref_progress, "train": progress})
         result = read_result(job_dir)
+        stopped = parse_stopped(tail) if rc != 0 else None
+        if stopped:  # the workers were signalled (a scheduler signals every process of a job step)
+            raise stopping.Terminated(*stopped)
         if rc != 0 and any("No space left on device" in line for line in tail):
             raise OSError(errno.ENOSPC, "No space left on device", str(output_dir))  # the CLI's disk-full message
         if rc != 0:
@@ -117,11 +120,39 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
                 if line.startswith("[rank"):
                     worker_tail.append(line.rstrip("\n"))
             rc = proc.wait()
+        except (stopping.Terminated, KeyboardInterrupt) as stop:
+            raise _stop_workers(proc, log, tail, stop) from None
         except BaseException:
             proc.kill()
             proc.wait()
             raise
     return rc, tail, worker_tail
+
+
+def _stop_workers(proc, log, tail: deque[str], stop: BaseException) -> BaseException:
+    """sppo-run was stopped (SIGTERM/SIGUSR1, Ctrl-C): SIGTERM to the launcher, which passes it to
+    the workers; they save a step checkpoint at their next step boundary (worker.py) and rank 0
+    says so. Waits at most :data:`STOP_GRACE` seconds for that, then kills. Returns the exception
+    to unwind with, naming the checkpoint when one was written."""
+    import threading
+
+    proc.terminate()
+    guard = threading.Timer(STOP_GRACE, proc.kill)
+    guard.start()
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        guard.cancel()
+    stopped = parse_stopped(tail)
+    if stopped and isinstance(stop, stopping.Terminated):
+        return stopping.Terminated(stop.signal_name, stopped[1])
+    return stop
+
+
+STOP_GRACE = 120.0  # seconds the workers have to reach a step boundary and save there
 
 
 def _terminate_with_parent() -> None:

@@ -21,6 +21,7 @@ from sppo_nemo.protocols import TrainResult
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 PROGRESS = "@@sppo "  # a worker's stdout line that carries progress, not log text
+STOPPED = "@@sppo-stopped "  # rank 0's last line when a signal stopped training: "<signal>\t<what was kept>"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,16 @@ def parse_progress(line: str) -> tuple[str, int, str] | None:
         return msg["kind"], int(msg["n"]), line[end:].strip("\n")
     except (ValueError, KeyError, TypeError):
         return None  # a torn report: kept as log text
+
+
+def parse_stopped(lines) -> tuple[str, str] | None:
+    """(signal, what was kept) from rank 0's :data:`STOPPED` line among ``lines``, or None."""
+    for line in lines:
+        _, found, rest = line.partition(STOPPED)
+        if found and "\t" in rest:
+            name, kept = rest.split("\t", 1)
+            return name.strip(), kept.strip()
+    return None
 
 
 def write_result(job_dir: Path, result: TrainResult) -> None:

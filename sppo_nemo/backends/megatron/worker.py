@@ -27,7 +27,9 @@ rows of each step from the data-parallel totals, the reference pass's count all-
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -41,11 +43,12 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from sppo_nemo import stopping
 from sppo_nemo.allocator import keep_freed_memory
 from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
 from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
 from sppo_nemo.backends.megatron.checkpoints import Checkpoints
-from sppo_nemo.backends.megatron.job import Job, progress_line, read_job, write_result
+from sppo_nemo.backends.megatron.job import STOPPED, Job, progress_line, read_job, write_result
 from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
 from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
 from sppo_nemo.backends.megatron.packed import PackedMicroBatch, make_packed_micro_batch, reference_shares
@@ -198,6 +201,17 @@ def train_steps(s: Setup, reference: torch.Tensor, fit: Fit | None = None, optim
                                           keep_prompts=s.job.trainer.pack_prompts)
     optimizer = optimizer if optimizer is not None else _optimizer(s)
     s.model.train()
+    _steps(s, reference, fit, optimizer, start, ckpts)
+    if last:
+        sums = fit.epoch_sums.to(s.device)
+        dist.all_reduce(sums, group=dp_group)
+        fit.epoch_sums.copy_(sums.cpu())
+    return fit
+
+
+def _steps(s: Setup, reference: torch.Tensor, fit: Fit, optimizer, start: int, ckpts: Checkpoints | None) -> None:
+    dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
+    last = ps.is_pipeline_last_stage()
     for step, slots in enumerate(fit.steps):
         if step < start:
             continue
@@ -229,11 +243,6 @@ def train_steps(s: Setup, reference: torch.Tensor, fit: Fit | None = None, optim
             s.report("train", int(totals[1].item()))  # the step's rows over every data-parallel rank
         if ckpts is not None:
             ckpts.after_step(step, optimizer, fit)
-    if last:
-        sums = fit.epoch_sums.to(s.device)
-        dist.all_reduce(sums, group=dp_group)
-        fit.epoch_sums.copy_(sums.cpu())
-    return fit
 
 
 def probe_pass(s: Setup, fit: Fit, reference: torch.Tensor) -> None:
@@ -286,10 +295,13 @@ def run_job(job_dir: Path) -> None:
         fit = Fit(s.rows, job.trainer, job.loss_type, job.eta, job.seed, dp=job.layout.data,
                   grad_accum=job.layout.grad_accum, keep_prompts=job.trainer.pack_prompts)
         ckpts = Checkpoints.of(s, len(fit.steps))
-        reference, ref_seconds = ckpts.reference(s, reference_pass) if ckpts is not None else reference_pass(s)
-        optimizer = _optimizer(s)
-        start = ckpts.resume(optimizer, fit) if ckpts is not None else 0
-        fit = train_steps(s, reference, fit, optimizer, start, ckpts)
+        # with step checkpoints, from the reference pass on a signal stops training at the next step
+        # boundary, saved there (Checkpoints.after_step)
+        with stopping.at_step_boundaries() if ckpts is not None else contextlib.nullcontext():
+            reference, ref_seconds = ckpts.reference(s, reference_pass) if ckpts is not None else reference_pass(s)
+            optimizer = _optimizer(s)
+            start = ckpts.resume(optimizer, fit) if ckpts is not None else 0
+            fit = train_steps(s, reference, fit, optimizer, start, ckpts)
         probe_pass(s, fit, reference)
         extra = {"resumed_at_step": start, "checkpoints_written": ckpts.written if ckpts else 0,
                  "checkpoint_seconds": round(ckpts.seconds, 3) if ckpts else 0.0}
@@ -303,5 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m sppo_nemo.backends.megatron JOB_DIR", file=sys.stderr)
         return 2
-    run_job(Path(argv[0]))
+    stopping.install()  # SIGTERM/SIGUSR1 (torchrun passes sppo-run's stop on): a checkpoint, then exit 143
+    try:
+        run_job(Path(argv[0]))
+    except stopping.Terminated as exc:  # global rank 0 says what was kept
+        if exc.kept and os.environ.get("RANK", "0") == "0":
+            print(f"{STOPPED}{exc.signal_name}\t{exc.kept}", flush=True)
+        return 143
     return 0
