@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,3 +138,41 @@ def test_a_signal_to_sppo_run_stops_megatron_workers_at_a_step_with_a_checkpoint
     assert comparable(got["metrics"]) == comparable(want["metrics"])
     assert (out / "policy" / "model.safetensors").read_bytes() == \
         (tmp_path / "whole" / "policy" / "model.safetensors").read_bytes()
+
+
+def worker_pids(out: Path) -> list[int]:
+    """The megatron worker processes of the job writing into ``out`` (not torchrun itself)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "sppo_nemo.backends.megatron" in cmd and "torch.distributed.run" not in cmd and str(out) in cmd:
+            pids.append(int(p.name))
+    return sorted(pids)
+
+
+def test_a_dead_rank_is_named_with_its_log_and_the_rerun_resumes(tiny_model, tmp_path: Path) -> None:
+    want = finish(start(tiny_model, tmp_path / "whole", "off"))
+    out = tmp_path / "dead"
+    proc = start(tiny_model, out, "2steps")
+    deadline = time.time() + 240
+    while "step_000001" not in checkpoints(out):
+        assert proc.poll() is None, proc.stdout.read()[-6000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    pids = worker_pids(out)
+    assert len(pids) == 2, pids
+    os.kill(pids[-1], signal.SIGKILL)  # one rank dies, as on a lost GPU
+    text, _ = proc.communicate(timeout=240)  # no hang: what the dead rank's partners left is killed
+    assert proc.returncode != 0
+    assert re.search(r"rank (\d) \(local rank \1\) failed first \(killed by signal 9\); its own lines are the "
+                     r"\"\[rank\1\]:\" lines of \S+train\.log", text), text[-4000:]
+    assert not worker_pids(out)
+    kept = checkpoints(out)
+    got = finish(start(tiny_model, out, "2steps"))
+    assert got["summary"]["resumed_at_step"] == int(kept[-1].split("_")[1]) + 1
+    assert comparable(got["metrics"]) == comparable(want["metrics"])

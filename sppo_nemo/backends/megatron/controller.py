@@ -14,8 +14,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +79,7 @@ class MegatronTrainer:
         job_dir.mkdir(parents=True)
         write_job(job_dir, self.job(policy_dir, rows_file, output_dir, state_dir))
         cmd, env = self.command(job_dir)
+        env[JOB_TAG] = str(job_dir)  # every process of the job inherits it: _reap_leftovers finds them
         rc, tail, worker_tail = _run_workers(cmd, env, job_dir / "train.log",
                                              {"ref": ref_progress, "train": progress})
         result = read_result(job_dir)
@@ -100,11 +104,15 @@ def _run_workers(cmd: list[str], env: dict, log_path: Path, callbacks: dict[str,
     worker_tail: deque[str] = deque(maxlen=25)
     with open(log_path, "w", encoding="utf-8") as log:
         try:
+            # a session of its own: once the launcher has exited, whatever the job left (a dead
+            # rank's partners' helpers) is killed (_reap_leftovers), so the pipe closes and nothing
+            # outlives the stage
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    bufsize=1, preexec_fn=_terminate_with_parent)
+                                    bufsize=1, preexec_fn=_terminate_with_parent, start_new_session=True)
         except FileNotFoundError as e:
             hint = "; srun needs a Slurm allocation" if cmd[0] == "srun" else ""
             raise MegatronJobError(f"cannot start the megatron workers ({e}){hint}") from e
+        threading.Thread(target=_reap_leftovers, args=(proc, env.get(JOB_TAG)), daemon=True).start()
         try:
             for line in proc.stdout:
                 report = parse_progress(line)
@@ -153,6 +161,33 @@ def _stop_workers(proc, log, tail: deque[str], stop: BaseException) -> BaseExcep
 
 
 STOP_GRACE = 120.0  # seconds the workers have to reach a step boundary and save there
+LEFTOVER_GRACE = 2.0  # seconds the launcher's leftovers get after it exits, before its group is killed
+
+
+JOB_TAG = "SPPO_MEGATRON_JOB"  # in the environment of every process a megatron job starts on this node
+
+
+def _reap_leftovers(proc, tag: str | None) -> None:
+    """After the launcher exits: kill what is left of the job on this node. torchrun starts each
+    worker in a session of its own, and a worker killed by it (its partner rank died) leaves its
+    helpers behind (multiprocessing's resource tracker, the manager of megatron's checkpoint
+    writer), which hold the output pipe open and would outlive the stage: they are found by the
+    job's tag in their environment (Linux /proc; elsewhere nothing is done)."""
+    proc.wait()
+    time.sleep(LEFTOVER_GRACE)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if not tag:
+        return
+    needle = f"{JOB_TAG}={tag}".encode() + b"\0"
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes() and int(entry.name) != os.getpid():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def _terminate_with_parent() -> None:
@@ -160,7 +195,6 @@ def _terminate_with_parent() -> None:
     started it dies, even by kill -9 (Linux prctl PR_SET_PDEATHSIG), so torchrun stops its workers
     (srun its tasks) instead of leaving them to write into a stage the rerun resumes."""
     import ctypes
-    import signal
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
@@ -191,8 +225,24 @@ def _failure(rc: int, job_dir: Path, tail: deque[str], worker_tail: deque[str]) 
           or "Found no NVIDIA driver" in text):  # the last: a CUDA build of torch on a machine without a GPU
         hint = ("\nmegatron-core's optimizer and RNG tracker need CUDA; on a CPU-only machine use "
                 "trainer.backend=torch.")
+    dead = _first_failure(everything)
+    if dead:
+        rank, local, code = dead
+        how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+        hint += (f"\nrank {rank} (local rank {local}) failed first ({how}); its own lines are the "
+                 f"\"[rank{rank}]:\" lines of {job_dir / 'train.log'}. Rerun the same command: the stage resumes "
+                 f"from its last step checkpoint, if it wrote one (trainer.checkpoint_every).")
     return (f"megatron training failed (exit {rc}); full log: {job_dir / 'train.log'}\n"
             f"--- last lines ---\n{text}{hint}")
+
+
+def _first_failure(text: str) -> tuple[int, int, int] | None:
+    """(rank, local rank, exit code) of torchrun's "Root Cause (first observed failure)", or None."""
+    import re
+
+    _, found, after = text.partition("Root Cause")
+    m = re.search(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)", after) if found else None
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
 
 
 def first_node_address() -> str:
