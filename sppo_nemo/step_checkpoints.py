@@ -98,6 +98,11 @@ class Found:
     notes: tuple[str, ...]
 
 
+def saved_words(step: int, plan_steps: int, folder: Path) -> str:
+    """What a stop at a step boundary kept, in the words sppo-run prints (both trainers)."""
+    return f"the train stage saved a step checkpoint after optimizer step {step + 1} of {plan_steps} ({folder})"
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -55,7 +55,7 @@ from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load
 from sppo_nemo.config import TrainerConfig
 from sppo_nemo.protocols import ProgressFn, TrainResult
 from sppo_nemo.rows import read_rows
-from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period
+from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
 from sppo_nemo.training import Fit, StepStats, make_optimizer
 
 STATE = "state.pt"  # one step checkpoint's file
@@ -120,8 +120,7 @@ class TorchTrainer:
                     due.written()
                 if stop:
                     stopping.acted_on()
-                    kept = (f"the train stage saved a step checkpoint after optimizer step {step + 1} of "
-                            f"{len(fit.steps)} ({folder})" if ckpts is not None else
+                    kept = (saved_words(step, len(fit.steps), folder) if ckpts is not None else
                             "the train stage keeps no step checkpoints (trainer.checkpoint_every=off)")
                     raise stopping.Terminated(stop, kept)
         # Free the optimizer state and gradients before serialising: saving builds a byte buffer

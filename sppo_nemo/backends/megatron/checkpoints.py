@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from sppo_nemo import stopping
-from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period
+from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
 from sppo_nemo.training import Fit
 
 Setup = Any  # the worker's Setup (.worker imports this module, so not the other way round)
@@ -93,8 +93,7 @@ class Checkpoints:
         if flag & 2:
             name = stopping.requested() or "SIGTERM"
             stopping.acted_on()
-            raise stopping.Terminated(name, f"the train stage saved a step checkpoint after optimizer step "
-                                            f"{step + 1} of {len(fit.steps)} ({self.store.folder(step)})")
+            raise stopping.Terminated(name, saved_words(step, len(fit.steps), self.store.folder(step)))
 
     def _save(self, step: int, optimizer, fit: Fit) -> None:
         from megatron.core import dist_checkpointing

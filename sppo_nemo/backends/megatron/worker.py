@@ -201,17 +201,6 @@ def train_steps(s: Setup, reference: torch.Tensor, fit: Fit | None = None, optim
                                           keep_prompts=s.job.trainer.pack_prompts)
     optimizer = optimizer if optimizer is not None else _optimizer(s)
     s.model.train()
-    _steps(s, reference, fit, optimizer, start, ckpts)
-    if last:
-        sums = fit.epoch_sums.to(s.device)
-        dist.all_reduce(sums, group=dp_group)
-        fit.epoch_sums.copy_(sums.cpu())
-    return fit
-
-
-def _steps(s: Setup, reference: torch.Tensor, fit: Fit, optimizer, start: int, ckpts: Checkpoints | None) -> None:
-    dp_rank, dp_group = ps.get_data_parallel_rank(), ps.get_data_parallel_group()
-    last = ps.is_pipeline_last_stage()
     for step, slots in enumerate(fit.steps):
         if step < start:
             continue
@@ -243,6 +232,11 @@ def _steps(s: Setup, reference: torch.Tensor, fit: Fit, optimizer, start: int, c
             s.report("train", int(totals[1].item()))  # the step's rows over every data-parallel rank
         if ckpts is not None:
             ckpts.after_step(step, optimizer, fit)
+    if last:
+        sums = fit.epoch_sums.to(s.device)
+        dist.all_reduce(sums, group=dp_group)
+        fit.epoch_sums.copy_(sums.cpu())
+    return fit
 
 
 def probe_pass(s: Setup, fit: Fit, reference: torch.Tensor) -> None:
