@@ -8,7 +8,7 @@ the final win rate vs π_1 inside [0.736, 0.843]: at most 6 minutes where the ru
 The machine is shared: run it in a quiet window, and give `--recipe` and overrides (e.g.
 generation.precision=fp32 trainer.precision=fp32 evaluation.kl_precision=fp32, the fp32 class's run
 on any CPU) to time other settings in the same window; SPPO_MALLOC=system in the environment runs it
-on glibc's allocator defaults (sppo_nemo/allocator.py). After the run it measures this machine's
+on glibc's allocator defaults (sppo_nemo/process/allocator.py). After the run it measures this machine's
 fp32 and bf16 matmul rates (torch.mm, 2048², the run's threads): a wall time is only comparable
 between machines, or windows, of the same rates.
 
@@ -72,7 +72,7 @@ def main() -> int:
     run = next(p for p in out.iterdir() if p.is_dir())  # the one run folder, output_dir/<recipe name>
     print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min); peak RSS: {peak:.2f} GiB; run dir {run}")
     print(f"CPU: user {usage.ru_utime:.0f} s, system {usage.ru_stime:.0f} s; {usage.ru_minflt / 1e6:.2f} M minor page "
-          f"faults (allocator: {os.environ.get('SPPO_MALLOC') or 'sppo_nemo/allocator.py'})")
+          f"faults (allocator: {os.environ.get('SPPO_MALLOC') or 'sppo_nemo/process/allocator.py'})")
     print("\nseconds per stage:")
     per_stage: dict[str, list[float]] = {}
     for manifest in sorted(run.glob("iter_*/*/manifest.json")):

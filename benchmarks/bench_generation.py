@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 from sppo_nemo.backends import policy_location
-from sppo_nemo.config import DataConfig, VllmConfig
-from sppo_nemo.data import load_prompts, make_splits
-from sppo_nemo.protocols import SamplingParams
+from sppo_nemo.schema.config import DataConfig, VllmConfig
+from sppo_nemo.formats.data import load_prompts, make_splits
+from sppo_nemo.schema.protocols import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def retokenized_differently(state: Path, fmt) -> tuple[int, int]:
     """(responses whose text re-encodes to other ids than the engine sampled, responses): what
     training and KL scoring, which tokenize the text, see differently from what was sampled."""
     from sppo_nemo.backends.hf import decode_sample
-    from sppo_nemo.chunklog import ChunkLog
+    from sppo_nemo.formats.chunklog import ChunkLog
 
     differ = total = 0
     for log in state.glob("shard_*.jsonl"):
@@ -79,7 +79,7 @@ def reference_generate(gen, prompts, k: int, params: SamplingParams) -> list:
     import torch
     from transformers import GenerationConfig
 
-    from sppo_nemo.seeds import derive_seed
+    from sppo_nemo.maths.seeds import derive_seed
 
     config = GenerationConfig(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
                               max_new_tokens=params.max_new_tokens, pad_token_id=gen.tok.pad_token_id,

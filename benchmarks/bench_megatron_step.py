@@ -75,7 +75,7 @@ def main() -> None:
     from sppo_nemo.backends.megatron.arch import Arch
     from sppo_nemo.backends.megatron.logps import MicroBatch, schedule_pass
     from sppo_nemo.backends.megatron.weights import mark_tensor_parallel
-    from sppo_nemo.loss import sppo_loss
+    from sppo_nemo.maths.loss import sppo_loss
 
     peak = measured_bf16_peak()
     device = mdl.init_parallel(1, 1, seed=0)
@@ -188,10 +188,10 @@ def packed_vs_unpacked(a) -> None:
     from sppo_nemo.backends.megatron.controller import MegatronTrainer
     from sppo_nemo.backends.megatron.logps import make_micro_batch
     from sppo_nemo.backends.megatron.packed import make_packed_micro_batch
-    from sppo_nemo.config import MegatronConfig, TrainerConfig
-    from sppo_nemo.protocols import PairRow
-    from sppo_nemo.rows import write_rows
-    from sppo_nemo.training import batch_loss
+    from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.schema.protocols import PairRow
+    from sppo_nemo.formats.rows import write_rows
+    from sppo_nemo.maths.training import batch_loss
 
     if 4 % a.micro:
         raise SystemExit("--micro (pairs per micro-batch) must divide 4")

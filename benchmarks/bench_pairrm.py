@@ -110,7 +110,7 @@ def disagreement(both: list, single: list) -> dict:
     """single against both orders: |ΔM| per convention, best/worst changes per prompt."""
     import numpy as np
 
-    from sppo_nemo.preference import probabilities, win_rate_estimates
+    from sppo_nemo.maths.preference import probabilities, win_rate_estimates
 
     out = {}
     for conv in ("symmetric", "score_diff"):
@@ -189,7 +189,7 @@ def main() -> int:
     from sppo_nemo.backends.pairrm.inputs import deberta_forward_flops, make_batches, padding_fraction
     from sppo_nemo.backends.pairrm.judge import AUTO_BATCH_TOKENS, PairRMJudge
     from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
-    from sppo_nemo.protocols import Prompt
+    from sppo_nemo.schema.protocols import Prompt
     from sppo_nemo.testing.pairrm import random_pairrm
 
     if not args.data.is_file():

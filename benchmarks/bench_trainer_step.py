@@ -24,7 +24,7 @@ decoder's input tokens), and the ratios ours / TRL from this invocation.
 --backend megatron runs ours through the megatron trainer instead (TP=1, one torchrun worker;
 without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and peak
 RSS are the worker's (the largest child process). Ours runs with sppo-run's allocator settings
-(sppo_nemo/allocator.py; SPPO_MALLOC=system for glibc's defaults); --trl-malloc ours gives TRL's
+(sppo_nemo/process/allocator.py; SPPO_MALLOC=system for glibc's defaults); --trl-malloc ours gives TRL's
 run the same settings (GLIBC_TUNABLES). Other allocator settings (MALLOC_ARENA_MAX, LD_PRELOAD,
 ...) set in the environment pass to every child alike.
 
@@ -68,11 +68,11 @@ def load_rows(path: Path, n: int) -> list[dict]:
 def ours(args) -> dict:
     import torch
 
-    from sppo_nemo.allocator import keep_freed_memory
+    from sppo_nemo.process.allocator import keep_freed_memory
     from sppo_nemo.backends.torch_trainer import TorchTrainer
-    from sppo_nemo.config import TrainerConfig
-    from sppo_nemo.protocols import PairRow
-    from sppo_nemo.rows import write_rows
+    from sppo_nemo.schema.config import TrainerConfig
+    from sppo_nemo.schema.protocols import PairRow
+    from sppo_nemo.formats.rows import write_rows
 
     keep_freed_memory()  # as sppo-run does at start (SPPO_MALLOC=system: glibc's defaults)
     torch.set_num_threads(args.threads)
@@ -180,7 +180,7 @@ def child(kind: str, args, python: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     if kind == "trl" and args.trl_malloc == "ours":
-        from sppo_nemo.allocator import glibc_tunables
+        from sppo_nemo.process.allocator import glibc_tunables
 
         env["GLIBC_TUNABLES"] = glibc_tunables()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -1,4 +1,4 @@
-"""What one step checkpoint of the torch trainer costs (sppo_nemo/step_checkpoints.py): bytes on
+"""What one step checkpoint of the torch trainer costs (sppo_nemo/formats/step_checkpoints.py): bytes on
 disk, seconds to write it (torch.save, fsync, sha256, rename) and to verify and read it back, for
 the default recipe's policy (SmolLM2-135M, fp32 weights and AdamW's two moments), beside the
 seconds of one optimizer step of the same trainer on a batch of the default recipe's shape.
@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 from sppo_nemo.backends import policy_location  # noqa: E402
 from sppo_nemo.backends.flat_state import adamw_state, flatten  # noqa: E402
 from sppo_nemo.backends.hf import load_causal_lm  # noqa: E402
-from sppo_nemo.config import SHIPPED_SMOLLM2, TrainerConfig  # noqa: E402
-from sppo_nemo.step_checkpoints import StepCheckpoints  # noqa: E402
-from sppo_nemo.training import make_optimizer  # noqa: E402
+from sppo_nemo.schema.config import SHIPPED_SMOLLM2, TrainerConfig  # noqa: E402
+from sppo_nemo.formats.step_checkpoints import StepCheckpoints  # noqa: E402
+from sppo_nemo.maths.training import make_optimizer  # noqa: E402
 
 
 def main() -> None:

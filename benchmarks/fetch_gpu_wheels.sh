@@ -4,7 +4,7 @@
 #
 #   megatron-core 0.18.2   the newest 0.18.x, the NGC NeMo 26.06 image's minor (it ships 0.18.0) and
 #                          what the container-parity tier pins; Requires-Dist: torch, numpy, packaging
-#   omegaconf 2.4.0        sppo_nemo.recipe imports it; Requires-Dist: PyYAML
+#   omegaconf 2.4.0        sppo_nemo.loading.recipe imports it; Requires-Dist: PyYAML
 #   pairrm_k5.jsonl        the PairRM workload, from ../shared/bench-data (outside the repository,
 #                          so not in the working tree a device call sends)
 #

@@ -4,7 +4,7 @@ For each game file ``recipes/games/<game>.json`` (rock-paper-scissors; a general
 game whose equilibrium is not uniform; a transitive Bradley-Terry game) it runs the recipes
 ``<game>_sppo.yaml``, ``<game>_dpo.yaml`` and ``<game>_ipo.yaml`` with the ordinary sppo-run loop
 (in this process; resumable, so a rerun only reads the finished stages), computes the exact
-multiplicative-weight update (eq. 3.1, sppo_nemo.games.mwu) from the same π_1 with the same η as
+multiplicative-weight update (eq. 3.1, sppo_nemo.maths.games.mwu) from the same π_1 with the same η as
 the idealised reference, and writes
 
 - ``<out>/<game>.png``: duality gap against the number of policies T (log-log), the average
@@ -12,7 +12,7 @@ the idealised reference, and writes
 - ``<out>/table.md``: the final duality gaps and distances to the Nash equilibrium;
 
 and prints the table. The duality gap is max_y P(y ≻ π) − min_y P(π ≻ y) (appendix F; see
-sppo_nemo/games.py). Iteration t of the loop evaluates π_{t+1}, so after T iterations the
+sppo_nemo/maths/games.py). Iteration t of the loop evaluates π_{t+1}, so after T iterations the
 average policy mixes T + 1 policies π_1..π_{T+1}.
 
     .venv/bin/python benchmarks/games_suite.py [--T 64] [--out runs/games_suite] [--games rps ...]
@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sppo_nemo import games  # noqa: E402
-from sppo_nemo import recipe as recipe_mod  # noqa: E402
+from sppo_nemo.maths import games  # noqa: E402
+from sppo_nemo.loading import recipe as recipe_mod  # noqa: E402
 
 RECIPES = ROOT / "recipes" / "games"
 GAMES = {
@@ -47,8 +47,8 @@ METHODS = ("sppo", "dpo", "ipo")
 
 def run_loop(path: Path, overrides: list[str]) -> list[dict]:
     """Run one recipe with the ordinary loop (resuming what is finished); metrics per iteration."""
-    from sppo_nemo.context import Context
-    from sppo_nemo.runner import execute, run_dir_for
+    from sppo_nemo.stages.context import Context
+    from sppo_nemo.run.runner import execute, run_dir_for
     from sppo_nemo.stages.evaluate import read_metrics
 
     r = recipe_mod.load(path, overrides)

@@ -147,7 +147,7 @@ def judge(args) -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
     from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
-    from sppo_nemo.protocols import Prompt
+    from sppo_nemo.schema.protocols import Prompt
 
     cases = json.loads(Path(args.cases).read_text())
     j = LLMBlenderJudge(args.model, device="cpu", dtype="fp32", probability=args.probability)

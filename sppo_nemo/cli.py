@@ -8,12 +8,12 @@ import os
 import sys
 import time
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo import stopping
-from sppo_nemo.allocator import keep_freed_memory
-from sppo_nemo.errors import UsageError, UserError
-from sppo_nemo.estimate import GPUS
-from sppo_nemo.stopping import Terminated
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.process import stopping
+from sppo_nemo.process.allocator import keep_freed_memory
+from sppo_nemo.schema.errors import UsageError, UserError
+from sppo_nemo.loading.estimate import GPUS
+from sppo_nemo.process.stopping import Terminated
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     if (args.gpus is not None or args.gpu is not None) and not args.estimate:
         print("sppo-run: --gpus and --gpu go with --estimate", file=sys.stderr)
         return 2
-    keep_freed_memory()  # the in-process engines' allocation churn (sppo_nemo/allocator.py)
+    keep_freed_memory()  # the in-process engines' allocation churn (sppo_nemo/process/allocator.py)
     previous = stopping.install()
     try:
         return _main(args)
@@ -104,19 +104,19 @@ def _main(args: argparse.Namespace) -> int:
         print(f"# {args.recipe}: valid", file=sys.stderr)
         return 0
 
-    from sppo_nemo.context import Context
-    from sppo_nemo.report import collect, table
-    from sppo_nemo.runner import parse_stage, run_dir_for, status
+    from sppo_nemo.stages.context import Context
+    from sppo_nemo.run.report import collect, table
+    from sppo_nemo.run.runner import parse_stage, run_dir_for, status
 
     if args.estimate:
-        from sppo_nemo import estimate
+        from sppo_nemo.loading import estimate
 
         if args.stage or args.restart_from:
             raise UsageError("--stage and --restart-from go without --estimate")
         print(estimate.estimate_markdown(r, run_dir_for(r), args.gpus, args.gpu), end="")
         return 0
     ctx = Context(r, run_dir_for(r), progress=not args.no_progress, full_verify=args.verify_hashes)
-    for line in ctx.precision_lines:  # precision: auto, resolved (sppo_nemo/precision.py)
+    for line in ctx.precision_lines:  # precision: auto, resolved (sppo_nemo/loading/precision.py)
         print(line, file=sys.stderr if args.status or args.submit or args.cancel else sys.stdout)
     if args.submit or args.status or args.cancel:
         from sppo_nemo.launch import submit
@@ -166,10 +166,10 @@ def _after_a_stop(run_dir, exc: Terminated, requeue: bool) -> None:
 
 def _execute(ctx, only, restart) -> list[dict]:
     """Run the stages, after refusing (exit 1, nothing written) engines this machine cannot run
-    for the stages that will run: sppo_nemo/preflight.py."""
-    from sppo_nemo.estimate import write_estimate
-    from sppo_nemo.preflight import refuse_unrunnable
-    from sppo_nemo.runner import execute
+    for the stages that will run: sppo_nemo/run/preflight.py."""
+    from sppo_nemo.loading.estimate import write_estimate
+    from sppo_nemo.run.preflight import refuse_unrunnable
+    from sppo_nemo.run.runner import execute
 
     refuse_unrunnable(ctx, only, restart)
     write_estimate(ctx.recipe, ctx.run_dir)  # best effort: <run dir>/estimate.md for the report
@@ -183,11 +183,11 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     orders of magnitude more than anyone runs (recipe_checks.cost_warnings)."""
     from pathlib import Path
 
-    from sppo_nemo.config import GAME_POLICY, SHIPPED_SMOLLM2, looks_like_path
-    from sppo_nemo.hub import config_source
+    from sppo_nemo.schema.config import GAME_POLICY, SHIPPED_SMOLLM2, looks_like_path
+    from sppo_nemo.formats.hub import config_source
 
     notes = []
-    from sppo_nemo import precision
+    from sppo_nemo.loading import precision
 
     if precision.auto_keys(r):
         from sppo_nemo.backends.machine import this_machine
@@ -201,12 +201,12 @@ def _validate_notes(r, recipe_path: str) -> list[str]:
     if model not in (SHIPPED_SMOLLM2, GAME_POLICY) and not looks_like_path(model):
         notes.append(f"policy.model: {model} is a hub id; its shape (heads, layers for the parallel layout) is "
                      f"{config_source(model, Path(recipe_path).parent)}")
-    from sppo_nemo.data import availability
+    from sppo_nemo.formats.data import availability
 
     note = availability(r.data, Path(recipe_path).parent)
     if note:
         notes.append(f"data.prompts: {note}")
-    from sppo_nemo.recipe_checks import cost_warnings  # valid values, but a cost orders of magnitude off
+    from sppo_nemo.loading.recipe_checks import cost_warnings  # valid values, but a cost orders of magnitude off
 
     notes += [f"warning: {w}" for w in cost_warnings(r, Path(recipe_path).parent)]
     return notes

@@ -43,7 +43,7 @@ def sppo_run(tiny_model: Path, *args, check=True, timeout=600) -> subprocess.Com
 
 def load_recipe(path: Path, tiny_model: Path, *overrides: str):
     """The typed recipe a CLI run of ``path`` with ``overrides`` uses (SPPO_TINY_MODEL set)."""
-    from sppo_nemo import recipe
+    from sppo_nemo.loading import recipe
 
     before = os.environ.get("SPPO_TINY_MODEL")
     os.environ["SPPO_TINY_MODEL"] = str(tiny_model)

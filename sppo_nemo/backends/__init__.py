@@ -13,9 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo.config import SHIPPED_SMOLLM2, JudgeConfig, Recipe, TrainerConfig, VllmConfig, uses_games
-from sppo_nemo.protocols import Generator, Judge, Trainer
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.schema.config import SHIPPED_SMOLLM2, JudgeConfig, Recipe, TrainerConfig, VllmConfig, uses_games
+from sppo_nemo.schema.protocols import Generator, Judge, Trainer
+from sppo_nemo.maths.seeds import derive_seed
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from sppo_nemo.packing import group
-from sppo_nemo.protocols import PointRow, Sample
+from sppo_nemo.maths.packing import group
+from sppo_nemo.schema.protocols import PointRow, Sample
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.errors import UserError
 
 
 class ModelLoadError(UserError):

@@ -2,7 +2,7 @@
 
 Chosen together (:func:`check`): generation.backend=game, judge.backend=matrix, trainer.backend=game,
 plus ``game:``, one file stating the matrix P, the response names and π_1 (:func:`load_game`).
-The mathematics lives in sppo_nemo/games.py.
+The mathematics lives in sppo_nemo/maths/games.py.
 
 - The policy is a softmax over the n responses per context, a prompt's context being its text
   (prompts with the same text share one row of logits). A policy is a directory holding
@@ -15,7 +15,7 @@ The mathematics lives in sppo_nemo/games.py.
   policy π̄ = mean(π_1..π_{t+1}) and their distance to the Nash set (LP).
 - :class:`MatrixJudge` reads P: M[i, j] = P[y_i, y_j].
 - :class:`GameTrainer` fits π_{t+1} to the build stage's rows with the recipe's loss, π_t's exact
-  log-probabilities as the reference, through the one trainer core (sppo_nemo/training.py) with
+  log-probabilities as the reference, through the one trainer core (sppo_nemo/maths/training.py) with
   the recipe's optimizer (training.make_optimizer, as the torch trainer) and clip_grad_norm_ on the
   float64 logits (trainer.precision and the length keys do not apply).
 """
@@ -30,11 +30,11 @@ from typing import Sequence
 
 import numpy as np
 
-from sppo_nemo import games
-from sppo_nemo.config import GAME_POLICY, TrainerConfig
-from sppo_nemo.protocols import ProgressFn, Prompt, Sample, SamplingParams, TrainResult, check_judge_inputs
+from sppo_nemo.maths import games
+from sppo_nemo.schema.config import GAME_POLICY, TrainerConfig
+from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParams, TrainResult, check_judge_inputs
 from sppo_nemo.backends.game_file import POLICY_FILE, Game, GameError, check, load_game  # noqa: F401
-from sppo_nemo.sampling import ChunkedSampling
+from sppo_nemo.backends.sampling import ChunkedSampling
 
 # ------------------------------------------------------------------------------- the policy
 
@@ -221,8 +221,8 @@ class GameTrainer:
               ref_progress: ProgressFn | None = None, state_dir: Path | None = None) -> TrainResult:
         import torch  # the trainer core's dependency; the generator, judge and check need numpy only
 
-        from sppo_nemo.rows import read_rows
-        from sppo_nemo.training import Fit, StepStats, make_optimizer, sequences_per_row
+        from sppo_nemo.formats.rows import read_rows
+        from sppo_nemo.maths.training import Fit, StepStats, make_optimizer, sequences_per_row
 
         rows = read_rows(rows_file)
         policy = load_policy(policy_dir, self.game)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo import games
-from sppo_nemo.config import GAME_BACKENDS, GAME_POLICY, Recipe, resolve_path
-from sppo_nemo.errors import UserError
+from sppo_nemo.maths import games
+from sppo_nemo.schema.config import GAME_BACKENDS, GAME_POLICY, Recipe, resolve_path
+from sppo_nemo.schema.errors import UserError
 
 POLICY_FILE = "policy.json"
 GAME_KEYS = ("matrix", "responses", "init")  # of a .json game file; only "matrix" is required

@@ -25,10 +25,10 @@ from sppo_nemo.backends.chat_format import (ChatFormat, Encoded, decode_sample, 
 from sppo_nemo.backends.seq_logps import (_token_logps, kl_token_terms, per_sequence, response_hidden,  # noqa: F401
                                           sequence_logps)
 from sppo_nemo.backends.token_sampling import draw
-from sppo_nemo.packing import allowed, group, pack
-from sppo_nemo.protocols import Prompt, Sample, SamplingParams, ProgressFn
-from sppo_nemo.sampling import ChunkedSampling
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.maths.packing import allowed, group, pack
+from sppo_nemo.schema.protocols import Prompt, Sample, SamplingParams, ProgressFn
+from sppo_nemo.backends.sampling import ChunkedSampling
+from sppo_nemo.maths.seeds import derive_seed
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -159,7 +159,7 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
     """:func:`sequence_logps` with each prompt computed once; same values (to float summation order).
 
     Consecutive sequences of ``batch`` with the same prompt ids form one pack (the prompt, then
-    each response; ``sppo_nemo/packing.py``). ONE decoder pass runs over the packs with the
+    each response; ``sppo_nemo/maths/packing.py``). ONE decoder pass runs over the packs with the
     layout's positions (each response continuing from the prompt) and a block mask: a token sees
     the prompt and its own response's earlier tokens, a padding slot only itself (so no softmax row
     is empty). An sdpa model runs the packs unpadded, as one row (switched once to

@@ -8,7 +8,7 @@ same logits (tests/integration/test_pairrm_equivalence.py) on the transformers t
 It runs exactly what ``Blender.rank`` runs: the ranker's collator on each group of prompts and
 ``CrossCompareReranker._full_predict``, which scores every ordered pair of a prompt's K responses,
 and turns the K×K logits into probabilities with the same two conventions as the ``pairrm``
-backend (:mod:`sppo_nemo.preference`): ``symmetric`` σ((C[i, j] − C[j, i]) / 2) (default) or
+backend (:mod:`sppo_nemo.maths.preference`): ``symmetric`` σ((C[i, j] − C[j, i]) / 2) (default) or
 ``score_diff`` σ(s_i − s_j) with llm-blender's aggregated scores s. Note that llm-blender's
 collator sets the candidate budget from the longest source of a batch, so with ``batch_size`` > 1
 a prompt's logits can depend on its batch neighbours; ``batch_size = 1`` (the default, as in the
@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from sppo_nemo.errors import UserError
-from sppo_nemo.preference import PROBABILITIES, probabilities, scored_from_logits
-from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.maths.preference import PROBABILITIES, probabilities, scored_from_logits
+from sppo_nemo.schema.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 
 class LLMBlenderError(UserError):
@@ -31,7 +31,7 @@ class LLMBlenderError(UserError):
 
 
 class LLMBlenderJudge:
-    """:class:`~sppo_nemo.protocols.Judge` running llm-blender's own PairRM code (module docstring)."""
+    """:class:`~sppo_nemo.schema.protocols.Judge` running llm-blender's own PairRM code (module docstring)."""
 
     name = "llm_blender"
 

@@ -52,7 +52,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, check_texts
+from sppo_nemo.schema.protocols import Prompt, ProgressFn, check_judge_inputs, check_texts
 
 CRITERIA = ("reference", "correct", "concise", "on_topic", "clean")
 DEFAULT_WEIGHTS = {"reference": 1.0, "correct": 3.0, "concise": 1.0, "on_topic": 0.5, "clean": 1.0}
@@ -179,7 +179,7 @@ def matrix_from_scores(scores: Sequence[Mapping[str, float]], weights: Mapping[s
 
 # ----------------------------------------------------------------------------- the judge
 class OfflineJudge:
-    """A :class:`~sppo_nemo.protocols.Judge` built on MiniLM embeddings and text heuristics."""
+    """A :class:`~sppo_nemo.schema.protocols.Judge` built on MiniLM embeddings and text heuristics."""
 
     name = "offline"
 

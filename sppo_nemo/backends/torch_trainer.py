@@ -3,7 +3,7 @@
 π_t is loaded once. Before the first update its sequence log-probabilities on every training
 row are computed (no gradients) and kept as the reference: no second model is held in memory.
 Then AdamW (or RMSprop: trainer.optimizer) with clipping fits π_{t+1} along the one trainer core's plan and schedule
-(``sppo_nemo/training.py``), and π_{t+1} is saved as an HF checkpoint (safetensors).
+(``sppo_nemo/maths/training.py``), and π_{t+1} is saved as an HF checkpoint (safetensors).
 
 Shared prompts (``trainer.pack_prompts``, on by default): the sequences of a micro-batch that
 share their prompt — a pair's chosen and rejected, the point rows of one prompt, which the plan
@@ -22,12 +22,12 @@ tied weight's chunk gradients in bf16 before one cast to fp32: the in-place path
 the default recipe's seeded trajectory (final win rate 0.775 → 0.727, inside each other's 95%
 intervals), so it is left off there.
 
-Step checkpoints (``trainer.checkpoint_every``, sppo_nemo/step_checkpoints.py): in the stage's
+Step checkpoints (``trainer.checkpoint_every``, sppo_nemo/formats/step_checkpoints.py): in the stage's
 partial folder, the reference log-probs once, then after every period the flat parameters, the
 optimizer's state, the metrics so far and the RNG state. A killed stage resumes after the newest
 whole checkpoint and ends byte-identical to an uninterrupted one (the plan and the learning rate
 are functions of the step). SIGTERM or SIGUSR1 during the step loop writes one at the next step
-boundary, then stops (sppo_nemo/stopping.py).
+boundary, then stops (sppo_nemo/process/stopping.py).
 
 Precision (``trainer.precision``): ``fp32`` computes and keeps everything in fp32. ``bf16`` is
 mixed precision: the weights stay fp32 (the master copy the optimizer updates, and the saved
@@ -47,16 +47,16 @@ from pathlib import Path
 
 import torch
 
-from sppo_nemo import stopping
-from sppo_nemo.allocator import return_free_memory
+from sppo_nemo.process import stopping
+from sppo_nemo.process.allocator import return_free_memory
 from sppo_nemo.backends.flat_state import accumulate_in_place, adamw_state, flatten
 from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, packed_sequence_logps,
                                   packed_tokens, packs_prompts, row_tokens, save_checkpoint, sequence_logps)
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import ProgressFn, TrainResult
-from sppo_nemo.rows import read_rows
-from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
-from sppo_nemo.training import Fit, StepStats, make_optimizer
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.protocols import ProgressFn, TrainResult
+from sppo_nemo.formats.rows import read_rows
+from sppo_nemo.formats.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
+from sppo_nemo.maths.training import Fit, StepStats, make_optimizer
 
 STATE = "state.pt"  # one step checkpoint's file
 REFERENCE = "reference.pt"

@@ -30,8 +30,8 @@ import shutil
 import time
 from pathlib import Path
 
-from sppo_nemo.config import LaunchConfig
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.config import LaunchConfig
+from sppo_nemo.schema.errors import UserError
 from sppo_nemo.launch import squeue
 from sppo_nemo.launch.plan import JobSpec
 

@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo.config import LaunchConfig, StageJob
-from sppo_nemo.context import Context
-from sppo_nemo.errors import UserError
-from sppo_nemo.runner import status
+from sppo_nemo.schema.config import LaunchConfig, StageJob
+from sppo_nemo.stages.context import Context
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.run.runner import status
 
 
 class NothingToSubmit(UserError):

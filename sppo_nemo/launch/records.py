@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from sppo_nemo.artifacts import write_json
+from sppo_nemo.formats.artifacts import write_json
 
 JOBS = "jobs"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.errors import UserError
 
 SQUEUE = "squeue -h -t all -o '%i|%T|%r'"
 HELD = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")

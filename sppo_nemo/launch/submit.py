@@ -17,11 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from sppo_nemo.context import Context
-from sppo_nemo.errors import UsageError, UserError
+from sppo_nemo.stages.context import Context
+from sppo_nemo.schema.errors import UsageError, UserError
 from sppo_nemo.launch import nemorun, records, squeue
 from sppo_nemo.launch.plan import JobSpec, unfinished
-from sppo_nemo.runner import status as stage_states
+from sppo_nemo.run.runner import status as stage_states
 
 
 def home_for(ctx: Context) -> Path:

@@ -10,7 +10,7 @@ import dataclasses
 from types import ModuleType
 from typing import Any, Iterator
 
-from sppo_nemo.config import Recipe
+from sppo_nemo.schema.config import Recipe
 from sppo_nemo.stages import annotate, build, evaluate, generate, train
 
 STAGES: tuple[ModuleType, ...] = (generate, annotate, build, train, evaluate)

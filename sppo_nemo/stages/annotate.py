@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo.artifacts import read_jsonl, write_jsonl
+from sppo_nemo.formats.artifacts import read_jsonl, write_jsonl
 from sppo_nemo.backends import JudgeSpec, judge_spec, make_judge
-from sppo_nemo.chunklog import ChunkLog, run_chunks
-from sppo_nemo.context import Context, PromptSet, Upstream
-from sppo_nemo.protocols import check_preference_matrix
+from sppo_nemo.formats.chunklog import ChunkLog, run_chunks
+from sppo_nemo.stages.context import Context, PromptSet, Upstream
+from sppo_nemo.schema.protocols import check_preference_matrix
 from sppo_nemo.stages.generate import read_responses
 
 NAME = "annotate"

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo import preference
-from sppo_nemo.config import LossConfig
-from sppo_nemo.context import Context, PromptSet, Upstream
-from sppo_nemo.protocols import PairRow, PointRow
-from sppo_nemo.rows import write_rows
+from sppo_nemo.maths import preference
+from sppo_nemo.schema.config import LossConfig
+from sppo_nemo.stages.context import Context, PromptSet, Upstream
+from sppo_nemo.schema.protocols import PairRow, PointRow
+from sppo_nemo.formats.rows import write_rows
 from sppo_nemo.stages.annotate import read_matrices, read_scores
 from sppo_nemo.stages.generate import read_responses
 

@@ -12,13 +12,13 @@
   bf16 ones with ``evaluation.kl_precision: bf16``, held together for the scoring.
 - with a generator that can evaluate exactly (the game backends, backends/game.py): the exact
   duality gap of π_{t+1} and of the average policy (π_1 + … + π_{t+1})/(t + 1), and their
-  distance to the Nash equilibrium (sppo_nemo/games.py).
+  distance to the Nash equilibrium (sppo_nemo/maths/games.py).
 
 Iteration 0 is the base policy π_1: its samples are the opponents of every later iteration.
 All policies sample the held-out prompts with the same seeds (common random numbers).
 
 Every iteration writes the held-out outputs (sample 0 of each prompt) as AlpacaEval's
-``model_outputs.json`` (sppo_nemo/alpaca.py). Two optional keys add work, never changing the above:
+``model_outputs.json`` (sppo_nemo/formats/alpaca.py). Two optional keys add work, never changing the above:
 
 - ``evaluation.prompts``: one response per instruction of that file (AlpacaEval's 805, say), with
   the evaluation sampling settings, written as ``alpaca_eval_outputs.json``; not judged here.
@@ -40,17 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
+from sppo_nemo.formats.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
                               write_outputs)
-from sppo_nemo.artifacts import read_json, write_json, write_jsonl
+from sppo_nemo.formats.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import (GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge,
                                 policy_location)
-from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
-from sppo_nemo.data import DataError
-from sppo_nemo.preference import win_rate_estimates
-from sppo_nemo.protocols import Sample, SamplingParams
+from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
+from sppo_nemo.formats.data import DataError
+from sppo_nemo.maths.preference import win_rate_estimates
+from sppo_nemo.schema.protocols import Sample, SamplingParams
 from sppo_nemo.stages.generate import STATE, read_responses, write_responses
-from sppo_nemo.stats import mean_interval
+from sppo_nemo.maths.stats import mean_interval
 
 NAME = "evaluate"
 BEST_OF_STATE = "sampling_best_of"  # resumable state of each extra sampling pass, removed at the end

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sppo_nemo.artifacts import read_jsonl, write_jsonl
+from sppo_nemo.formats.artifacts import read_jsonl, write_jsonl
 from sppo_nemo.backends import GeneratorSpec, generator_spec, make_generator
-from sppo_nemo.context import Context, PolicyRef, PromptSet
-from sppo_nemo.protocols import Prompt, Sample, SamplingParams
+from sppo_nemo.stages.context import Context, PolicyRef, PromptSet
+from sppo_nemo.schema.protocols import Prompt, Sample, SamplingParams
 
 NAME = "generate"
 STATE = "sampling"  # the generator's resumable state, removed once responses.jsonl is written

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo.artifacts import TIMINGS, write_json, write_jsonl
+from sppo_nemo.formats.artifacts import TIMINGS, write_json, write_jsonl
 from sppo_nemo.backends import TrainerSpec, make_trainer, policy_location, trainer_spec
 from sppo_nemo.backends.chat_format import rows_from_text
-from sppo_nemo.context import Context, PolicyRef, Upstream
-from sppo_nemo.rows import read_rows
-from sppo_nemo.step_checkpoints import clear_checkpoints
+from sppo_nemo.stages.context import Context, PolicyRef, Upstream
+from sppo_nemo.formats.rows import read_rows
+from sppo_nemo.formats.step_checkpoints import clear_checkpoints
 
 NAME = "train"
 # Wall-clock figures go to timings.jsonl, outside the stage digest, so that a resumed run's

@@ -44,7 +44,7 @@ def build_tiny_llama(out: Path, seed: int = 0, hidden: int = 32, layers: int = 2
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sppo_nemo.data import builtin_prompts_path
+    from sppo_nemo.formats.data import builtin_prompts_path
 
     out = Path(out)
     if (out / "config.json").is_file():

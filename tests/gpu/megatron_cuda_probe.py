@@ -56,8 +56,8 @@ def main() -> None:
 
     from sppo_nemo.backends.megatron import logps, model as mdl, packed, weights, worker
     from sppo_nemo.backends.megatron.controller import MegatronTrainer
-    from sppo_nemo.config import MegatronConfig, TrainerConfig
-    from sppo_nemo.training import sequences_per_row
+    from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.maths.training import sequences_per_row
 
     out = Path(a.out)
     result: dict = {}

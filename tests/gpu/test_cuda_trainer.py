@@ -13,9 +13,9 @@ ETA = 1.0
 def fit_sppo_targets(tmp_path: Path, device: str, precision: str):
     """16 point rows with P̂ = 1 or 0 fitted for 6 epochs: the square loss of eq. (3.7)."""
     from sppo_nemo.backends.torch_trainer import TorchTrainer
-    from sppo_nemo.config import TrainerConfig
-    from sppo_nemo.protocols import PointRow
-    from sppo_nemo.rows import write_rows
+    from sppo_nemo.schema.config import TrainerConfig
+    from sppo_nemo.schema.protocols import PointRow
+    from sppo_nemo.formats.rows import write_rows
     from sppo_nemo.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
@@ -53,7 +53,7 @@ def test_fp32_training_on_cuda_follows_the_cpu_run(tmp_path: Path):
 
 def test_generation_on_cuda_is_seeded(tmp_path: Path):
     from sppo_nemo.backends.hf import HFGenerator
-    from sppo_nemo.protocols import Prompt, SamplingParams
+    from sppo_nemo.schema.protocols import Prompt, SamplingParams
     from sppo_nemo.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")

@@ -49,8 +49,8 @@ def _has_te() -> bool:
 def shared_prompt_rows():
     """K = 3 point rows for each of two prompts (responses of different lengths) between lone
     prompts: what packing meets in an SPPO iteration."""
-    from sppo_nemo.data import builtin_prompts_path
-    from sppo_nemo.protocols import PointRow
+    from sppo_nemo.formats.data import builtin_prompts_path
+    from sppo_nemo.schema.protocols import PointRow
 
     src = [json.loads(x) for x in builtin_prompts_path().read_text().splitlines()][:6]
     rng = random.Random(3)
@@ -64,7 +64,7 @@ def shared_prompt_rows():
 
 
 def run_probe(tmp_path: Path, te: str) -> dict:
-    from sppo_nemo.rows import write_rows
+    from sppo_nemo.formats.rows import write_rows
     from sppo_nemo.testing import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
@@ -91,7 +91,7 @@ def _tensors(path: str) -> dict[str, torch.Tensor]:
 def hf_logps(policy: str, rows_file: Path, dtype: torch.dtype, device: str) -> torch.Tensor:
     """transformers' sequence log-probs of every row (rows, 1), the encoding the worker uses."""
     from sppo_nemo.backends.hf import ChatFormat, encode_rows, load_causal_lm, load_tokenizer, sequence_logps
-    from sppo_nemo.rows import read_rows
+    from sppo_nemo.formats.rows import read_rows
 
     tok = load_tokenizer(policy)
     seqs = encode_rows(ChatFormat(tok, None), read_rows(rows_file), 96, 128)

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.gpu
 
 
 def _rows(path: Path, n: int) -> Path:
-    from sppo_nemo.protocols import PointRow
-    from sppo_nemo.rows import write_rows
+    from sppo_nemo.schema.protocols import PointRow
+    from sppo_nemo.formats.rows import write_rows
 
     rng = random.Random(0)
     write_rows(path, [PointRow(f"p{i}", f"What is {i} + {i}?", f"It is {2 * i}." + " Indeed." * (i % 4), True,
@@ -23,7 +23,7 @@ def _rows(path: Path, n: int) -> Path:
 
 
 def _cfg(precision: str, backend: str, transformer_engine: str = "auto"):
-    from sppo_nemo.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
 
     return TrainerConfig(backend=backend, lr=1e-3, warmup_ratio=0.0, batch_size=4, grad_accum=2, epochs=2,
                          precision=precision, max_prompt_length=64, max_length=96,

@@ -1,7 +1,7 @@
 """``python tests/integration/cuda_recording_controller.py RECORD sppo-run-args...``: sppo-run in a
 process whose ``torch.cuda`` reports one GPU and records (then refuses) every use of it.
 
-The process rule (sppo_nemo/stage_process.py) says the controller never computes on a GPU: told
+The process rule (sppo_nemo/run/stage_process.py) says the controller never computes on a GPU: told
 that CUDA is there, it must send every device stage to a worker process, which starts afresh
 (spawn), sees the real torch of this CPU machine and computes on the CPU. Every allocation on a
 CUDA device goes through ``torch.cuda._lazy_init``, so recording it (and the calls a GPU engine

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sppo_nemo.errors import StaleStageError
+from sppo_nemo.schema.errors import StaleStageError
 
 NAME = "fake"
 

@@ -140,7 +140,7 @@ def main() -> None:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
 
-    from sppo_nemo.allocator import keep_freed_memory
+    from sppo_nemo.process.allocator import keep_freed_memory
     from sppo_nemo.backends.megatron import model as mdl, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
 

@@ -53,9 +53,9 @@ def main() -> None:
     from sppo_nemo.backends.hf import ChatFormat, encode_rows, load_tokenizer
     from sppo_nemo.backends.megatron import logps, model as mdl, packed, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
-    from sppo_nemo.loss import dpo_loss, sppo_loss
-    from sppo_nemo.rows import read_rows
-    from sppo_nemo.training import sequences_per_row
+    from sppo_nemo.maths.loss import dpo_loss, sppo_loss
+    from sppo_nemo.formats.rows import read_rows
+    from sppo_nemo.maths.training import sequences_per_row
 
     device = mdl.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)
@@ -144,8 +144,8 @@ def worker_steps(a) -> None:
 
     from sppo_nemo.backends.megatron import logps, model as mdl, packed, worker
     from sppo_nemo.backends.megatron.controller import MegatronTrainer
-    from sppo_nemo.config import MegatronConfig, TrainerConfig
-    from sppo_nemo.training import sequences_per_row
+    from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.maths.training import sequences_per_row
 
     cfg = TrainerConfig(backend="megatron", lr=3e-3, warmup_ratio=0.0, batch_size=a.steps, grad_accum=2, epochs=2,
                         max_prompt_length=96, max_length=128, pack_prompts=True,

@@ -46,8 +46,8 @@ def main() -> None:
     from sppo_nemo.backends.megatron import logps, model as mdl, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
     from sppo_nemo.backends.hf import encode_rows
-    from sppo_nemo.loss import sppo_loss
-    from sppo_nemo.rows import read_rows
+    from sppo_nemo.maths.loss import sppo_loss
+    from sppo_nemo.formats.rows import read_rows
 
     device = mdl.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)

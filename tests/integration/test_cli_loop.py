@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sppo_nemo.artifacts import digest_files
+from sppo_nemo.formats.artifacts import digest_files
 from tests.helpers import (RECIPES, TINY_RECIPE, cli_env, load_recipe, read_json, read_jsonl, sppo_cmd,
                            sppo_run)
 
@@ -42,7 +42,7 @@ def test_every_stage_is_committed_under_its_name(reference_run: Path):
 def test_the_resolved_recipe_is_the_recipe_run(tiny_model, reference_run: Path):
     ran = load_recipe(TINY_RECIPE, tiny_model, f"output_dir={reference_run.parent}")
     resolved = load_recipe(reference_run / "recipe.resolved.yaml", tiny_model)
-    from sppo_nemo.recipe import as_dict
+    from sppo_nemo.loading.recipe import as_dict
 
     assert as_dict(resolved) == as_dict(ran)
 

@@ -3,7 +3,7 @@ the tiny Llama (``sppo_nemo.testing.build_tiny_llama``, deterministic), for the 
 for the megatron backend at TP=1 and TP=2 (on CPU with the test patches).
 
 One table of numbers serves every backend and layout, at 1e-5 relative: the backends follow the
-one plan (``sppo_nemo.training``), so a change of a loss, of the plan (shuffle, accumulation,
+one plan (``sppo_nemo.maths.training``), so a change of a loss, of the plan (shuffle, accumulation,
 epochs) or of the schedule moves these numbers. η = 100 keeps float32 noise far below the
 tolerance: the log-ratios carry ~1e-5 nats of summation noise (different kernels, different
 reduction orders), which moves a loss by ~2·1e-5/|residual| relative — 1e-6 at most here
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo.config import MegatronConfig, TrainerConfig
-from sppo_nemo.rows import read_rows
+from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+from sppo_nemo.formats.rows import read_rows
 from tests.megatron_cpu import patched_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sppo_nemo import games
-from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.maths import games
+from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.backends.game import load_game
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo.config import MegatronConfig, TrainerConfig
-from sppo_nemo.protocols import PointRow
-from sppo_nemo.rows import write_rows
+from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+from sppo_nemo.schema.protocols import PointRow
+from sppo_nemo.formats.rows import write_rows
 from tests.helpers import TINY_RECIPE, sppo_run
 from tests.megatron_cpu import ROOT, patched_workers, worker_env
 
@@ -38,7 +38,7 @@ def torchrun(n: int, *args) -> None:
 
 
 def point_rows(n: int, seed: int = 0) -> list[PointRow]:
-    from sppo_nemo.data import builtin_prompts_path
+    from sppo_nemo.formats.data import builtin_prompts_path
 
     src = [json.loads(x) for x in builtin_prompts_path().read_text().splitlines()][:n]
     rng = random.Random(seed)
@@ -47,7 +47,7 @@ def point_rows(n: int, seed: int = 0) -> list[PointRow]:
 
 
 def rows_file(path: Path, rows) -> Path:
-    """The rows as the build stage writes them (sppo_nemo.rows)."""
+    """The rows as the build stage writes them (sppo_nemo.formats.rows)."""
     write_rows(path, rows)
     return path
 
@@ -180,7 +180,7 @@ def test_parallel_layout_matches_tp1_tokens_and_gradients(layout, tiny_model, ti
 # -- training: layouts and backends agree ---------------------------------------------------
 
 def pair_rows(n: int) -> list:
-    from sppo_nemo.protocols import PairRow
+    from sppo_nemo.schema.protocols import PairRow
 
     return [PairRow(prompt_id=r.prompt_id, prompt=r.prompt, chosen=r.response, rejected=r.response[::-1][:30],
                     chosen_finished=True, rejected_finished=False, pair_prob=0.5 + r.win_prob / 2)

@@ -31,9 +31,9 @@ STEPS = 5  # 20 rows, micro-batches of 4, 2 a step (TP=2: DP=1, grad_accum 2), 2
 
 def main(argv: list[str] | None = None) -> None:
     """One megatron train "stage" in this process: ``MODEL OUT PERIOD`` (PERIOD "off": no state_dir)."""
-    from sppo_nemo import stopping
+    from sppo_nemo.process import stopping
     from sppo_nemo.backends.megatron.controller import MegatronTrainer
-    from sppo_nemo.config import MegatronConfig, TrainerConfig
+    from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
     from tests.integration.test_megatron import point_rows, rows_file
 
     model, out, period, *variant = argv or sys.argv[1:]

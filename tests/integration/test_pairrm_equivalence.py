@@ -30,8 +30,8 @@ from sppo_nemo.backends.pairrm.checkpoint import save_pairrm
 from sppo_nemo.backends.pairrm.inputs import candidate_budget
 from sppo_nemo.backends.pairrm.judge import PairRMJudge
 from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
-from sppo_nemo.preference import aggregated_scores
-from sppo_nemo.protocols import Prompt
+from sppo_nemo.maths.preference import aggregated_scores
+from sppo_nemo.schema.protocols import Prompt
 from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, train_test_tokenizer
 from tests.helpers import side_venv_python
 

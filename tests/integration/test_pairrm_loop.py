@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from sppo_nemo.protocols import Prompt, check_preference_matrix
+from sppo_nemo.schema.protocols import Prompt, check_preference_matrix
 
 from tests.helpers import TINY_RECIPE, sppo_run
 

@@ -1,6 +1,6 @@
 """The real CLI refuses a megatron recipe on this CPU machine (without the test-only CPU patches of
 tests/megatron_cpu_site) before any stage runs, with one message naming the problem and the fix.
-Before sppo_nemo/preflight.py it ran iter_00/evaluate, generate, annotate and build, then failed at
+Before sppo_nemo/run/preflight.py it ran iter_00/evaluate, generate, annotate and build, then failed at
 train quoting the workers' traceback."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sppo_nemo.launch import records
-from sppo_nemo.preflight import CPU_PATCH_SITE
+from sppo_nemo.run.preflight import CPU_PATCH_SITE
 from tests.helpers import TINY_RECIPE, cli_env, sppo_cmd
 
 

@@ -1,4 +1,4 @@
-"""The process rule (sppo_nemo/stage_process.py): on a machine with CUDA the sppo-run process never
+"""The process rule (sppo_nemo/run/stage_process.py): on a machine with CUDA the sppo-run process never
 computes on a GPU; each device stage runs in a worker process that exits when the stage is done."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo.artifacts import digest_files
+from sppo_nemo.formats.artifacts import digest_files
 from tests.helpers import ROOT, TINY_RECIPE, cli_env, sppo_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +35,7 @@ def test_told_of_a_gpu_the_controller_leaves_it_to_stage_workers(tiny_model, ref
 
 
 def test_without_cuda_the_stages_run_in_process():
-    from sppo_nemo.stage_process import in_worker
+    from sppo_nemo.run.stage_process import in_worker
 
     assert not any(in_worker(s, cuda=False) for s in ("generate", "annotate", "build", "train", "evaluate"))
     assert [s for s in ("generate", "annotate", "build", "train", "evaluate") if in_worker(s, cuda=True)] == [
@@ -46,8 +46,8 @@ def test_without_cuda_the_stages_run_in_process():
 def test_a_stage_worker_hands_back_its_result_or_its_error(tmp_path, what):
     import os
 
-    from sppo_nemo import stage_process
-    from sppo_nemo.errors import UserError
+    from sppo_nemo.run import stage_process
+    from sppo_nemo.schema.errors import UserError
     from tests.integration import fake_stage
 
     def call():

@@ -21,9 +21,9 @@ import torch
 
 from sppo_nemo.backends.hf import (ChatFormat, Encoded, HFGenerator, encode_rows, load_causal_lm, load_tokenizer,
                                    sequence_logps)
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
-from sppo_nemo.rows import write_rows
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
+from sppo_nemo.formats.rows import write_rows
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo.artifacts import digest_files
+from sppo_nemo.formats.artifacts import digest_files
 
 from tests.helpers import TINY_RECIPE, cli_env, sppo_run
 

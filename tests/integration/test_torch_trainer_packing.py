@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from sppo_nemo.backends.hf import ChatFormat, load_causal_lm, load_tokenizer, packed_sequence_logps, sequence_logps
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import PointRow
-from sppo_nemo.rows import write_rows
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.protocols import PointRow
+from sppo_nemo.formats.rows import write_rows
 
 pytestmark = pytest.mark.integration
 

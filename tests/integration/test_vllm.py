@@ -226,8 +226,8 @@ def test_a_dead_engine_worker_fails_the_stage_quoting_its_log_and_keeps_its_chun
 def test_a_policy_exported_by_the_megatron_trainer_loads_and_generates(vllm_python, vllm_model,
                                                                        tmp_path: Path) -> None:
     from sppo_nemo.backends.vllm.controller import VLLMGenerator
-    from sppo_nemo.config import TrainerConfig, VllmConfig
-    from sppo_nemo.protocols import Prompt, SamplingParams
+    from sppo_nemo.schema.config import TrainerConfig, VllmConfig
+    from sppo_nemo.schema.protocols import Prompt, SamplingParams
     from tests.integration.test_megatron import point_rows, rows_file, train_megatron
 
     train_megatron(TrainerConfig(backend="megatron", lr=1e-3, batch_size=4, max_prompt_length=64, max_length=96),

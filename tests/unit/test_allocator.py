@@ -1,4 +1,4 @@
-"""sppo_nemo.allocator: after keep_freed_memory(), memory freed by a churn of 3–28 MiB blocks (the
+"""sppo_nemo.process.allocator: after keep_freed_memory(), memory freed by a churn of 3–28 MiB blocks (the
 sizes of a CPU training step's activations and weight copies) is reused without new page faults;
 with glibc's defaults (SPPO_MALLOC=system) the same churn faults its pages in again."""
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ma
 CHURN = textwrap.dedent("""
     import resource
     import numpy as np
-    from sppo_nemo.allocator import keep_freed_memory
+    from sppo_nemo.process.allocator import keep_freed_memory
 
     applied = keep_freed_memory()
 
@@ -57,7 +57,7 @@ def test_system_keeps_glibc_defaults_which_fault_again():
 
 
 def test_the_same_settings_as_glibc_tunables_for_other_processes():
-    from sppo_nemo.allocator import glibc_tunables
+    from sppo_nemo.process.allocator import glibc_tunables
 
     applied, faults = churn_faults("system", glibc_tunables())  # mallopt not called: the tunables alone
     assert not applied
@@ -65,7 +65,7 @@ def test_the_same_settings_as_glibc_tunables_for_other_processes():
 
 
 def test_applied_once_per_process():
-    from sppo_nemo.allocator import keep_freed_memory
+    from sppo_nemo.process.allocator import keep_freed_memory
 
     if os.environ.get("SPPO_MALLOC", "").lower() == "system":
         pytest.skip("SPPO_MALLOC=system is set in this environment")

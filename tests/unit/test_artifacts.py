@@ -10,7 +10,7 @@ import os
 import pytest
 
 from sppo_nemo import cli
-from sppo_nemo.artifacts import FORMAT, CorruptStageError, Stage, StaleStageError, canonical, content_digest
+from sppo_nemo.formats.artifacts import FORMAT, CorruptStageError, Stage, StaleStageError, canonical, content_digest
 
 
 def test_commit_is_a_rename_with_manifest_and_marker(tmp_path):
@@ -50,7 +50,7 @@ def test_canonical_flattens_and_normalises():
 
 
 def test_disk_full_is_a_clear_error_that_keeps_the_work(monkeypatch, capsys, tmp_path):
-    import sppo_nemo.runner as runner
+    import sppo_nemo.run.runner as runner
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
@@ -129,7 +129,7 @@ def test_content_digest_follows_content_not_path_and_caches_hashes(tmp_path):
 
 
 def test_content_changes_names_each_file_between_two_digests_the_cache_saw(tmp_path):
-    from sppo_nemo.artifacts import KEPT_CONTENTS, content_changes
+    from sppo_nemo.formats.artifacts import KEPT_CONTENTS, content_changes
 
     a, cache = tmp_path / "a", tmp_path / "cache.json"
     a.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sppo_nemo.chunklog import ChunkLog, merged, run_chunks
+from sppo_nemo.formats.chunklog import ChunkLog, merged, run_chunks
 
 pytestmark = pytest.mark.unit
 

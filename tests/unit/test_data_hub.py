@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo import data
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.config import DataConfig
-from sppo_nemo.context import Context
-from sppo_nemo.runner import status
+from sppo_nemo.formats import data
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.schema.config import DataConfig
+from sppo_nemo.stages.context import Context
+from sppo_nemo.run.runner import status
 
 pytestmark = pytest.mark.unit
 
@@ -295,7 +295,7 @@ def test_the_offline_variables_and_hf_home(tmp_path, offline):
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE", "PYTHONWARNINGS")}
     env.update({offline: "1", "HF_HOME": str(tmp_path / "hf_home")})
-    script = ("from sppo_nemo import data\nfrom sppo_nemo.config import DataConfig\n"
+    script = ("from sppo_nemo.formats import data\nfrom sppo_nemo.schema.config import DataConfig\n"
               f"cfg = DataConfig(prompts='hf:{BINARIZED}', split='train_prefs', split_size=1)\n"
               "print(data.availability(cfg))\n"
               "try:\n    data.load_prompts(cfg)\nexcept data.DataError as e:\n    print(e)\n")

@@ -1,4 +1,4 @@
-"""`sppo-run RECIPE --estimate` (sppo_nemo/estimate.py): the parameter count of the paper's models,
+"""`sppo-run RECIPE --estimate` (sppo_nemo/loading/estimate.py): the parameter count of the paper's models,
 the work and hours of a hand-worked tiny case, and the command line. No model is loaded."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo import estimate as est
-from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.loading import estimate as est
+from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.cli import main
-from sppo_nemo.hub import KNOWN_CONFIGS
+from sppo_nemo.formats.hub import KNOWN_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "recipes" / "smollm2_sppo_3iter.yaml"
@@ -183,7 +183,7 @@ def test_the_paper_recipe_estimates_offline(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- --validate's cost warning
 def test_a_K_far_beyond_practice_is_a_warning_naming_the_comparisons_per_prompt(tmp_path):
-    from sppo_nemo.recipe_checks import cost_warnings
+    from sppo_nemo.loading.recipe_checks import cost_warnings
 
     assert cost_warnings(tiny_recipe(tmp_path, "K=5"), tmp_path) == []
     assert cost_warnings(tiny_recipe(tmp_path, "K=64"), tmp_path) == []
@@ -194,7 +194,7 @@ def test_a_K_far_beyond_practice_is_a_warning_naming_the_comparisons_per_prompt(
 
 
 def test_judging_that_dwarfs_generation_is_a_warning_below_the_K_bound(tmp_path):
-    from sppo_nemo.recipe_checks import cost_warnings
+    from sppo_nemo.loading.recipe_checks import cost_warnings
 
     # the 388-parameter policy generates in no time; 200,000 prompts × 4,032 comparisons take hours
     (warning,) = cost_warnings(tiny_recipe(tmp_path, "K=64", "data.split_size=200000"), tmp_path)

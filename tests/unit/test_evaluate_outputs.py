@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.alpaca import (FIELDS, generator_name, output_records, read_eval_prompts, read_outputs,
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.formats.alpaca import (FIELDS, generator_name, output_records, read_eval_prompts, read_outputs,
                               write_outputs)
-from sppo_nemo.artifacts import canonical, write_json
+from sppo_nemo.formats.artifacts import canonical, write_json
 from sppo_nemo.backends import GeneratorSpec, JudgeSpec
-from sppo_nemo.context import Context, PolicyRef, PromptSet, Upstream
-from sppo_nemo.data import DataError
-from sppo_nemo.protocols import SamplingParams
-from sppo_nemo.report import table, write_report
+from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
+from sppo_nemo.formats.data import DataError
+from sppo_nemo.schema.protocols import SamplingParams
+from sppo_nemo.run.report import table, write_report
 from sppo_nemo.stages import evaluate, fingerprint
 
 pytestmark = pytest.mark.unit
@@ -86,8 +86,8 @@ def test_bad_prompt_files_are_named(tmp_path, content, match):
 
 
 def test_a_parquet_file_that_is_not_parquet_is_named_for_the_run_and_the_evaluation(tmp_path):
-    from sppo_nemo.config import DataConfig
-    from sppo_nemo.data import load_prompts
+    from sppo_nemo.schema.config import DataConfig
+    from sppo_nemo.formats.data import load_prompts
 
     fake = tmp_path / "p.parquet"
     fake.write_text('{"instruction": "a", "prompt": "a"}\n')

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from sppo_nemo import games
-from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.maths import games
+from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.backends.game import (Game, GameError, GameGenerator, GamePolicy, GameTrainer, MatrixJudge,
                                      load_game, load_policy, sampling_probs)
-from sppo_nemo.config import LossType, TrainerConfig, choices
-from sppo_nemo.errors import RecipeError, UserError
-from sppo_nemo.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
-from sppo_nemo.rows import write_rows
-from sppo_nemo.training import lr_factor
+from sppo_nemo.schema.config import LossType, TrainerConfig, choices
+from sppo_nemo.schema.errors import RecipeError, UserError
+from sppo_nemo.schema.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
+from sppo_nemo.formats.rows import write_rows
+from sppo_nemo.maths.training import lr_factor
 
 pytestmark = pytest.mark.unit
 
@@ -295,7 +295,7 @@ def test_pair_losses_move_the_winner_up_and_the_loser_down(tmp_path, loss_type):
 
 
 def test_a_single_diverging_step_of_the_game_trainer_commits_nothing(tmp_path):
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     rows = [PointRow("x", "play", "paper", True, 0.9), PointRow("x", "play", "rock", True, 0.1)]
     t = trainer("sppo", 1.0, epochs=1, lr=1e300)  # one step: logits ±1e300, the loss after it is inf

@@ -1,4 +1,4 @@
-"""The exact mathematics of preference games (sppo_nemo/games.py) against hand-worked numbers,
+"""The exact mathematics of preference games (sppo_nemo/maths/games.py) against hand-worked numbers,
 and Theorem 3.1's O(1/√T) bound for the exact multiplicative-weight update (eq. 3.1)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sppo_nemo import games
+from sppo_nemo.maths import games
 
 pytestmark = pytest.mark.unit
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from sppo_nemo.backends.hf import HFGenerator, decode_sample
-from sppo_nemo.protocols import Prompt, SamplingParams
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.schema.protocols import Prompt, SamplingParams
+from sppo_nemo.maths.seeds import derive_seed
 
 TEXTS = ["What is two plus five?", "Name a colour.",
          "Write a long and careful answer about the history of counting, with examples from many places."]

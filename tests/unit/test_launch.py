@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.config import LaunchConfig, Recipe
-from sppo_nemo.errors import RecipeError
-from sppo_nemo.launch import check, plan, records, submit
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.schema.config import LaunchConfig, Recipe
+from sppo_nemo.schema.errors import RecipeError
+from sppo_nemo.loading import launch_checks as check
+from sppo_nemo.launch import plan, records, submit
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2_sppo_3iter.yaml"
 

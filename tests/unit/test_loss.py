@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sppo_nemo import loss
+from sppo_nemo.maths import loss
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 

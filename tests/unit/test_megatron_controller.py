@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo.slurm import SlurmUnavailable
+from sppo_nemo.backends.slurm import SlurmUnavailable
 
 from sppo_nemo.backends.megatron.controller import MegatronJobError, MegatronTrainer
 from sppo_nemo.backends.megatron.job import (JOB_FILE, JobFileError, parse_progress, progress_line, read_job,
                                              write_job)
 from sppo_nemo.backends.megatron.layout import Layout
-from sppo_nemo.config import MegatronConfig, TrainerConfig
-from sppo_nemo.errors import UserError
-from sppo_nemo.hub import ModelNotFound
-from sppo_nemo.protocols import PointRow
-from sppo_nemo.rows import write_rows
+from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.formats.hub import ModelNotFound
+from sppo_nemo.schema.protocols import PointRow
+from sppo_nemo.formats.rows import write_rows
 
 pytestmark = pytest.mark.unit
 
@@ -171,14 +171,14 @@ def test_failed_job_quotes_the_workers_traceback_and_keeps_its_folder(tmp_path: 
 
 def test_a_worker_stopped_by_divergence_is_the_trainer_cores_error_not_a_traceback(tmp_path: Path,
                                                                                     monkeypatch) -> None:
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     said = ("training diverged at optimizer step 0 of 1: after its update the loss on the 4 fixed probe rows is nan "
             "(it was 0.25 before training; lr 1e+30); nothing of this stage was committed. Lower trainer.lr, raise "
             "trainer.warmup_ratio, or train in fp32 (trainer.precision=fp32).")
     script = ("import sys; print('[rank0]: Traceback (most recent call last):'); "
               "print('[rank0]:   File \"worker.py\", line 247, in probe_pass'); "
-              f"print('[rank0]: sppo_nemo.training.TrainingDiverged: {said}'); print('torchrun noise'); sys.exit(1)")
+              f"print('[rank0]: sppo_nemo.maths.training.TrainingDiverged: {said}'); print('torchrun noise'); sys.exit(1)")
     t = MegatronTrainer(cfg(), "sppo", 1.0, None, 0)
     fake_workers(t, monkeypatch, script)
     (tmp_path / "pi_t").mkdir()

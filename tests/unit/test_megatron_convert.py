@@ -466,7 +466,7 @@ def test_parallel_errors_by_hand():
 @pytest.mark.slow
 def test_smollm2_config_matches_the_converted_checkpoint():
     from sppo_nemo.backends.hf import smollm2_checkpoint
-    from sppo_nemo.hub import SMOLLM2_CONFIG
+    from sppo_nemo.formats.hub import SMOLLM2_CONFIG
 
     path = smollm2_checkpoint()
     assert path.name.startswith("smollm2-135m-instruct")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sppo_nemo.backends.megatron.layout import check, megatron_layout
-from sppo_nemo.config import MegatronConfig, PolicyConfig, Recipe, TrainerConfig
+from sppo_nemo.schema.config import MegatronConfig, PolicyConfig, Recipe, TrainerConfig
 
 pytestmark = pytest.mark.unit
 

@@ -69,7 +69,7 @@ def test_prompts_are_shared_only_where_attention_keeps_its_fused_kernel(te, pack
     from sppo_nemo.backends.megatron.logps import MicroBatch
     from sppo_nemo.backends.megatron.packed import PackedMicroBatch
     from sppo_nemo.backends.megatron.worker import Setup
-    from sppo_nemo.protocols import PointRow
+    from sppo_nemo.schema.protocols import PointRow
 
     rows = [PointRow("p", "x", f"y{i}", True, 0.5) for i in range(2)]
     seqs = [[enc([5, 6], [7, 8])], [enc([5, 6], [9])]]  # two responses to one prompt

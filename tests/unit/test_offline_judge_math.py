@@ -25,7 +25,7 @@ from sppo_nemo.backends.offline_judge import (
     preference_margin,
     repeated_trigram_fraction,
 )
-from sppo_nemo.protocols import Prompt, check_preference_matrix
+from sppo_nemo.schema.protocols import Prompt, check_preference_matrix
 
 pytestmark = pytest.mark.unit
 

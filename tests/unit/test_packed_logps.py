@@ -11,7 +11,7 @@ import torch
 
 from sppo_nemo.backends.hf import Encoded, packed_sequence_logps, packed_tokens, row_tokens, sequence_logps
 from sppo_nemo.backends.torch_trainer import reference_batches
-from sppo_nemo.protocols import PointRow
+from sppo_nemo.schema.protocols import PointRow
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Shared-prompt packing's layout (sppo_nemo/packing.py) and the plan that keeps a prompt's rows
+"""Shared-prompt packing's layout (sppo_nemo/maths/packing.py) and the plan that keeps a prompt's rows
 together (training.plan_steps with groups), with hand-worked cases."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_nemo.packing import allowed, group, pack
-from sppo_nemo.protocols import PointRow
-from sppo_nemo.training import plan_steps, prompt_groups
+from sppo_nemo.maths.packing import allowed, group, pack
+from sppo_nemo.schema.protocols import PointRow
+from sppo_nemo.maths.training import plan_steps, prompt_groups
 
 pytestmark = pytest.mark.unit
 

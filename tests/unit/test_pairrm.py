@@ -20,9 +20,9 @@ from sppo_nemo.backends.pairrm.inputs import (CHARS_PER_TOKEN_CUT, MIN_FILL, can
 from sppo_nemo.backends.pairrm.judge import PairRMJudge
 from sppo_nemo.backends.pairrm.spm import read_spm_model
 from sppo_nemo.backends.pairrm.tokenizer import PREFIX_TOKENS, SOURCE_PREFIX, load_pairrm_tokenizer, tokenizer_from_spm
-from sppo_nemo.errors import UserError
-from sppo_nemo.preference import aggregated_scores, symmetric_probabilities
-from sppo_nemo.protocols import Prompt, check_preference_matrix
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.maths.preference import aggregated_scores, symmetric_probabilities
+from sppo_nemo.schema.protocols import Prompt, check_preference_matrix
 from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, tiny_deberta_config, train_test_tokenizer
 
 pytestmark = pytest.mark.unit

@@ -16,8 +16,8 @@ import pytest
 from sppo_nemo.backends.pairrm.inputs import deberta_forward_flops, executed_flops, make_batches, padding_fraction
 from sppo_nemo.backends.pairrm.judge import PairRMJudge
 from sppo_nemo.backends.pairrm.tokenizer import load_pairrm_tokenizer
-from sppo_nemo.preference import aggregated_scores, probabilities
-from sppo_nemo.protocols import Prompt, check_preference_matrix
+from sppo_nemo.maths.preference import aggregated_scores, probabilities
+from sppo_nemo.schema.protocols import Prompt, check_preference_matrix
 from sppo_nemo.testing.pairrm import random_pairrm, save_test_tokenizer, tiny_deberta_config, train_test_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -239,7 +239,7 @@ def test_single_equals_both_for_a_judge_without_position_bias():
 
 def test_pairs_reach_the_judge_and_bad_values_are_refused():
     from sppo_nemo.backends import JudgeSpec, make_judge
-    from sppo_nemo.config import JudgeConfig
+    from sppo_nemo.schema.config import JudgeConfig
 
     assert make_judge(JudgeSpec(JudgeConfig(backend="pairrm", pairs="single"), None)).pairs == "single"
     assert make_judge(JudgeSpec(JudgeConfig(backend="pairrm"), None)).pairs == "both"

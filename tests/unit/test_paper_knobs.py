@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from sppo_nemo import preference as P
-from sppo_nemo import recipe
-from sppo_nemo.artifacts import Stage, canonical
+from sppo_nemo.maths import preference as P
+from sppo_nemo.loading import recipe
+from sppo_nemo.formats.artifacts import Stage, canonical
 from sppo_nemo.backends import trainer_spec
-from sppo_nemo.config import LossConfig, TrainerConfig
-from sppo_nemo.errors import StaleStageError
-from sppo_nemo.loss import ipo_loss
-from sppo_nemo.protocols import Prompt, Sample
+from sppo_nemo.schema.config import LossConfig, TrainerConfig
+from sppo_nemo.schema.errors import StaleStageError
+from sppo_nemo.maths.loss import ipo_loss
+from sppo_nemo.schema.protocols import Prompt, Sample
 from sppo_nemo.stages.build import build_rows
-from sppo_nemo.training import Fit, batch_loss, horizon_steps, make_optimizer
+from sppo_nemo.maths.training import Fit, batch_loss, horizon_steps, make_optimizer
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

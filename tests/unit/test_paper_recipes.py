@@ -1,6 +1,6 @@
 """The paper's recipes (recipes/{mistral,llama3}_*_3iter.yaml) say what section 4.1 and appendix C
 say, and check their layouts on a machine without the weights: the shapes of the two base models
-are known offline (sppo_nemo/hub.py KNOWN_CONFIGS), so a layout that cannot split them is refused."""
+are known offline (sppo_nemo/formats/hub.py KNOWN_CONFIGS), so a layout that cannot split them is refused."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-from sppo_nemo import recipe
+from sppo_nemo.loading import recipe
 from sppo_nemo.backends.megatron.arch import arch_from_hf_config
 from sppo_nemo.backends.megatron.layout import megatron_layout
-from sppo_nemo.hub import KNOWN_CONFIGS, config_source, policy_config
+from sppo_nemo.formats.hub import KNOWN_CONFIGS, config_source, policy_config
 from tests.helpers import RECIPES
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""precision: auto (sppo_nemo/precision.py, backends/machine.py): the CPU rule with its report
+"""precision: auto (sppo_nemo/loading/precision.py, backends/machine.py): the CPU rule with its report
 faked both ways, the resolution per key, the run's record kept on a machine that would choose
 otherwise, and the default recipe's first command on an AVX2-only CPU computing nothing in bf16."""
 
@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo import cli, precision
-from sppo_nemo import recipe as recipe_mod
+from sppo_nemo import cli
+
+from sppo_nemo.loading import precision
+from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.backends import machine
 from sppo_nemo.backends.machine import Machine, cpu_bf16
-from sppo_nemo.context import Context
-from sppo_nemo.errors import UserError
+from sppo_nemo.stages.context import Context
+from sppo_nemo.schema.errors import UserError
 from sppo_nemo.stages import evaluate, fingerprint, generate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from sppo_nemo import preference as P
-from sppo_nemo.protocols import check_preference_matrix
+from sppo_nemo.maths import preference as P
+from sppo_nemo.schema.protocols import check_preference_matrix
 
 pytestmark = pytest.mark.unit
 

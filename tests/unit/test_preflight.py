@@ -1,4 +1,4 @@
-"""sppo_nemo/preflight.py: engines this machine cannot run are refused before the first stage.
+"""sppo_nemo/run/preflight.py: engines this machine cannot run are refused before the first stage.
 
 The machine is faked through the module's probes (GPUs visible, vllm in an interpreter, the
 test-only megatron CPU patches); the stages that will run come from a run directory with some
@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from sppo_nemo import preflight
-from sppo_nemo.artifacts import Stage
-from sppo_nemo.config import MegatronConfig, Recipe
-from sppo_nemo.preflight import EnginesUnavailable, problems, refuse_unrunnable, stages_to_run
+from sppo_nemo.run import preflight
+from sppo_nemo.formats.artifacts import Stage
+from sppo_nemo.schema.config import MegatronConfig, Recipe
+from sppo_nemo.run.preflight import EnginesUnavailable, problems, refuse_unrunnable, stages_to_run
 from tests.megatron_cpu import worker_env
 
 pytestmark = pytest.mark.unit
@@ -227,7 +227,7 @@ def test_a_missing_interpreter_is_named_with_the_setup_script(tmp_path: Path) ->
 def test_the_dockerfiles_vllm_recipe_fits_one_gpu_fills_eight_and_uses_cuda_graphs(machine) -> None:
     """recipes/smollm2_sppo_3iter_vllm.yaml (what the Dockerfile's header runs) once asked for 2 eager
     engines: refused on one GPU, 6 of 8 GPUs idle, no CUDA graphs."""
-    from sppo_nemo import recipe as recipe_mod
+    from sppo_nemo.loading import recipe as recipe_mod
     from sppo_nemo.backends.vllm.check import local_engines
     from tests.helpers import RECIPES, ROOT
 

@@ -13,8 +13,8 @@ from typing import Callable, Optional
 
 import pytest
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.recipe import RecipeError
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.loading.recipe import RecipeError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"

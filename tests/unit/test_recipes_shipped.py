@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.config import LossType, Recipe
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.schema.config import LossType, Recipe
 from tests.helpers import RECIPES
 
 pytestmark = pytest.mark.unit

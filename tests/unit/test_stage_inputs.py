@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo.context import Context
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.stages.context import Context
 from sppo_nemo.stages import STAGES, annotate, build, evaluate, fingerprint, generate, plan
 
 pytestmark = pytest.mark.unit
@@ -106,8 +106,8 @@ def commit_real(ctx: Context, t: int, module) -> None:
 
 
 def stale_lines(ctx: Context, t: int, name: str) -> list[str]:
-    from sppo_nemo.errors import StaleStageError
-    from sppo_nemo.runner import execute
+    from sppo_nemo.schema.errors import StaleStageError
+    from sppo_nemo.run.runner import execute
 
     with pytest.raises(StaleStageError) as info:
         execute(ctx, only=(t, name), log=lambda *_: None)
@@ -123,7 +123,7 @@ def stale_lines(ctx: Context, t: int, name: str) -> list[str]:
 def test_an_edited_trainer_key_is_named_as_the_recipe_writes_it(ctx, override, line):
     """The train stage's inputs nest the trainer spec under `trainer` (trainer.trainer.lr in its
     fingerprint): the message names the recipe's key, on a line of its own."""
-    from sppo_nemo.runner import status
+    from sppo_nemo.run.runner import status
     from sppo_nemo.stages import train
 
     ctx = relaunch(ctx, "trainer.lr=1e-06")

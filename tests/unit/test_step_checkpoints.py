@@ -1,5 +1,5 @@
-"""The step-checkpoint folder policy (sppo_nemo/step_checkpoints.py) and the deferred stop
-(sppo_nemo/stopping.py): periods, atomic folders, the newest two kept, damaged ones passed over."""
+"""The step-checkpoint folder policy (sppo_nemo/formats/step_checkpoints.py) and the deferred stop
+(sppo_nemo/process/stopping.py): periods, atomic folders, the newest two kept, damaged ones passed over."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sppo_nemo import stopping
-from sppo_nemo.step_checkpoints import (KEEP, CheckpointDue, Period, StepCheckpoints, check_folder, clear_checkpoints,
+from sppo_nemo.process import stopping
+from sppo_nemo.formats.step_checkpoints import (KEEP, CheckpointDue, Period, StepCheckpoints, check_folder, clear_checkpoints,
                                         parse_period)
 
 

@@ -1,4 +1,4 @@
-"""Experiment tracking's pure parts (sppo_nemo/tracking.py): the global step across iterations, the
+"""Experiment tracking's pure parts (sppo_nemo/run/tracking.py): the global step across iterations, the
 figures a stage's files become, the ledger of logged stages; and that a tracker asked for but not
 installed stops the run before any stage, while trackers left off import and write nothing."""
 
@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from sppo_nemo import tracking
-from sppo_nemo.context import Context
-from sppo_nemo.runner import execute
+from sppo_nemo.run import tracking
+from sppo_nemo.stages.context import Context
+from sppo_nemo.run.runner import execute
 from tests.helpers import TINY_RECIPE, load_recipe
 
 

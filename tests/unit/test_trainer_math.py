@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sppo_nemo.backends.hf import Encoded, sequence_logps
-from sppo_nemo.training import lr_factor
+from sppo_nemo.maths.training import lr_factor
 
 
 def test_lr_factor_hand_worked():

@@ -1,4 +1,4 @@
-"""The one trainer core (sppo_nemo/training.py): the plan, the schedule and the step metrics,
+"""The one trainer core (sppo_nemo/maths/training.py): the plan, the schedule and the step metrics,
 with hand-worked numbers. Every trainer backend drives it, so these pin all of them."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import PairRow, PointRow
-from sppo_nemo.seeds import derive_seed
-from sppo_nemo.training import Fit, Slot, StepStats, plan_steps, sequences_per_row
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.protocols import PairRow, PointRow
+from sppo_nemo.maths.seeds import derive_seed
+from sppo_nemo.maths.training import Fit, Slot, StepStats, plan_steps, sequences_per_row
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +69,7 @@ def test_seed_derivation_is_stable_and_separates_tags():
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step():
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     rows = [PointRow("p", "x", "y", True, 1.0)]
     fit = Fit(rows, TrainerConfig(batch_size=1), "sppo", 2.0, 0)
@@ -82,7 +82,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step():
 def test_a_non_finite_probe_loss_after_the_only_step_stops_training_naming_it():
     """end_step sees each step's loss before its update; a single step that diverges shows only in
     the probe after it, and is refused the same way, before anything is committed."""
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     rows = [PointRow("p", "x", "y", True, 1.0)]
     fit = Fit(rows, TrainerConfig(lr=1e30, batch_size=1), "sppo", 2.0, 0)
@@ -107,7 +107,7 @@ def test_the_torch_trainer_commits_nothing_when_its_only_step_diverges(tmp_path)
 
     from sppo_nemo.backends.torch_trainer import TorchTrainer
     from sppo_nemo.testing import build_tiny_llama
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     rows = Path(__file__).resolve().parents[1] / "fixtures" / "rows_sppo.jsonl"
     cfg = TrainerConfig(lr=1e30, warmup_ratio=0.0, batch_size=16, epochs=1, max_prompt_length=32, max_length=64)
@@ -119,8 +119,8 @@ def test_the_torch_trainer_commits_nothing_when_its_only_step_diverges(tmp_path)
 
 
 def test_probe_rows_are_fixed_and_scored_before_and_after_hand_worked():
-    from sppo_nemo.protocols import PointRow
-    from sppo_nemo.training import probe_rows
+    from sppo_nemo.schema.protocols import PointRow
+    from sppo_nemo.maths.training import probe_rows
 
     assert probe_rows(10, seed=0) == list(range(10))
     big = probe_rows(1000, seed=3)

@@ -11,19 +11,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from sppo_nemo import recipe as recipe_mod
+from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.backends import generator_spec
 from sppo_nemo.backends.vllm import check as vcheck
 from sppo_nemo.backends.vllm import controller
 from sppo_nemo.backends.vllm.controller import VllmUnavailable, VllmWorkerFailed, VLLMGenerator
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
-from sppo_nemo.chunklog import ChunkLog
-from sppo_nemo.config import (EvalConfig, GenerationConfig, PolicyConfig, Recipe, SamplingConfig, TrainerConfig,
+from sppo_nemo.formats.chunklog import ChunkLog
+from sppo_nemo.schema.config import (EvalConfig, GenerationConfig, PolicyConfig, Recipe, SamplingConfig, TrainerConfig,
                               VllmConfig)
-from sppo_nemo.protocols import Prompt, Sample, SamplingParams
-from sppo_nemo.recipe import RecipeError
-from sppo_nemo.sampling import chunk_grid
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.schema.protocols import Prompt, Sample, SamplingParams
+from sppo_nemo.loading.recipe import RecipeError
+from sppo_nemo.backends.sampling import chunk_grid
+from sppo_nemo.maths.seeds import derive_seed
 
 pytestmark = pytest.mark.unit
 
@@ -672,7 +672,7 @@ def test_srun_engines_are_steps_overlapping_sppo_runs_own(monkeypatch: pytest.Mo
 def test_srun_engines_outside_an_allocation_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("SLURM_JOB_NODELIST", "SLURM_NODELIST"):
         monkeypatch.delenv(k, raising=False)
-    from sppo_nemo.slurm import SlurmUnavailable
+    from sppo_nemo.backends.slurm import SlurmUnavailable
 
     with pytest.raises(SlurmUnavailable, match="generation.vllm.launcher=srun but no Slurm allocation is visible"):
         controller.allocation_nodes()

@@ -17,7 +17,7 @@ sppo-run's side (no torch, no megatron):
 The workers' side (``python -m sppo_nemo.backends.megatron JOB_DIR`` in every rank, :mod:`.__main__`):
 
 - :mod:`.worker` — one job: set-up, reference pass, optimizer steps (the plan of
-  :class:`sppo_nemo.training.Fit`), export;
+  :class:`sppo_nemo.maths.training.Fit`), export;
 - :mod:`.model` — process groups, the TransformerConfig, the GPTModel shard (TE or local spec);
 - :mod:`.logps` — micro-batches and summed response-token log-probs from the vocabulary-parallel
   logits through megatron's schedule;

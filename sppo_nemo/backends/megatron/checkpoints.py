@@ -1,4 +1,4 @@
-"""Step checkpoints of a megatron job (sppo_nemo/step_checkpoints.py's folder policy), in
+"""Step checkpoints of a megatron job (sppo_nemo/formats/step_checkpoints.py's folder policy), in
 ``Job.state_dir``: megatron-core's distributed checkpointing of the model and the optimizer, every
 rank writing its own shards, and each rank's share of the trainer core's state. Used by
 :mod:`.worker`; the decisions (due, which checkpoint, the reference kept) are global rank 0's,
@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sppo_nemo import stopping
-from sppo_nemo.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
-from sppo_nemo.training import Fit
+from sppo_nemo.process import stopping
+from sppo_nemo.formats.step_checkpoints import CheckpointDue, StepCheckpoints, parse_period, saved_words
+from sppo_nemo.maths.training import Fit
 
 Setup = Any  # the worker's Setup (.worker imports this module, so not the other way round)
 
@@ -35,7 +35,7 @@ def _broadcast_int(value: int, device: torch.device) -> int:
 
 
 class Checkpoints:
-    """The megatron job's step checkpoints (sppo_nemo/step_checkpoints.py) in ``Job.state_dir``.
+    """The megatron job's step checkpoints (sppo_nemo/formats/step_checkpoints.py) in ``Job.state_dir``.
 
     A checkpoint is a folder ``checkpoints/step_NNNNNN/`` holding ``dist/`` (megatron's
     dist_checkpointing of the model and the optimizer: every rank writes its own shards) and

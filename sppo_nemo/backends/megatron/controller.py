@@ -23,12 +23,16 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo import hub, slurm, stopping
+from sppo_nemo.formats import hub
+
+from sppo_nemo.backends import slurm
+
+from sppo_nemo.process import stopping
 from sppo_nemo.backends.megatron.job import Job, parse_progress, parse_stopped, read_result, write_job
 from sppo_nemo.backends.megatron.layout import megatron_layout
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.errors import UserError
-from sppo_nemo.protocols import ProgressFn, TrainResult
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.schema.protocols import ProgressFn, TrainResult
 
 
 class MegatronJobError(UserError):
@@ -203,10 +207,10 @@ def _terminate_with_parent() -> None:
 
 
 def _raise_diverged(job_dir: Path, lines: list[str]) -> None:
-    """A worker stopped by the trainer core's TrainingDiverged (sppo_nemo/training.py: a non-finite
+    """A worker stopped by the trainer core's TrainingDiverged (sppo_nemo/maths/training.py: a non-finite
     loss, gradient norm or probe loss after the last update): the same error as the torch trainer's,
     its message without the worker's traceback around it."""
-    from sppo_nemo.training import TrainingDiverged
+    from sppo_nemo.maths.training import TrainingDiverged
 
     for line in lines:
         _, found, message = line.partition("TrainingDiverged: ")
@@ -246,5 +250,5 @@ def _first_failure(text: str) -> tuple[int, int, int] | None:
 
 
 def first_node_address() -> str:
-    """The address rank 0 listens on: the first node's NodeAddr (sppo_nemo.slurm.node_address)."""
+    """The address rank 0 listens on: the first node's NodeAddr (sppo_nemo.backends.slurm.node_address)."""
     return slurm.node_address(slurm.allocation_nodes("trainer.megatron.launcher")[0])

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sppo_nemo.backends.megatron.layout import Layout
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.protocols import TrainResult
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.protocols import TrainResult
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -27,7 +27,7 @@ STOPPED = "@@sppo-stopped "  # rank 0's last line when a signal stopped training
 @dataclass(frozen=True)
 class Job:
     policy_dir: Path  # π_t, a local HF checkpoint directory (safetensors)
-    rows_file: Path  # the build stage's rows.jsonl (sppo_nemo.rows)
+    rows_file: Path  # the build stage's rows.jsonl (sppo_nemo.formats.rows)
     output_dir: Path  # π_{t+1} goes here, as an HF checkpoint
     trainer: TrainerConfig  # the recipe's trainer section, its megatron section inside
     layout: Layout  # TP, PP, DP, world size and grad_accum derived from it

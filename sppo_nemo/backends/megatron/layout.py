@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sppo_nemo.backends.megatron.arch import UnsupportedModel, arch_from_hf_config
-from sppo_nemo.config import Recipe, TrainerConfig
-from sppo_nemo.hub import UnreadableConfig, policy_config
+from sppo_nemo.schema.config import Recipe, TrainerConfig
+from sppo_nemo.formats.hub import UnreadableConfig, policy_config
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Consecutive sequences of a micro-batch with identical prompt ids (a pair's chosen and rejected,
 the point rows of one prompt) become one packed sequence, the prompt once and every response
-behind it (the layout of :mod:`sppo_nemo.packing`): position ids continuing from the prompt, an
+behind it (the layout of :mod:`sppo_nemo.maths.packing`): position ids continuing from the prompt, an
 attention mask that lets a response token see the prompt and its own response only, and — since
 response j's first token is predicted from the prompt's last position, not from the packed
 position before it — the hidden state predicting each response token named by its flat index.
@@ -26,8 +26,8 @@ from typing import Sequence
 
 import torch
 
-from sppo_nemo.packing import allowed, group, pack
-from sppo_nemo.training import prompt_groups
+from sppo_nemo.maths.packing import allowed, group, pack
+from sppo_nemo.maths.training import prompt_groups
 
 PAD_SEGMENT = -1
 
@@ -88,7 +88,7 @@ def reference_shares(rows: Sequence, dp: int, size: int, pack_prompts: bool) -> 
     """Per data-parallel rank, its micro-batches (row indices) of the reference pass.
 
     Unpacked: rank d takes rows d, d+DP, … in runs of ``size``. Packed: the rows in prompt order
-    (:func:`sppo_nemo.training.prompt_groups`), cut into DP contiguous blocks, each cut into
+    (:func:`sppo_nemo.maths.training.prompt_groups`), cut into DP contiguous blocks, each cut into
     micro-batches of at most ``size`` rows that split a prompt's rows only when they alone
     exceed ``size``. Hand-worked: prompts [a, b, a, c, c], DP 1, size 2 → [[0, 2], [1], [3, 4]].
     """

@@ -7,7 +7,7 @@ It reads ``job.json`` (:class:`.job.Job`) and the build stage's rows, then
    (optionally the distributed optimizer) and encodes the rows;
 2. **reference pass**: π_t's log-probabilities of every row, once, forward only, the rows split
    over data-parallel ranks and all-gathered;
-3. **steps**: the plan of the one trainer core (:class:`sppo_nemo.training.Fit`): the same seeded
+3. **steps**: the plan of the one trainer core (:class:`sppo_nemo.maths.training.Fit`): the same seeded
    shuffle, ``grad_accum × DP`` micro-batches a step (data-parallel rank d takes the d-th run of
    ``grad_accum``), the recipe's loss on summed response-token log-probs; each micro-batch returns
    its mean row loss, megatron's schedule divides by the micro-batch count and DDP averages over
@@ -43,8 +43,8 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from sppo_nemo import stopping
-from sppo_nemo.allocator import keep_freed_memory
+from sppo_nemo.process import stopping
+from sppo_nemo.process.allocator import keep_freed_memory
 from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
 from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
 from sppo_nemo.backends.megatron.checkpoints import Checkpoints
@@ -54,9 +54,9 @@ from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy
 from sppo_nemo.backends.megatron.packed import PackedMicroBatch, make_packed_micro_batch, reference_shares
 from sppo_nemo.backends.megatron.weights import export_hf, load_hf_weights
 from sppo_nemo.backends.hf import encode_rows, row_tokens
-from sppo_nemo.protocols import TrainResult
-from sppo_nemo.rows import read_rows
-from sppo_nemo.training import DIVERGED_FIX, Fit, Slot, StepStats, TrainingDiverged, sequences_per_row
+from sppo_nemo.schema.protocols import TrainResult
+from sppo_nemo.formats.rows import read_rows
+from sppo_nemo.maths.training import DIVERGED_FIX, Fit, Slot, StepStats, TrainingDiverged, sequences_per_row
 
 
 @dataclass
@@ -282,7 +282,7 @@ def export(s: Setup, fit: Fit, ref_seconds: float, job_dir: Path, extra: dict | 
 def run_job(job_dir: Path) -> None:
     job = read_job(job_dir)
     device = init_parallel(job.layout.tensor, job.layout.pipeline, job.seed)
-    if device.type == "cpu":  # the CPU engines' allocator setting (sppo_nemo/allocator.py), not a GPU worker's
+    if device.type == "cpu":  # the CPU engines' allocator setting (sppo_nemo/process/allocator.py), not a GPU worker's
         keep_freed_memory()
     try:
         s = set_up(job, device)

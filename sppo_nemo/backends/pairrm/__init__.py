@@ -11,6 +11,6 @@ transformers' DeBERTa-v2, with no llm-blender import. One concern a module:
 - :mod:`.errors` — :class:`~.errors.PairRMError`, for every problem with the files.
 
 The logits → probability conventions (``symmetric``, ``score_diff``) are preference mathematics
-and live in :mod:`sppo_nemo.preference`; random models and test tokenizers in
+and live in :mod:`sppo_nemo.maths.preference`; random models and test tokenizers in
 :mod:`sppo_nemo.testing.pairrm`.
 """

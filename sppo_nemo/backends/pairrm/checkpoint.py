@@ -1,6 +1,6 @@
 """PairRM checkpoints: reading either published layout, and writing both.
 
-``model`` is a local directory or a hub id (:func:`sppo_nemo.hub.local_dir`), in either published
+``model`` is a local directory or a hub id (:func:`sppo_nemo.formats.hub.local_dir`), in either published
 layout, with the same parameter names (``pretrained_model.*`` for the DeBERTa-v2 encoder,
 ``head_layer.{1,4}.*``):
 
@@ -32,7 +32,7 @@ from sppo_nemo.backends.pairrm.errors import PairRMError
 from sppo_nemo.backends.pairrm.inputs import CANDIDATE_MAX_LENGTH, SOURCE_MAX_LENGTH
 from sppo_nemo.backends.pairrm.model import pairrm_model_class
 from sppo_nemo.backends.pairrm.tokenizer import PairRMTokens, load_pairrm_tokenizer, read_json
-from sppo_nemo.hub import local_dir
+from sppo_nemo.formats.hub import local_dir
 
 IGNORED_KEYS = ("position_ids",)  # buffers some checkpoints carry; never parameters
 DEFAULT_BACKBONE = "microsoft/deberta-v3-large"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.errors import UserError
 
 
 class PairRMError(UserError):

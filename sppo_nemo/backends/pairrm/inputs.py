@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sppo_nemo.backends.pairrm.tokenizer import CAND_PREFIX, PREFIX_TOKENS, SOURCE_PREFIX, PairRMTokens
-from sppo_nemo.protocols import Prompt
+from sppo_nemo.schema.protocols import Prompt
 
 SOURCE_MAX_LENGTH = 1224
 CANDIDATE_MAX_LENGTH = 412

@@ -3,7 +3,7 @@
 For K responses of a prompt all K(K−1) ordered pairs are scored: C[i, j] = s(y_i, y_j | x),
 C[i, i] = 0 (the network: :mod:`.model`; the sequences: :mod:`.inputs`). ``probability`` chooses
 how M[i, j] = P(y_i ≻ y_j | x) is made from C: ``symmetric`` (default) or ``score_diff``, both
-defined in :mod:`sppo_nemo.preference`.
+defined in :mod:`sppo_nemo.maths.preference`.
 
 ``pairs="single"`` (``judge.pairs: single``) is a speed/accuracy trade-off: each unordered pair
 is scored once, in the order (i, j) with i < j, and C[j, i] = −C[i, j], so C is antisymmetric by
@@ -41,8 +41,8 @@ from sppo_nemo.backends.pairrm.inputs import CANDIDATE_MAX_LENGTH, SOURCE_MAX_LE
 from sppo_nemo.backends.pairrm.model import DTYPES, resolve_device, score_batches, torch_dtype
 from sppo_nemo.backends.pairrm.tokenizer import PairRMTokens
 from sppo_nemo.backends.pairrm.workers import BatchFn, DevicePool
-from sppo_nemo.preference import PROBABILITIES, probabilities, scored_from_logits
-from sppo_nemo.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
+from sppo_nemo.maths.preference import PROBABILITIES, probabilities, scored_from_logits
+from sppo_nemo.schema.protocols import Prompt, ProgressFn, check_judge_inputs, compare_by_matrices
 
 DEFAULT_MODEL = "llm-blender/PairRM-hf"
 # max_batch_tokens=None: padded tokens per forward by device. On a CPU transformers' forward loses
@@ -56,7 +56,7 @@ PAIRS = ("both", "single")
 
 
 class PairRMJudge:
-    """:class:`~sppo_nemo.protocols.Judge` backed by PairRM (see the module docstring).
+    """:class:`~sppo_nemo.schema.protocols.Judge` backed by PairRM (see the module docstring).
 
     Parameters: ``model`` a directory or hub id in either layout (:mod:`.checkpoint`);
     ``batch_size`` sequences and ``max_batch_tokens`` padded tokens per forward (None: 2048 on a
@@ -173,7 +173,7 @@ class PairRMJudge:
 
     def _load_over_allocation(self, ckpt, per_node: list[str]) -> None:
         """This node's devices on every node of the allocation (nodes are alike), one srun step each."""
-        from sppo_nemo import slurm
+        from sppo_nemo.backends import slurm
 
         nodes = slurm.allocation_nodes("judge.launcher")
         here = slurm.this_node() or nodes[0]

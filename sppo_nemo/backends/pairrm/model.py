@@ -5,7 +5,7 @@ tokens of a sequence (see :mod:`.inputs`), scores each candidate with a shared h
 ``head_layer`` = Dropout, Linear(2H→H), Tanh, Dropout, Linear(H→n_tasks) on [h_source; h_cand],
 and returns the logit s(A, B | x) = mean over tasks of (head(h_src, h_A) − head(h_src, h_B)):
 "A is better than B" when positive. It is *not* antisymmetric: s(B, A) ≠ −s(A, B) in general
-(position bias), which is why both orders are scored (:mod:`sppo_nemo.preference`).
+(position bias), which is why both orders are scored (:mod:`sppo_nemo.maths.preference`).
 
 The encoder runs :mod:`.encoder`'s inference forward on transformers' weights (the same function,
 less work: cached position projections, attention one sequence at a time on a CPU, the last

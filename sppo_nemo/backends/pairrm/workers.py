@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sppo_nemo import slurm
+from sppo_nemo.backends import slurm
 from sppo_nemo.backends.pairrm.errors import PairRMError
 from sppo_nemo.backends.pairrm.inputs import Seq
 

@@ -2,7 +2,7 @@
 
 Every problem as 'dotted.key: what; fix', all reported at once by ``recipe.check``. Whether the
 interpreter has vllm (:func:`check_interpreter`), and whether the engines fit the visible GPUs
-(:func:`local_gpu_problem`), is known only where the run starts: ``sppo_nemo/preflight.py`` asks
+(:func:`local_gpu_problem`), is known only where the run starts: ``sppo_nemo/run/preflight.py`` asks
 both before the first stage, and the controller again when it starts engines (exit 1, naming the fix).
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from sppo_nemo.config import Recipe, VllmConfig
-from sppo_nemo.errors import UserError
-from sppo_nemo.hub import UnreadableConfig, policy_config
+from sppo_nemo.schema.config import Recipe, VllmConfig
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.formats.hub import UnreadableConfig, policy_config
 
 KEY = "generation.vllm."
 SETUP = "bash scripts/vllm_venv.sh"

@@ -30,16 +30,17 @@ from typing import Sequence
 import numpy as np
 
 import sppo_nemo
-from sppo_nemo import hub, slurm
+from sppo_nemo.formats import hub
+from sppo_nemo.backends import slurm
 from sppo_nemo.backends.hf import ChatFormat, HFGenerator, decode_sample, load_tokenizer
 from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
-from sppo_nemo.chunklog import ChunkLog, merged
-from sppo_nemo.config import VllmConfig
-from sppo_nemo.errors import UserError
-from sppo_nemo.protocols import ProgressFn, Prompt, Sample, SamplingParams
-from sppo_nemo.sampling import chunk_grid
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.formats.chunklog import ChunkLog, merged
+from sppo_nemo.schema.config import VllmConfig
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParams
+from sppo_nemo.backends.sampling import chunk_grid
+from sppo_nemo.maths.seeds import derive_seed
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
 CPU_KV_CACHE_GIB = 2.0  # kv_cache_gib: null on CPU (vLLM would size it from the machine's memory)

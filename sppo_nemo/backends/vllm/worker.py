@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 
 from sppo_nemo.backends.vllm.job import FAILED, READY, Job, shard_log
-from sppo_nemo.chunklog import ChunkLog
+from sppo_nemo.formats.chunklog import ChunkLog
 
 PR_SET_PDEATHSIG = 1
 

@@ -5,7 +5,7 @@ The schema is the tree of dataclasses in ``config.py``. Loading goes: YAML → p
 recipe merged under it, overrides on top) → structural check against the dataclasses (unknown
 keys, wrong types, choices, missing values) → typed config → value checks: the general keys here,
 each section's own in the module that owns it (``data.check``, ``backends.game.check``,
-``backends.megatron.layout.check``, ``backends.vllm.check``, ``launch.check``), all called from :func:`check`.
+``backends.megatron.layout.check``, ``backends.vllm.check``, ``launch_checks``), all called from :func:`check`.
 Nothing runs until all pass.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from sppo_nemo.config import (BUILTIN_PROMPTS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
+from sppo_nemo.schema.config import (BUILTIN_PROMPTS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
                               choices, is_hub_dataset, looks_like_path, resolve_path, uses_games)
-from sppo_nemo.errors import RecipeError, UserError
-from sppo_nemo.recipe_checks import GAME_HINT, check_general
-from sppo_nemo.recipe_yaml import SEXAGESIMAL, RecipeLoader
+from sppo_nemo.schema.errors import RecipeError, UserError
+from sppo_nemo.loading.recipe_checks import GAME_HINT, check_general
+from sppo_nemo.loading.recipe_yaml import SEXAGESIMAL, RecipeLoader
 
 __all__ = ["Recipe", "RecipeError", "load", "check", "to_yaml", "as_dict", "resolve_path"]
 
@@ -294,7 +294,7 @@ def _type_problem(value: Any, tp: Any) -> str | None:
 def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> list[str]:
     """Every impossible value or combination, as messages naming the key and the fix: the general
     keys here, then each section's owner (data, game, megatron layout and model shape)."""
-    from sppo_nemo import data
+    from sppo_nemo.formats import data
 
     p = check_general(r, base_dir)
     games = uses_games(r)
@@ -312,13 +312,13 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
         from sppo_nemo.backends.vllm import check as vllm_check  # no vllm import: keys and shapes
 
         p += vllm_check.check(r, base_dir)
-    from sppo_nemo.launch import check as launch_check  # no NeMo-Run import: keys and shapes
+    from sppo_nemo.loading import launch_checks as launch_check  # no NeMo-Run import: keys and shapes
 
     p += launch_check.check(r)
     if check_data and r.data.split_size >= 1 and r.data.eval_size >= 0:
         p += data.check(r, base_dir)
     if check_data and r.evaluation.prompts is not None:
-        from sppo_nemo import alpaca
+        from sppo_nemo.formats import alpaca
 
         try:
             alpaca.recipe_eval_prompts(r)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sppo_nemo.config import STAGE_NAMES, Recipe
+from sppo_nemo.schema.config import STAGE_NAMES, Recipe
 
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")  # sbatch --time: M, H:M:S, D-H[:M[:S]]
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

@@ -6,9 +6,9 @@ figures, best-of-n (evaluation.best_of), the AlpacaEval output files, and the co
 
 from __future__ import annotations
 
-from sppo_nemo.artifacts import read_json
-from sppo_nemo.context import Context
-from sppo_nemo.precision import recorded_note
+from sppo_nemo.formats.artifacts import read_json
+from sppo_nemo.stages.context import Context
+from sppo_nemo.loading.precision import recorded_note
 
 
 def collect(ctx: Context) -> list[dict]:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from sppo_nemo.config import AUTO, Recipe
+from sppo_nemo.schema.config import AUTO, Recipe
 
 RECORD = "precision.json"
 KEYS = ("generation.precision", "trainer.precision", "evaluation.kl_precision")
@@ -105,7 +105,7 @@ def _read(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        from sppo_nemo.errors import UserError
+        from sppo_nemo.schema.errors import UserError
 
         raise UserError(f"{path} cannot be read ({exc}); it records the precisions this run started with. "
                         f"Delete it to let this machine decide again (finished stages made in another "

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sppo_nemo.config import SHIPPED_SMOLLM2, looks_like_path, resolve_path
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.config import SHIPPED_SMOLLM2, looks_like_path, resolve_path
+from sppo_nemo.schema.errors import UserError
 
 # The shape of policy.model=smollm2 (SmolLM2-135M-Instruct), for checking a parallel layout before
 # the gguf is converted; tests/unit/test_megatron_convert.py compares it with the converted config.
@@ -118,5 +118,5 @@ def config_source(model: str, base_dir: Path) -> str:
     if _cached_hub_config(model) is not None:
         return f"{model}'s cached config.json"
     if model in KNOWN_CONFIGS:
-        return f"{model}'s published architecture (sppo_nemo/hub.py KNOWN_CONFIGS; the checkpoint is not local)"
+        return f"{model}'s published architecture (sppo_nemo/formats/hub.py KNOWN_CONFIGS; the checkpoint is not local)"
     return f"nothing: {model} is not local, cached or known"

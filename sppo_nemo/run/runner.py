@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from sppo_nemo import recipe as recipe_mod
-from sppo_nemo import stage_process
+from sppo_nemo.loading import recipe as recipe_mod
+from sppo_nemo.run import stage_process
 from sppo_nemo.backends import machine
-from sppo_nemo.artifacts import CorruptStageError
-from sppo_nemo.config import Recipe
-from sppo_nemo.context import Context
-from sppo_nemo.errors import StaleStageError, UsageError, UserError
-from sppo_nemo.report import write_report
+from sppo_nemo.formats.artifacts import CorruptStageError
+from sppo_nemo.schema.config import Recipe
+from sppo_nemo.stages.context import Context
+from sppo_nemo.schema.errors import StaleStageError, UsageError, UserError
+from sppo_nemo.run.report import write_report
 from sppo_nemo.stages import fingerprint, plan, recipe_key
 
 
@@ -68,7 +68,7 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
     cannot be read (a hub dataset neither cached nor reachable, a broken file: a DataError) still
     give the whole plan: the first state ends with why, and a finished stage whose inputs need the
     prompts is "done, not checked"."""
-    from sppo_nemo.data import DataError
+    from sppo_nemo.formats.data import DataError
 
     unreadable = None
     try:
@@ -106,7 +106,7 @@ def status(ctx: Context) -> list[tuple[int, str, str]]:
 
 def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tuple[int, str] | None = None,
             log=print) -> list[dict]:
-    from sppo_nemo import tracking  # logging.tensorboard / logging.wandb; nothing when both are off
+    from sppo_nemo.run import tracking  # logging.tensorboard / logging.wandb; nothing when both are off
 
     r = ctx.recipe
     steps = list(plan(r))
@@ -118,7 +118,7 @@ def execute(ctx: Context, only: tuple[int, str] | None = None, restart_from: tup
                 if stage.path.exists() or stage.partial.exists():
                     log(f"removing {stage.label} (--restart-from)")
                     stage.remove()
-        ctx.record_precision()  # precision: auto, as this run's first command resolved it (sppo_nemo/precision.py)
+        ctx.record_precision()  # precision: auto, as this run's first command resolved it (sppo_nemo/loading/precision.py)
         (ctx.run_dir / "recipe.resolved.yaml").write_text(recipe_mod.to_yaml(r))
         if r.threads:
             import torch

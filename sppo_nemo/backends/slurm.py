@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.errors import UserError
 
 
 class SlurmUnavailable(UserError):

@@ -93,7 +93,7 @@ class Generator(Protocol):
 
 
 class InProcessGenerator(Protocol):
-    """What :func:`sppo_nemo.sampling.chunked_sample` needs of the generators that sample in this
+    """What :func:`sppo_nemo.backends.sampling.chunked_sample` needs of the generators that sample in this
     process (hf, game): one fixed chunk of prompts at a time."""
 
     def generate(
@@ -188,9 +188,9 @@ class Trainer(Protocol):
         ref_progress: ProgressFn | None = None,
         state_dir: Path | None = None,
     ) -> TrainResult:
-        """Write π_{t+1}, fitted on the rows of ``rows_file`` (rows.jsonl, sppo_nemo/rows.py), as an HF
+        """Write π_{t+1}, fitted on the rows of ``rows_file`` (rows.jsonl, sppo_nemo/formats/rows.py), as an HF
         checkpoint (safetensors, config, tokenizer) into output_dir. ``state_dir`` (the stage's partial
-        folder) holds what a killed stage resumes from: step checkpoints (sppo_nemo/step_checkpoints.py),
+        folder) holds what a killed stage resumes from: step checkpoints (sppo_nemo/formats/step_checkpoints.py),
         for the trainers that write them."""
         ...
 

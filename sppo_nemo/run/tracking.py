@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from sppo_nemo.artifacts import read_json, read_jsonl, write_json
-from sppo_nemo.errors import UserError
+from sppo_nemo.formats.artifacts import read_json, read_jsonl, write_json
+from sppo_nemo.schema.errors import UserError
 
 LEDGER = "tracking.json"
 TRACKED = ("train", "evaluate")  # the stages with figures to log
@@ -159,7 +159,7 @@ class Wandb:
             self.open()  # a login problem shows now, not after the first stage
 
     def open(self) -> None:
-        from sppo_nemo import recipe as recipe_mod
+        from sppo_nemo.loading import recipe as recipe_mod
 
         r, wandb = self.ctx.recipe, self.wandb
         mode = r.logging.wandb_mode

@@ -14,7 +14,7 @@ losses across backends" holds by construction rather than by copying:
   linear or cosine decay to 0 at the horizon: the steps of ``schedule_epochs`` epochs (default
   ``epochs``, so the decay ends at the last step trained; the paper's appendix C schedules 18
   epochs and keeps the first, so there training stops where the schedule has barely begun);
-- the loss of a micro-batch: :func:`batch_loss`, eq. 3.7 or B.1–B.3 (``sppo_nemo/loss.py``);
+- the loss of a micro-batch: :func:`batch_loss`, eq. 3.7 or B.1–B.3 (``sppo_nemo/maths/loss.py``);
 - the metrics of a step (:class:`StepStats`, reducible over data-parallel ranks) and the summary.
 """
 
@@ -27,10 +27,10 @@ from typing import Sequence
 
 import torch
 
-from sppo_nemo import loss as losses
-from sppo_nemo.config import TrainerConfig
-from sppo_nemo.errors import UserError
-from sppo_nemo.protocols import PointRow
+from sppo_nemo.maths import loss as losses
+from sppo_nemo.schema.config import TrainerConfig
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.schema.protocols import PointRow
 
 
 class TrainingDiverged(UserError):
@@ -59,7 +59,7 @@ def plan_steps(n_rows: int, batch_size: int, grad_accum: int, dp: int, epochs: i
 
     ``groups`` (the rows of each prompt, ``trainer.pack_prompts``): each epoch shuffles the groups
     instead of the rows and lays each group's rows side by side, so a prompt's rows share a
-    micro-batch and its prompt is computed once (sppo_nemo/packing.py). Groups of one row each, in
+    micro-batch and its prompt is computed once (sppo_nemo/maths/packing.py). Groups of one row each, in
     order, give exactly the row shuffle."""
     rng = random.Random(seed)
     micro: list[Slot] = []

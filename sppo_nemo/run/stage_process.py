@@ -16,7 +16,7 @@ writes into the stage's partial folder as the in-process stage does; the runner 
 worker that dies, is a ``StageProcessError`` naming the stage, with the worker's last words.
 Ctrl-C, SIGTERM and SIGUSR1 stop the worker (its finished chunks are already on disk) and unwind
 sppo-run: the worker gets SIGTERM and up to :data:`STOP_GRACE` seconds, in which a trainer writes a
-step checkpoint at its next step boundary (sppo_nemo/stopping.py) and says what it kept.
+step checkpoint at its next step boundary (sppo_nemo/process/stopping.py) and says what it kept.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from sppo_nemo import stopping
-from sppo_nemo.errors import UserError
+from sppo_nemo.process import stopping
+from sppo_nemo.schema.errors import UserError
 
 DEVICE_STAGES = ("generate", "annotate", "train", "evaluate")  # build reads and writes files only
 STOP_GRACE = 120.0  # seconds a stopped worker has to reach a step boundary and save there
@@ -111,7 +111,7 @@ def _worker(module_name: str, inputs, workdir: Path, progress: bool, threads: in
 
         torch.set_num_threads(threads)
 
-    from sppo_nemo.context import progress_bar
+    from sppo_nemo.stages.context import progress_bar
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is sppo-run's to handle: it stops this process
     stopping.install()  # SIGTERM from sppo-run (or the scheduler): a trainer saves at its next step boundary

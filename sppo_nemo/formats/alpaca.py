@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sppo_nemo.data import DataError, _records
-from sppo_nemo.protocols import Prompt
+from sppo_nemo.formats.data import DataError, _records
+from sppo_nemo.schema.protocols import Prompt
 
 FIELDS = ("instruction", "output", "generator", "dataset")
 HELDOUT_DATASET = "sppo-heldout"  # the dataset field of the held-out prompts' outputs

@@ -25,10 +25,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppo_nemo.artifacts import Stage
-from sppo_nemo.config import Recipe, uses_games
-from sppo_nemo.errors import UsageError, UserError
-from sppo_nemo.hub import config_source, policy_config
+from sppo_nemo.formats.artifacts import Stage
+from sppo_nemo.schema.config import Recipe, uses_games
+from sppo_nemo.schema.errors import UsageError, UserError
+from sppo_nemo.formats.hub import config_source, policy_config
 
 # --------------------------------------------------------------------------- the cost model
 
@@ -365,7 +365,7 @@ def markdown(e: Estimate) -> str:
         lines.append(f"Within an hour per iteration; the largest stage is {top.stage} ({share:.0%}).")
     lines += [
         "",
-        f"Cost model (sppo_nemo/estimate.py, {g.name}): peak {g.peak_tflops:g} TFLOP/s bf16 dense per GPU; "
+        f"Cost model (sppo_nemo/loading/estimate.py, {g.name}): peak {g.peak_tflops:g} TFLOP/s bf16 dense per GPU; "
         f"megatron at {g.train_mfu:.0%} MFU; vLLM {g.decode_tokens_per_s:,.0f} generated tok/s per GPU for an "
         f"{DECODE_REF_PARAMS / 1e9:.2f}B model, scaled by parameter count and linearly by tensor parallel; "
         f"PairRM {PAIRRM_PARAMS / 1e9:.1f}B at {g.judge_mfu:.0%} of peak (assumed). The MFU and vLLM figures are "

@@ -11,8 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
-from sppo_nemo.artifacts import write_jsonl
-from sppo_nemo.protocols import PairRow, PointRow
+from sppo_nemo.formats.artifacts import write_jsonl
+from sppo_nemo.schema.protocols import PairRow, PointRow
 
 KINDS = {"PointRow": PointRow, "PairRow": PairRow}
 

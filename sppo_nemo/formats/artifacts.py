@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sppo_nemo.errors import StaleStageError, UserError
+from sppo_nemo.schema.errors import StaleStageError, UserError
 
 
 class CorruptStageError(UserError):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sppo_nemo.protocols import Prompt
-from sppo_nemo.config import BUILTIN_PROMPTS, HUB_DATASET, DataConfig, Recipe, is_hub_dataset, resolve_path
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.protocols import Prompt
+from sppo_nemo.schema.config import BUILTIN_PROMPTS, HUB_DATASET, DataConfig, Recipe, is_hub_dataset, resolve_path
+from sppo_nemo.schema.errors import UserError
 
 
 class DataError(UserError):

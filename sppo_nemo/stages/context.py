@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sppo_nemo.artifacts import Stage, content_changes, content_digest
+from sppo_nemo.formats.artifacts import Stage, content_changes, content_digest
 from sppo_nemo.backends import policy_location
-from sppo_nemo.config import Recipe
-from sppo_nemo.data import Splits, load_prompts, make_splits, prompts_digest
-from sppo_nemo.protocols import Prompt, SamplingParams
+from sppo_nemo.schema.config import Recipe
+from sppo_nemo.formats.data import Splits, load_prompts, make_splits, prompts_digest
+from sppo_nemo.schema.protocols import Prompt, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,13 @@ class Context:
     run_dir: Path
     progress: bool = True  # show progress bars (tqdm decides on its own whether stderr is a tty)
     full_verify: bool = False  # hash every file of finished stages (default: size and mtime, hash what moved)
-    # precision: auto resolved (sppo_nemo/precision.py): what to print at start, and the recipe as written
+    # precision: auto resolved (sppo_nemo/loading/precision.py): what to print at start, and the recipe as written
     precision_lines: list[str] = field(default_factory=list, init=False)
     requested: Recipe | None = field(default=None, init=False)
 
     def __post_init__(self):
         """Every stage sees resolved precisions: ``auto`` never reaches a backend or a fingerprint."""
-        from sppo_nemo import precision
+        from sppo_nemo.loading import precision
 
         if precision.auto_keys(self.recipe):
             from sppo_nemo.backends.machine import this_machine
@@ -74,7 +74,7 @@ class Context:
 
     def record_precision(self) -> None:
         """Write the resolved precisions into the run directory if it holds none yet (a run's first stage)."""
-        from sppo_nemo import precision
+        from sppo_nemo.loading import precision
 
         if self.requested is not None:
             from sppo_nemo.backends.machine import this_machine

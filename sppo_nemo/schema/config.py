@@ -39,7 +39,7 @@ JudgePairs = Literal["both", "single"]
 TrainerBackend = Literal["torch", "megatron", "game"]
 Schedule = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]  # what a backend computes in: always resolved
-# A recipe's precision key: auto is decided once per run by sppo_nemo/precision.py (bf16 on CUDA and
+# A recipe's precision key: auto is decided once per run by sppo_nemo/loading/precision.py (bf16 on CUDA and
 # on CPUs with native bf16 matrix products, fp32 elsewhere) and recorded in the run directory.
 PrecisionChoice = Literal["auto", "fp32", "bf16"]
 AUTO = "auto"
@@ -203,13 +203,13 @@ class TrainerConfig:
     weight_decay: float = 0.0
     # bf16: bf16 compute over fp32 master weights and optimizer state (torch: autocast, and the policy
     # saved in fp32; megatron: its mixed precision, the policy saved in bf16); auto: as
-    # generation.precision for torch, bf16 for megatron on GPUs (sppo_nemo/precision.py)
+    # generation.precision for torch, bf16 for megatron on GPUs (sppo_nemo/loading/precision.py)
     precision: PrecisionChoice = "fp32"
     max_prompt_length: int = 512
     max_length: int = 1024
     gradient_checkpointing: bool = False
     # A prompt's rows share micro-batches and the prompt is computed once, its responses packed behind
-    # it with a block mask (sppo_nemo/packing.py): same log-probs, fewer tokens. torch, and megatron with
+    # it with a block mask (sppo_nemo/maths/packing.py): same log-probs, fewer tokens. torch, and megatron with
     # SDPA or local attention; under Transformer Engine the rows still share micro-batches but each
     # sequence is computed whole (TE runs a block mask only on its unfused kernel).
     pack_prompts: bool = True

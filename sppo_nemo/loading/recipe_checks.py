@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sppo_nemo.config import GAME_BACKENDS, SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
-from sppo_nemo.errors import UserError
-from sppo_nemo.step_checkpoints import parse_period
+from sppo_nemo.schema.config import GAME_BACKENDS, SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
+from sppo_nemo.schema.errors import UserError
+from sppo_nemo.formats.step_checkpoints import parse_period
 
 GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
@@ -135,9 +135,9 @@ JUDGE_OVER_GENERATION = 100.0
 
 def cost_warnings(r: Recipe, base_dir: Path) -> list[str]:
     """Valid values whose cost is orders of magnitude off, as 'dotted.key: what; fix': K beyond
-    :data:`K_PRACTICE`, or, where the policy's shape is known (sppo_nemo/estimate.py), a judge whose
+    :data:`K_PRACTICE`, or, where the policy's shape is known (sppo_nemo/loading/estimate.py), a judge whose
     K·(K−1) comparisons per prompt take over :data:`JUDGE_OVER_GENERATION` times generation's hours."""
-    from sppo_nemo.estimate import estimate  # the policy's shape from its config.json, or the HF cache
+    from sppo_nemo.loading.estimate import estimate  # the policy's shape from its config.json, or the HF cache
 
     comparisons = r.K * (r.K - 1)
     try:

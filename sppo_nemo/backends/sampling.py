@@ -14,9 +14,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
-from sppo_nemo.chunklog import ChunkLog, run_chunks
-from sppo_nemo.protocols import InProcessGenerator, ProgressFn, Prompt, Sample, SamplingParams
-from sppo_nemo.seeds import derive_seed
+from sppo_nemo.formats.chunklog import ChunkLog, run_chunks
+from sppo_nemo.schema.protocols import InProcessGenerator, ProgressFn, Prompt, Sample, SamplingParams
+from sppo_nemo.maths.seeds import derive_seed
 
 
 def chunk_grid(n_prompts: int, k: int, batch_size: int) -> list[range]:

@@ -33,8 +33,8 @@ import os
 import sys
 from pathlib import Path
 
-from sppo_nemo.config import Recipe
-from sppo_nemo.errors import UserError
+from sppo_nemo.schema.config import Recipe
+from sppo_nemo.schema.errors import UserError
 
 CPU_PATCH_SITE = "megatron_cpu_site"  # tests/megatron_cpu_site: a sitecustomize that patches megatron-core for CPU
 

@@ -1,0 +1,3 @@
+"""The mathematics, as pure functions citing the paper (arXiv:2405.00675): the losses (``loss``),
+the preference estimates (``preference``), exact games (``games``), statistics (``stats``), seed
+derivation (``seeds``), shared-prompt packing (``packing``) and the one trainer core (``training``)."""

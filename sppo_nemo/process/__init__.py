@@ -1,0 +1,2 @@
+"""What a process sets up for itself: how SIGTERM and SIGUSR1 stop it (``stopping``) and the glibc
+malloc settings of the CPU engines (``allocator``)."""
