@@ -58,7 +58,7 @@ def tokens(samples) -> int:
 def retokenized_differently(state: Path, fmt) -> tuple[int, int]:
     """(responses whose text re-encodes to other ids than the engine sampled, responses): what
     training and KL scoring, which tokenize the text, see differently from what was sampled."""
-    from sppo_nemo.backends.hf import decode_sample
+    from sppo_nemo.backends.chat_format import decode_sample
     from sppo_nemo.formats.chunklog import ChunkLog
 
     differ = total = 0

@@ -59,7 +59,7 @@ def run_loop(path: Path, overrides: list[str]) -> list[dict]:
 
 def exact_reference(path: Path, overrides: list[str]) -> dict[str, np.ndarray]:
     """Gaps of the exact update (3.1) from the recipe's π_1 with the recipe's η, T + 1 policies."""
-    from sppo_nemo.backends.game import load_game
+    from sppo_nemo.backends.game_file import load_game
 
     r = recipe_mod.load(path, overrides)
     g = load_game(r.game)

@@ -78,7 +78,8 @@ def main() -> int:
     fmt = None
     if args.policy:
         from sppo_nemo.backends import policy_location
-        from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
+        from sppo_nemo.backends.chat_format import ChatFormat
+        from sppo_nemo.backends.hf import load_tokenizer
 
         fmt = ChatFormat(load_tokenizer(policy_location(args.policy)), args.system_prompt)
     for run in args.runs:

@@ -25,7 +25,7 @@ class GameRef:
     path: str
 
     def fingerprint(self) -> dict:
-        from sppo_nemo.backends.game import load_game
+        from sppo_nemo.backends.game_file import load_game
 
         return load_game(self.path).identity()
 
@@ -157,7 +157,8 @@ def make_generator(spec: GeneratorSpec, policy: str) -> Generator:
             return VLLMGenerator(policy_location(policy), spec.vllm, spec.max_model_len, spec.system_prompt,
                                  spec.max_prompt_length)
         case "game":
-            from sppo_nemo.backends.game import GameGenerator, load_game
+            from sppo_nemo.backends.game import GameGenerator
+            from sppo_nemo.backends.game_file import load_game
 
             return GameGenerator(load_game(spec.game.path), policy)
     raise ValueError(f"generation.backend={spec.backend!r} is not available")
@@ -183,7 +184,8 @@ def make_judge(spec: JudgeSpec) -> Judge:
             return LLMBlenderJudge(model=j.model or "llm-blender/PairRM", batch_size=1, device=j.device,
                                    dtype=j.dtype, probability=j.probability)
         case "matrix":
-            from sppo_nemo.backends.game import MatrixJudge, load_game
+            from sppo_nemo.backends.game import MatrixJudge
+            from sppo_nemo.backends.game_file import load_game
 
             return MatrixJudge(load_game(spec.game.path))
     raise ValueError(f"judge.backend={j.backend!r} is not available")
@@ -201,7 +203,8 @@ def make_trainer(spec: TrainerSpec) -> Trainer:
 
             return MegatronTrainer(c, spec.loss_name, spec.eta, spec.system_prompt, seed=spec.seed, threads=spec.threads)
         case "game":
-            from sppo_nemo.backends.game import GameTrainer, load_game
+            from sppo_nemo.backends.game import GameTrainer
+            from sppo_nemo.backends.game_file import load_game
 
             return GameTrainer(load_game(spec.game.path), c, spec.loss_name, spec.eta, seed=spec.seed)
     raise ValueError(f"trainer.backend={c.backend!r} is not available")

@@ -1,7 +1,7 @@
 """Game backends: the whole `sppo-run` loop on a finite response set, with no language model.
 
-Chosen together (:func:`check`): generation.backend=game, judge.backend=matrix, trainer.backend=game,
-plus ``game:``, one file stating the matrix P, the response names and π_1 (:func:`load_game`).
+Chosen together (``game_file.check``): generation.backend=game, judge.backend=matrix, trainer.backend=game,
+plus ``game:``, one file stating the matrix P, the response names and π_1 (``game_file.load_game``).
 The mathematics lives in sppo_nemo/maths/games.py.
 
 - The policy is a softmax over the n responses per context, a prompt's context being its text
@@ -33,7 +33,7 @@ import numpy as np
 from sppo_nemo.maths import games
 from sppo_nemo.schema.config import GAME_POLICY, TrainerConfig
 from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParams, TrainResult, check_judge_inputs
-from sppo_nemo.backends.game_file import POLICY_FILE, Game, GameError, check, load_game  # noqa: F401
+from sppo_nemo.backends.game_file import POLICY_FILE, Game, GameError
 from sppo_nemo.backends.sampling import ChunkedSampling
 
 # ------------------------------------------------------------------------------- the policy

@@ -19,11 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sppo_nemo.backends.checkpoint_files import ModelLoadError, check_checkpoint, save_checkpoint  # noqa: F401
-from sppo_nemo.backends.chat_format import (ChatFormat, Encoded, decode_sample, encode_rows,  # noqa: F401
-                                            packed_tokens, row_tokens)
-from sppo_nemo.backends.seq_logps import (_token_logps, kl_token_terms, per_sequence, response_hidden,  # noqa: F401
-                                          sequence_logps)
+from sppo_nemo.backends.checkpoint_files import ModelLoadError, check_checkpoint
+from sppo_nemo.backends.chat_format import ChatFormat, Encoded, decode_sample
+from sppo_nemo.backends.seq_logps import kl_token_terms, per_sequence, response_hidden, sequence_logps, token_logps
 from sppo_nemo.backends.token_sampling import draw
 from sppo_nemo.maths.packing import allowed, group, pack
 from sppo_nemo.schema.protocols import Prompt, Sample, SamplingParams, ProgressFn
@@ -169,7 +167,7 @@ def packed_sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: i
     in its order.
     """
     h, targets, seq_of = packed_response_hidden(model, batch, pad_id)
-    return per_sequence(_token_logps(model, h, targets, chunk), seq_of, len(batch))
+    return per_sequence(token_logps(model, h, targets, chunk), seq_of, len(batch))
 
 
 def packed_response_hidden(model, batch: Sequence[Encoded], pad_id: int):

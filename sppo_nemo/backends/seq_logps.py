@@ -28,7 +28,7 @@ def _response_token_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, target
     return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
-def _token_logps(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def token_logps(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """log π(target | hidden) per gathered hidden state, the LM head applied ``chunk`` rows at a
     time (under activation checkpointing when differentiating): never the (tokens, V) logits whole."""
     lm_head = model.get_output_embeddings()
@@ -80,7 +80,7 @@ def sequence_logps(model, batch: Sequence[Encoded], pad_id: int, chunk: int = 12
     so neither the (B, L, V) logits nor their log-softmax are ever held whole.
     """
     h, targets, seq_of = response_hidden(model, batch, pad_id)
-    return per_sequence(_token_logps(model, h, targets, chunk), seq_of, len(batch))
+    return per_sequence(token_logps(model, h, targets, chunk), seq_of, len(batch))
 
 
 def _log_probs(model, h: torch.Tensor) -> torch.Tensor:

@@ -50,8 +50,10 @@ import torch
 from sppo_nemo.process import stopping
 from sppo_nemo.process.allocator import return_free_memory
 from sppo_nemo.backends.flat_state import accumulate_in_place, adamw_state, flatten
-from sppo_nemo.backends.hf import (ChatFormat, encode_rows, load_causal_lm, load_tokenizer, packed_sequence_logps,
-                                  packed_tokens, packs_prompts, row_tokens, save_checkpoint, sequence_logps)
+from sppo_nemo.backends.chat_format import ChatFormat, encode_rows, packed_tokens, row_tokens
+from sppo_nemo.backends.hf import load_causal_lm, load_tokenizer, packed_sequence_logps, packs_prompts
+from sppo_nemo.backends.checkpoint_files import save_checkpoint
+from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.schema.config import TrainerConfig
 from sppo_nemo.schema.protocols import ProgressFn, TrainResult
 from sppo_nemo.formats.rows import read_rows

@@ -4,7 +4,7 @@ validation that reports every problem at once, each with its dotted path and the
 The schema is the tree of dataclasses in ``config.py``. Loading goes: YAML → plain dict (base
 recipe merged under it, overrides on top) → structural check against the dataclasses (unknown
 keys, wrong types, choices, missing values) → typed config → value checks: the general keys here,
-each section's own in the module that owns it (``data.check``, ``backends.game.check``,
+each section's own in the module that owns it (``data.check``, ``backends.game_file.check``,
 ``backends.megatron.layout.check``, ``backends.vllm.check``, ``launch_checks``), all called from :func:`check`.
 Nothing runs until all pass.
 """
@@ -299,9 +299,9 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     p = check_general(r, base_dir)
     games = uses_games(r)
     if games:
-        from sppo_nemo.backends import game  # numpy only; imported when a game is used
+        from sppo_nemo.backends import game_file  # numpy only; imported when a game is used
 
-        p += game.check(r, games, base_dir)
+        p += game_file.check(r, games, base_dir)
     elif r.game is not None:
         p.append(f"game: set, but a game file applies only to the game backends ({GAME_HINT}); remove it")
     if r.trainer.backend == "megatron":

@@ -2,7 +2,7 @@
 
 Every module that needs a recipe value reads it from these dataclasses. Loading (YAML, `base:`,
 overrides, the structural check) lives in ``recipe.py``; each section's value checks live in the
-module that owns the section (``data.check``, ``backends.game.check``, ``backends.megatron.layout``),
+module that owns the section (``data.check``, ``backends.game_file.check``, ``backends.megatron.layout``),
 called from one place, ``recipe.check``.
 
 Choices are ``Literal`` types: the structural check reads the allowed values from the annotation

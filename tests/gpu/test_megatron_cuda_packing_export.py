@@ -90,7 +90,9 @@ def _tensors(path: str) -> dict[str, torch.Tensor]:
 
 def hf_logps(policy: str, rows_file: Path, dtype: torch.dtype, device: str) -> torch.Tensor:
     """transformers' sequence log-probs of every row (rows, 1), the encoding the worker uses."""
-    from sppo_nemo.backends.hf import ChatFormat, encode_rows, load_causal_lm, load_tokenizer, sequence_logps
+    from sppo_nemo.backends.chat_format import ChatFormat, encode_rows
+    from sppo_nemo.backends.hf import load_causal_lm, load_tokenizer
+    from sppo_nemo.backends.seq_logps import sequence_logps
     from sppo_nemo.formats.rows import read_rows
 
     tok = load_tokenizer(policy)

@@ -50,7 +50,8 @@ def main() -> None:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
-    from sppo_nemo.backends.hf import ChatFormat, encode_rows, load_tokenizer
+    from sppo_nemo.backends.chat_format import ChatFormat, encode_rows
+    from sppo_nemo.backends.hf import load_tokenizer
     from sppo_nemo.backends.megatron import logps, model as mdl, packed, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
     from sppo_nemo.maths.loss import dpo_loss, sppo_loss

@@ -42,10 +42,11 @@ def main() -> None:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
-    from sppo_nemo.backends.hf import ChatFormat, load_tokenizer
+    from sppo_nemo.backends.chat_format import ChatFormat
+    from sppo_nemo.backends.hf import load_tokenizer
     from sppo_nemo.backends.megatron import logps, model as mdl, weights
     from sppo_nemo.backends.megatron.arch import arch_from_hf_config
-    from sppo_nemo.backends.hf import encode_rows
+    from sppo_nemo.backends.chat_format import encode_rows
     from sppo_nemo.maths.loss import sppo_loss
     from sppo_nemo.formats.rows import read_rows
 

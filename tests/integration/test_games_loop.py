@@ -29,7 +29,7 @@ import pytest
 
 from sppo_nemo.maths import games
 from sppo_nemo.loading import recipe as recipe_mod
-from sppo_nemo.backends.game import load_game
+from sppo_nemo.backends.game_file import load_game
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo.backends.hf import (ChatFormat, Encoded, HFGenerator, encode_rows, load_causal_lm, load_tokenizer,
-                                   sequence_logps)
+from sppo_nemo.backends.chat_format import ChatFormat, Encoded, encode_rows
+from sppo_nemo.backends.hf import HFGenerator, load_causal_lm, load_tokenizer
+from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.schema.config import TrainerConfig
 from sppo_nemo.schema.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams
 from sppo_nemo.formats.rows import write_rows
@@ -65,7 +66,7 @@ def drifting(gen: HFGenerator) -> list[list[int]]:
 
 
 def samples(gen, rows) -> list[Sample]:
-    from sppo_nemo.backends.hf import decode_sample
+    from sppo_nemo.backends.chat_format import decode_sample
 
     return [decode_sample(gen.tok, gen.fmt.end_ids, "p", k, r) for k, r in enumerate(rows)]
 

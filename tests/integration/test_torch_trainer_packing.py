@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo.backends.hf import ChatFormat, load_causal_lm, load_tokenizer, packed_sequence_logps, sequence_logps
+from sppo_nemo.backends.chat_format import ChatFormat
+from sppo_nemo.backends.hf import load_causal_lm, load_tokenizer, packed_sequence_logps
+from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.schema.config import TrainerConfig
 from sppo_nemo.schema.protocols import PointRow
 from sppo_nemo.formats.rows import write_rows

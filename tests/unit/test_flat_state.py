@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from sppo_nemo.backends.flat_state import FlatState, accumulate_in_place, adamw_state, flatten
-from sppo_nemo.backends.hf import Encoded, packed_sequence_logps, sequence_logps
+from sppo_nemo.backends.chat_format import Encoded
+from sppo_nemo.backends.hf import packed_sequence_logps
+from sppo_nemo.backends.seq_logps import sequence_logps
 
 pytestmark = pytest.mark.unit
 

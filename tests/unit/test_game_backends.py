@@ -16,8 +16,8 @@ import torch
 
 from sppo_nemo.maths import games
 from sppo_nemo.loading import recipe as recipe_mod
-from sppo_nemo.backends.game import (Game, GameError, GameGenerator, GamePolicy, GameTrainer, MatrixJudge,
-                                     load_game, load_policy, sampling_probs)
+from sppo_nemo.backends.game_file import Game, GameError, load_game
+from sppo_nemo.backends.game import GameGenerator, GamePolicy, GameTrainer, MatrixJudge, load_policy, sampling_probs
 from sppo_nemo.schema.config import LossType, TrainerConfig, choices
 from sppo_nemo.schema.errors import RecipeError, UserError
 from sppo_nemo.schema.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams

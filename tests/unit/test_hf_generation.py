@@ -17,7 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_nemo.backends.hf import HFGenerator, decode_sample
+from sppo_nemo.backends.hf import HFGenerator
+from sppo_nemo.backends.chat_format import decode_sample
 from sppo_nemo.schema.protocols import Prompt, SamplingParams
 from sppo_nemo.maths.seeds import derive_seed
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_nemo.backends.hf import Encoded, packed_sequence_logps, packed_tokens, row_tokens, sequence_logps
+from sppo_nemo.backends.chat_format import Encoded, packed_tokens, row_tokens
+from sppo_nemo.backends.hf import packed_sequence_logps
+from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.backends.torch_trainer import reference_batches
 from sppo_nemo.schema.protocols import PointRow
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sppo_nemo.backends.hf import Encoded, sequence_logps
+from sppo_nemo.backends.chat_format import Encoded
+from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.maths.training import lr_factor
 
 

@@ -20,7 +20,7 @@ from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from sppo_nemo.backends.hf import Encoded
+from sppo_nemo.backends.chat_format import Encoded
 from sppo_nemo.backends.megatron.model import unwrap
 from sppo_nemo.backends.megatron.packed import PackedMicroBatch
 

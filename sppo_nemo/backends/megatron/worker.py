@@ -45,7 +45,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sppo_nemo.process import stopping
 from sppo_nemo.process.allocator import keep_freed_memory
-from sppo_nemo.backends.hf import ChatFormat, Encoded, load_tokenizer
+from sppo_nemo.backends.chat_format import ChatFormat, Encoded
+from sppo_nemo.backends.hf import load_tokenizer
 from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
 from sppo_nemo.backends.megatron.checkpoints import Checkpoints
 from sppo_nemo.backends.megatron.job import STOPPED, Job, progress_line, read_job, write_result
@@ -53,7 +54,7 @@ from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, sche
 from sppo_nemo.backends.megatron.model import ModelOptions, build_model, destroy_parallel, init_parallel, use_te
 from sppo_nemo.backends.megatron.packed import PackedMicroBatch, make_packed_micro_batch, reference_shares
 from sppo_nemo.backends.megatron.weights import export_hf, load_hf_weights
-from sppo_nemo.backends.hf import encode_rows, row_tokens
+from sppo_nemo.backends.chat_format import encode_rows, row_tokens
 from sppo_nemo.schema.protocols import TrainResult
 from sppo_nemo.formats.rows import read_rows
 from sppo_nemo.maths.training import DIVERGED_FIX, Fit, Slot, StepStats, TrainingDiverged, sequences_per_row

@@ -32,7 +32,8 @@ import numpy as np
 import sppo_nemo
 from sppo_nemo.formats import hub
 from sppo_nemo.backends import slurm
-from sppo_nemo.backends.hf import ChatFormat, HFGenerator, decode_sample, load_tokenizer
+from sppo_nemo.backends.chat_format import ChatFormat, decode_sample
+from sppo_nemo.backends.hf import HFGenerator, load_tokenizer
 from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.formats.chunklog import ChunkLog, merged
