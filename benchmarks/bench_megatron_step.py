@@ -20,7 +20,7 @@ Shared prompts, packed against unpacked, on the shared workload (CPU or GPU):
         [--threads 2] [--precision fp32|bf16]
 
 SmolLM2-135M-Instruct through the worker's own set-up, reference pass and optimizer (TP=1, one
-process; without CUDA with the test-only CPU patches of tests/megatron_cpu.py), 4 pairs an optimizer
+process; without CUDA with the test-only CPU patches of cpu_patches/megatron_cpu.py), 4 pairs an optimizer
 step in micro-batches of --micro pairs, max length 256, pairwise hard-label SPPO (eq. B.1, P = 1).
 Each step's rows are trained twice, packed (trainer.pack_prompts: the prompt once, chosen and
 rejected behind it) and unpacked, the order alternating step by step, after one warm-up step of
@@ -180,7 +180,7 @@ def packed_vs_unpacked(a) -> None:
         os.environ.setdefault(k, v)
     if not cuda:  # megatron-core on CPU: the test-only patches, in this process
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests import megatron_cpu
+        from cpu_patches import megatron_cpu
 
         megatron_cpu.apply()
     from sppo_nemo.backends.hf import smollm2_checkpoint

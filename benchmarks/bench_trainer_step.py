@@ -22,7 +22,7 @@ decoder's input tokens), and the ratios ours / TRL from this invocation.
         [--precision fp32|bf16] [--micro-batch 4] [--gradient-checkpointing] [--runs packed,unpacked,trl]
 
 --backend megatron runs ours through the megatron trainer instead (TP=1, one torchrun worker;
-without CUDA with the test-only CPU patches of tests/megatron_cpu_site), whose step time and peak
+without CUDA with the test-only CPU patches of cpu_patches/megatron_cpu_site), whose step time and peak
 RSS are the worker's (the largest child process). Ours runs with sppo-run's allocator settings
 (sppo_nemo/process/allocator.py; SPPO_MALLOC=system for glibc's defaults); --trl-malloc ours gives TRL's
 run the same settings (GLIBC_TUNABLES). Other allocator settings (MALLOC_ARENA_MAX, LD_PRELOAD,
@@ -86,7 +86,7 @@ def ours(args) -> dict:
 
         cfg.backend = "megatron"
         if not torch.cuda.is_available():
-            site = ROOT / "tests" / "megatron_cpu_site"
+            site = ROOT / "cpu_patches" / "megatron_cpu_site"
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         trainer = MegatronTrainer(cfg, "sppo_pair", eta=1 / BETA, system_prompt=None, seed=0)

@@ -23,7 +23,7 @@ The probes are three functions (the tests replace them):
 - :func:`vllm_problem`: the controller's own interpreter check (``backends/vllm/check.py``): a
   subprocess that finds vllm without importing it; asked anew on every run.
 - :func:`megatron_cpu_patched`: whether the test-only CPU patches of megatron-core
-  (``tests/megatron_cpu.py``, installed in every worker by ``tests/megatron_cpu_site/sitecustomize.py``
+  (``cpu_patches/megatron_cpu.py``, installed in every worker by ``cpu_patches/megatron_cpu_site/sitecustomize.py``
   on ``PYTHONPATH``, which the workers inherit) are on; then megatron without CUDA is allowed.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from sppo_nemo.schema.config import Recipe
 from sppo_nemo.schema.errors import UserError
 
-CPU_PATCH_SITE = "megatron_cpu_site"  # tests/megatron_cpu_site: a sitecustomize that patches megatron-core for CPU
+CPU_PATCH_SITE = "megatron_cpu_site"  # cpu_patches/megatron_cpu_site: a sitecustomize that patches megatron-core for CPU
 
 
 class EnginesUnavailable(UserError):

@@ -16,7 +16,7 @@ the exported checkpoint. Under TE it also records which attention backend TE cho
 
 Rank 0 writes OUT_DIR/probe.pt: {precision: {"packed"|"unpacked": {"reference", "metrics",
 "n_packed", "n_micro", "te", "shares_prompts"}, "after_logps", "export_initial", "export_trained",
-"te_attention"}}. Without CUDA it runs over gloo only with tests/megatron_cpu_site on PYTHONPATH
+"te_attention"}}. Without CUDA it runs over gloo only with cpu_patches/megatron_cpu_site on PYTHONPATH
 (how it was checked on a CPU); the GPU test runs it on CUDA with NCCL and no patches.
 """
 

@@ -11,7 +11,7 @@ weight by seeded noise (the stand-in for training: the export must differ from Ï
 streamed (:func:`reference_export`, kept here verbatim as the test's reference) into OUT_DIR/old.
 Around each, every rank resets its peak RSS (``/proc/self/clear_refs``, 5) and records how far
 VmHWM rose above VmRSS at the start: OUT_DIR/rss/RANK.json. Needs the CPU patches of
-tests/megatron_cpu_site on PYTHONPATH when run without CUDA.
+cpu_patches/megatron_cpu_site on PYTHONPATH when run without CUDA.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ pass gives the forward-only sequence log-probs (rows, per_row), the per-token lo
 sequence, the loss of one backward pass (SPPO eq. 3.7 or DPO eq. B.2 against the unpacked
 log-probs minus 0.25, so it has a gradient) and the full, unsharded gradient after megatron's
 all-reduce. Rank 0 writes {"unpacked": ..., "packed": ..., "packed_micro": how many micro-batches
-were packed}. Needs tests/megatron_cpu_site on PYTHONPATH without CUDA.
+were packed}. Needs cpu_patches/megatron_cpu_site on PYTHONPATH without CUDA.
 
     ... --steps BATCH_SIZE   (instead: the worker's own reference pass and optimizer steps)
 

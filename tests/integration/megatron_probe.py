@@ -8,7 +8,7 @@ logps.schedule_pass, weights.gather_full_state) on 8 rows split into micro-batch
 rows over the data-parallel ranks, with the SPPO loss (eq. 3.7) against a reference of π_t's
 log-probs minus 0.25 (so the loss has a gradient), and writes on rank 0: the per-token log-probs
 of every row (response positions, row order) and the full, unsharded gradient of every parameter
-after megatron's gradient all-reduce. Needs the CPU patches of tests/megatron_cpu_site on
+after megatron's gradient all-reduce. Needs the CPU patches of cpu_patches/megatron_cpu_site on
 PYTHONPATH when run without CUDA.
 """
 

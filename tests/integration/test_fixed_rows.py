@@ -27,7 +27,7 @@ import pytest
 
 from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
 from sppo_nemo.formats.rows import read_rows
-from tests.megatron_cpu import patched_workers
+from cpu_patches.megatron_cpu import patched_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

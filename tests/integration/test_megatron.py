@@ -1,7 +1,7 @@
 """The megatron trainer on CPU: conversion, TP/PP/DP equivalence, cross-backend, the CLI at TP=2.
 
 Every megatron process here is a real torchrun worker (gloo, 1 or 2 processes) with the test-only
-CPU patches of tests/megatron_cpu.py put on PYTHONPATH through tests/megatron_cpu_site. Tolerances:
+CPU patches of cpu_patches/megatron_cpu.py put on PYTHONPATH through cpu_patches/megatron_cpu_site. Tolerances:
 the per-token log-probs and gradients of TP=2, PP=2 and DP=2 equal TP=1's within 1e-5 (measured
 ≤ 1.1e-6: only the order of float32 sums differs), and several optimizer steps later the losses of
 the layouts and of the torch backend agree within 2e-4 relative (measured ~1e-5 after 24 steps).
@@ -23,7 +23,7 @@ from sppo_nemo.schema.config import MegatronConfig, TrainerConfig
 from sppo_nemo.schema.protocols import PointRow
 from sppo_nemo.formats.rows import write_rows
 from tests.helpers import TINY_RECIPE, sppo_run
-from tests.megatron_cpu import ROOT, patched_workers, worker_env
+from cpu_patches.megatron_cpu import ROOT, patched_workers, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 distributed optimizer: a job killed (SIGKILL to every process of it, as a lost node) after its first
 checkpoint resumes there and ends with the policy and metrics of an uninterrupted job, bit for bit.
 
-The workers are real torchrun processes with the test-only CPU patches (tests/megatron_cpu.py),
+The workers are real torchrun processes with the test-only CPU patches (cpu_patches/megatron_cpu.py),
 which include the few places megatron's dist_checkpointing assumes CUDA.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.megatron_cpu import ROOT, worker_env
+from cpu_patches.megatron_cpu import ROOT, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.megatron_cpu import ROOT, worker_env
+from cpu_patches.megatron_cpu import ROOT, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

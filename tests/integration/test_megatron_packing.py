@@ -1,7 +1,7 @@
 """Shared-prompt packing in the megatron trainer (trainer.pack_prompts): packed equals unpacked.
 
 Every megatron process is a real torchrun worker over gloo with the CPU patches of
-tests/megatron_cpu_site (as in test_megatron.py), on the tiny random Llama. The rows mix what
+cpu_patches/megatron_cpu_site (as in test_megatron.py), on the tiny random Llama. The rows mix what
 packing meets: pairs whose chosen and rejected differ in length, two pairs of one prompt (four
 responses behind it), K point rows of one prompt, and lone prompts, cut into micro-batches that
 hold several prompts and split some of them. Tolerances: sequence and per-token log-probs within
@@ -21,7 +21,7 @@ import torch
 
 from sppo_nemo.schema.protocols import PairRow, PointRow
 from tests.integration.test_megatron import point_rows, rows_file
-from tests.megatron_cpu import ROOT, worker_env
+from cpu_patches.megatron_cpu import ROOT, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

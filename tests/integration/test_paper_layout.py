@@ -5,7 +5,7 @@ command the recipe's header gives) on the local Slurm of tests/integration/conft
 Only the model, the data and the sizes are overridden (a tiny random MistralForCausalLM, the CI
 prompts, short responses, a tiny random PairRM), plus what a CPU cannot run, each named with its
 reason in OVERRIDES below. Everything else is the recipe's own: megatron TP 2 × DP 4 (8 ranks of
-one node, here over gloo with the test-only CPU patches of tests/megatron_cpu.py), selective
+one node, here over gloo with the test-only CPU patches of cpu_patches/megatron_cpu.py), selective
 recompute, bf16 mixed precision, global batch 128 rows (64 prompts, two point rows each) = 4 rows ×
 8 accumulations × DP 4, the linear
 schedule over 18 epochs, best-worst SPPO ranked by PairRM score, vLLM sampling in bf16 (one engine:

@@ -1,5 +1,5 @@
 """The real CLI refuses a megatron recipe on this CPU machine (without the test-only CPU patches of
-tests/megatron_cpu_site) before any stage runs, with one message naming the problem and the fix.
+cpu_patches/megatron_cpu_site) before any stage runs, with one message naming the problem and the fix.
 Before sppo_nemo/run/preflight.py it ran iter_00/evaluate, generate, annotate and build, then failed at
 train quoting the workers' traceback."""
 

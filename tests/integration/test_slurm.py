@@ -21,7 +21,7 @@ import pytest
 
 from sppo_nemo.launch import records
 from tests.helpers import ROOT, TINY_RECIPE, cli_env, read_json, sppo_cmd
-from tests.megatron_cpu import worker_env
+from cpu_patches.megatron_cpu import worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from sppo_nemo.run import preflight
 from sppo_nemo.formats.artifacts import Stage
 from sppo_nemo.schema.config import MegatronConfig, Recipe
 from sppo_nemo.run.preflight import EnginesUnavailable, problems, refuse_unrunnable, stages_to_run
-from tests.megatron_cpu import worker_env
+from cpu_patches.megatron_cpu import worker_env
 
 pytestmark = pytest.mark.unit
 

@@ -3,6 +3,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import megatron_cpu  # noqa: E402  (tests/megatron_cpu.py)
+import megatron_cpu  # noqa: E402  (cpu_patches/megatron_cpu.py)
 
 megatron_cpu.install_import_hook()

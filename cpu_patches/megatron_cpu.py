@@ -17,7 +17,7 @@ megatron-core assumes CUDA in a few places:
 - gradient clipping asserts ``grad.type() == 'torch.cuda.FloatTensor'``: replaced by the same
   scaling without the assert.
 
-:func:`apply` patches in-process; ``tests/megatron_cpu_site/sitecustomize.py`` patches torchrun
+:func:`apply` patches in-process; ``cpu_patches/megatron_cpu_site/sitecustomize.py`` patches torchrun
 workers (the tests put that folder on PYTHONPATH, see :func:`worker_env`) through an import hook
 that patches each module the moment it is imported. fp32 and bf16 (mixed precision, fp32 main
 weights) both run this way.
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "tests" / "megatron_cpu_site"
+SITE = ROOT / "cpu_patches" / "megatron_cpu_site"
 
 
 def worker_env() -> dict:
