@@ -14,13 +14,11 @@ together. Off, every sequence carries its own copy of the prompt (the code path 
 
 Memory layout (``sppo_nemo/backends/flat_state.py``): the parameters, their gradients and AdamW's
 moments live in three flat buffers allocated once, the gradients zeroed in place between steps,
-and in fp32 the LM head's and input embedding's weight gradients are added into them in place
-during backward. The arithmetic is that of the plain layout (tested); the heap holds only the
-step's transients. Under bf16 autocast the LM head keeps autocast's own backward, which sums the
-tied weight's chunk gradients in bf16 before one cast to fp32: the in-place path sums them in fp32
-(0.33% from the fp32 gradient on the tiny model, against 0.38%), a change of rounding that moves
-the default recipe's seeded trajectory (final win rate 0.775 → 0.727, inside each other's 95%
-intervals), so it is left off there.
+and the LM head's and input embedding's weight gradients are added into them in place during
+backward. The arithmetic is that of the plain layout (tested); the heap holds only the step's
+transients. Under bf16 autocast the products are computed in bf16 as autocast's own backward
+computes them, and the tied weight's chunk gradients are summed in fp32 (autocast's own backward
+sums them in bf16 before one cast): 0.33% from the fp32 gradient on the tiny model, against 0.38%.
 
 Step checkpoints (``trainer.checkpoint_every``, sppo_nemo/formats/step_checkpoints.py): in the stage's
 partial folder, the reference log-probs once, then after every period the flat parameters, the
@@ -82,8 +80,7 @@ class TorchTrainer:
         tok = load_tokenizer(str(policy_dir))
         model = self._load(policy_dir)
         state = flatten(model)  # parameters and gradients in two flat buffers (flat_state.py)
-        if c.precision != "bf16":  # under autocast, autocast's own path: the bf16 results stay as they were
-            accumulate_in_place(model)
+        accumulate_in_place(model)  # the LM head's and embedding's weight gradients added into the buffer
         return_free_memory()  # the loaded parameters' pages, now copied into the flat buffer
         seqs = encode_rows(ChatFormat(tok, self.system_prompt), rows, c.max_prompt_length, c.max_length)
         pad = tok.pad_token_id
