@@ -79,10 +79,7 @@ class JudgeSpec:
     game: GameRef | None
 
     def fingerprint(self) -> dict:
-        keys = dataclasses.asdict(self.judge)
-        for where in ("launcher", "srun_args"):  # where the workers run never changes a judgement
-            keys.pop(where)
-        return {**keys, "game": self.game.fingerprint() if self.game else None}
+        return {**dataclasses.asdict(self.judge), "game": self.game.fingerprint() if self.game else None}
 
     @staticmethod
     def recipe_key(key: str) -> str:
@@ -176,8 +173,7 @@ def make_judge(spec: JudgeSpec) -> Judge:
 
             return PairRMJudge(model=j.model or "llm-blender/PairRM-hf", batch_size=j.batch_size,
                                max_batch_tokens=j.max_batch_tokens, dtype=j.dtype, device=j.device,
-                               probability=j.probability, backbone=j.backbone, launcher=j.launcher,
-                               srun_args=j.srun_args, pairs=j.pairs)
+                               probability=j.probability, backbone=j.backbone, pairs=j.pairs)
         case "llm_blender":
             from sppo_nemo.backends.llm_blender_judge import LLMBlenderJudge
 

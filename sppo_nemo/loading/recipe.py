@@ -206,7 +206,9 @@ def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
     hints = typing.get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in raw:
-        if key not in fields:
+        if f"{prefix}{key}" in REMOVED:
+            problems.append(f"{prefix}{key}: no longer a key; {REMOVED[f'{prefix}{key}']}")
+        elif key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{prefix}{near[0]}'?" if near else f"valid keys: {', '.join(fields)}"
             problems.append(f"{prefix}{key}: unknown key; {hint}")
@@ -228,6 +230,11 @@ def _check_structure(raw: Any, schema: type, prefix: str) -> list[str]:
 
 
 # The forms a key of several forms takes, for the message when a recipe writes another type.
+# Keys a recipe may still carry from an older sppo-nemo, with what replaced them.
+_ONE_NODE = ("PairRM's workers run on the devices of sppo-run's own node (judge.device), where an iteration's "
+             "annotation takes minutes (sppo-run RECIPE --estimate); remove it")
+REMOVED = {"judge.launcher": _ONE_NODE, "judge.srun_args": _ONE_NODE}
+
 FORMS = {"trainer.checkpoint_every": '; write a period as "200steps", "30min" or "2h", or null (off)'}
 # The form of each list key's items, for the message when a recipe writes something else.
 LIST_FORMS = {"launch.env": "a KEY=VALUE string", "launch.container_mounts": "a /host/path:/container/path[:ro] string",

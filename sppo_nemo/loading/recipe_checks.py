@@ -64,11 +64,6 @@ def check_general(r: Recipe, base_dir: Path) -> list[str]:
     need(r.judge.batch_size >= 1, f"judge.batch_size: {r.judge.batch_size}; must be at least 1")
     need(r.judge.max_batch_tokens is None or r.judge.max_batch_tokens >= 1,
          f"judge.max_batch_tokens: {r.judge.max_batch_tokens}; must be at least 1, or null")
-    need(r.judge.launcher == "local" or r.judge.backend == "pairrm",
-         f"judge.launcher: srun spreads PairRM's workers over an allocation; judge.backend={r.judge.backend} runs "
-         f"in-process: set judge.launcher=local")
-    need(not r.judge.srun_args or r.judge.launcher == "srun",
-         "judge.srun_args: set, but judge.launcher is local; set judge.launcher=srun or remove them")
     need(not (r.judge.backend == "llm_blender" and r.judge.dtype == "bf16"),
          "judge.dtype: llm-blender does not run PairRM in bf16; use judge.backend=pairrm or judge.dtype=auto")
 

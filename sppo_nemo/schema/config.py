@@ -153,10 +153,6 @@ class JudgeConfig:
     dtype: JudgeDtype = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"
     max_batch_tokens: Optional[int] = None  # tokens per forward when batching by length; null: by device
-    # pairrm: local (workers on this machine's devices) | srun (one worker per device of every node
-    # of the Slurm allocation, each an srun step sharing its node: srun --overlap)
-    launcher: EngineLauncher = "local"
-    srun_args: list[str] = field(default_factory=list)  # extra srun flags, e.g. --container-image=...
 
 
 @dataclass

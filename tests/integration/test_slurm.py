@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -373,41 +372,6 @@ def test_the_example_scripts_in_launchers_are_what_nemo_run_generates():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "launcher_examples.py"), "--check"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-
-
-def test_pairrm_workers_over_the_allocation_judge_as_one_local_worker(tiny_model, slurm, inline_t1, tmp_path):
-    """judge.launcher=srun inside `sbatch --nodes=2`: one PairRM worker per node, each an srun step
-    connecting back to the judge; the matrices equal one in-process worker's."""
-    import random
-
-    import numpy as np
-
-    from sppo_nemo.testing.pairrm import tiny_pairrm_checkpoint
-
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice("alpha beta gamma delta kilo meter".split()) for _ in range(30)) for _ in range(100)]
-    ckpt = tiny_pairrm_checkpoint(texts, tmp_path / "pairrm")
-    keys = ["judge.backend=pairrm", f"judge.model={ckpt}", "judge.batch_size=8", "--stage", "iter_01/annotate"]
-    local = _from_inline(inline_t1, tmp_path / "local", keep=2)
-    proc = subprocess.run(sppo_cmd(TINY_RECIPE, f"output_dir={local.parent}", *T1, *keys), env=cli_env(tiny_model),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    spread = _from_inline(inline_t1, tmp_path / "spread", keep=2)
-    cmd = sppo_cmd(TINY_RECIPE, f"output_dir={spread.parent}", *T1, *keys, "judge.launcher=srun")
-    log = tmp_path / "job.out"
-    proc = subprocess.run(["sbatch", "--nodes=2", "--wait", f"--output={log}", "--wrap", shlex.join(cmd)],
-                          env=run_env(tiny_model, slurm), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stderr}\n{log.read_text()[-4000:] if log.exists() else ''}"
-    job = proc.stdout.split()[-1]
-    assert f"launch task StepId={job}." in (slurm["base"] / "log" / "slurmd-n2.log").read_text()
-    a = [json.loads(x) for x in (local / "iter_01" / "annotate" / "matrices.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (spread / "iter_01" / "annotate" / "matrices.jsonl").read_text().splitlines()]
-    assert [r["prompt_id"] for r in a] == [r["prompt_id"] for r in b] and len(a) == 42
-    worst = max(float(np.abs(np.asarray(x["matrix"]) - np.asarray(y["matrix"])).max()) for x, y in zip(a, b))
-    secs = [read_json(r / "iter_01" / "annotate" / "manifest.json")["seconds"] for r in (local, spread)]
-    print(f"PairRM over two nodes vs one local worker: max |ΔM| {worst:.1e}; annotate {secs[1]:.1f}s vs {secs[0]:.1f}s "
-          f"(two fake nodes share this host's 2 cores)")
-    assert worst < 1e-6
 
 
 def release_when_requeued(env: dict, job: str, timeout: float = 120) -> None:

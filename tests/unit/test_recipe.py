@@ -183,8 +183,10 @@ BAD = [
         "launch.container_mounts:", ("item 1", "got int 5", "/host/path:/container/path[:ro]")),
     Bad("launch_setup_a_string", BASE + "launch:\n  setup: module load cuda\n", "launch.setup:",
         ("must be a list", "a shell line")),
-    Bad("srun_args_a_mapping", BASE + "judge:\n  srun_args: {a: 1}\n", "judge.srun_args:",
+    Bad("srun_args_a_mapping", BASE + "trainer:\n  megatron:\n    srun_args: {a: 1}\n", "trainer.megatron.srun_args:",
         ("must be a list", "an srun flag")),
+    Bad("removed_judge_launcher", BASE + "judge:\n  launcher: srun\n", "judge.launcher:",
+        ("no longer a key", "sppo-run's own node", "judge.device", "remove it")),
 ]
 
 

@@ -76,8 +76,7 @@ class PairRMJudge:
     def __init__(self, model: str | Path = DEFAULT_MODEL, batch_size: int = 64, max_batch_tokens: int | None = None,
                  dtype: str = "auto", device: str = "auto", probability: str = "symmetric",
                  source_max_length: int | None = None, candidate_max_length: int | None = None,
-                 backbone: str | Path | None = None, devices: Sequence[str] | None = None,
-                 launcher: str = "local", srun_args: Sequence[str] = (), pairs: str = "both"):
+                 backbone: str | Path | None = None, devices: Sequence[str] | None = None, pairs: str = "both"):
         if pairs not in PAIRS:
             raise ValueError(f"pairs={pairs!r}; use one of {PAIRS}")
         if probability not in PROBABILITIES:
@@ -94,8 +93,6 @@ class PairRMJudge:
         self.dtype_name = dtype
         self.device_name = device
         self.devices = list(devices) if devices else None
-        self.launcher = launcher  # srun: the workers over every node of the Slurm allocation
-        self.srun_args = list(srun_args)
         self.probability = probability
         self.pairs = pairs
         self.backbone = backbone
@@ -160,28 +157,12 @@ class PairRMJudge:
             return
         ckpt = read_checkpoint(self.model_name, self.backbone)
         devices = self._worker_devices()
-        if self.launcher == "srun":
-            self._load_over_allocation(ckpt, devices or [resolve_device(self.device_name)])
-            return
         if len(devices) < 2:
             self._attach(load_weights(ckpt), ckpt.tokens, ckpt.source_max_length, ckpt.candidate_max_length)
             return
         cuda = devices[0].startswith("cuda")
         self._pool = DevicePool(devices, ckpt.path, ckpt.backbone, self.dtype_name, self.batch_size,
                                 self.max_batch_tokens or AUTO_BATCH_TOKENS[cuda])
-        self._set_encoder(ckpt.tokens, ckpt.source_max_length, ckpt.candidate_max_length, cuda)
-
-    def _load_over_allocation(self, ckpt, per_node: list[str]) -> None:
-        """This node's devices on every node of the allocation (nodes are alike), one srun step each."""
-        from sppo_nemo.backends import slurm
-
-        nodes = slurm.allocation_nodes("judge.launcher")
-        here = slurm.this_node() or nodes[0]
-        cuda = per_node[0].startswith("cuda")
-        self._pool = DevicePool(per_node * len(nodes), ckpt.path, ckpt.backbone, self.dtype_name, self.batch_size,
-                                self.max_batch_tokens or AUTO_BATCH_TOKENS[cuda],
-                                nodes=[n for n in nodes for _ in per_node], address=slurm.node_address(here),
-                                srun_args=self.srun_args)
         self._set_encoder(ckpt.tokens, ckpt.source_max_length, ckpt.candidate_max_length, cuda)
 
     @property
