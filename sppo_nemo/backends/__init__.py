@@ -18,6 +18,30 @@ from sppo_nemo.schema.protocols import Generator, Judge, Trainer
 from sppo_nemo.maths.seeds import derive_seed
 
 
+def check(r: Recipe, base_dir: Path) -> list[str]:
+    """The chosen backends' own recipe checks (keys, shapes and files; no engine is imported), and a
+    game file set where no game backend would read it."""
+    p: list[str] = []
+    games = uses_games(r)
+    if games:
+        from sppo_nemo.backends import game_file  # numpy only
+
+        p += game_file.check(r, games, base_dir)
+    elif r.game is not None:
+        from sppo_nemo.backends.game_file import HINT
+
+        p.append(f"game: set, but a game file applies only to the game backends ({HINT}); remove it")
+    if r.trainer.backend == "megatron":
+        from sppo_nemo.backends.megatron import layout  # no megatron import: shapes and counts only
+
+        p += layout.check(r, base_dir)
+    if r.generation.backend == "vllm":
+        from sppo_nemo.backends.vllm import check as vllm_check  # no vllm import: keys and shapes
+
+        p += vllm_check.check(r, base_dir)
+    return p
+
+
 @dataclass(frozen=True)
 class GameRef:
     """The game file of the game backends, identified by its content (names, matrix, π_1)."""

@@ -16,7 +16,7 @@ from sppo_nemo.schema.errors import UserError
 
 POLICY_FILE = "policy.json"
 GAME_KEYS = ("matrix", "responses", "init")  # of a .json game file; only "matrix" is required
-_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
+HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
 
 class GameError(UserError):
@@ -130,7 +130,7 @@ def load_game(path: str | Path) -> Game:
 def check(r: Recipe, chosen: list[str], base_dir: Path) -> list[str]:
     """The recipe's game keys: all three game backends together, a valid game file, policy.model."""
     p = [f"{dotted}: {getattr(getattr(r, dotted.split('.')[0]), dotted.split('.')[1])!r} does not work "
-         f"with the game backends {', '.join(chosen)}; set {_HINT}"
+         f"with the game backends {', '.join(chosen)}; set {HINT}"
          for dotted in GAME_BACKENDS if dotted not in chosen]
     if r.game is None:
         p.append("game: not set; the game backends need a game file, e.g. game: rps.json (a .json with "
@@ -140,6 +140,9 @@ def check(r: Recipe, chosen: list[str], base_dir: Path) -> list[str]:
             load_game(resolve_path(r.game, base_dir))
         except GameError as exc:
             p += exc.problems
+    if r.evaluation.prompts is not None:
+        p.append("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
+                 "set evaluation.prompts=null")
     model = r.policy.model
     if model != GAME_POLICY and not (resolve_path(model, base_dir) / POLICY_FILE).is_file():
         p.append(f"policy.model: {model!r} is not a game policy directory (with {POLICY_FILE}); with the game "

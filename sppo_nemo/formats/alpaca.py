@@ -111,9 +111,6 @@ def recipe_eval_prompts(r) -> EvalPrompts:
     """A recipe's ``evaluation.prompts``, read, or a DataError naming the key and the fix (the
     recipe check and the evaluate stage both read it here). The recipe loader makes the path
     absolute (relative to the recipe file); a relative one is taken from the working directory."""
-    if r.generation.backend == "game":
-        raise DataError("evaluation.prompts: the game backends play a finite game, whose prompts are its own; "
-                        "set evaluation.prompts=null")
     path = Path(r.evaluation.prompts).expanduser()
     if not path.is_file():
         raise DataError(f"evaluation.prompts: {path} is not a file; give a .jsonl file, a .json list of objects "

@@ -23,9 +23,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from sppo_nemo.schema.config import (BUILTIN_PROMPTS, GAME_POLICY, MISSING, SHIPPED_SMOLLM2, Recipe,
-                              choices, is_hub_dataset, looks_like_path, resolve_path, uses_games)
+                                     choices, is_hub_dataset, looks_like_path, resolve_path, uses_games)
+from sppo_nemo import backends
 from sppo_nemo.schema.errors import RecipeError, UserError
-from sppo_nemo.loading.recipe_checks import GAME_HINT, check_general
+from sppo_nemo.loading.recipe_checks import check_general
 from sppo_nemo.loading.recipe_yaml import SEXAGESIMAL, RecipeLoader
 
 __all__ = ["Recipe", "RecipeError", "load", "check", "to_yaml", "as_dict", "resolve_path"]
@@ -304,27 +305,13 @@ def check(r: Recipe, base_dir: Path = Path("."), check_data: bool = True) -> lis
     from sppo_nemo.formats import data
 
     p = check_general(r, base_dir)
-    games = uses_games(r)
-    if games:
-        from sppo_nemo.backends import game_file  # numpy only; imported when a game is used
-
-        p += game_file.check(r, games, base_dir)
-    elif r.game is not None:
-        p.append(f"game: set, but a game file applies only to the game backends ({GAME_HINT}); remove it")
-    if r.trainer.backend == "megatron":
-        from sppo_nemo.backends.megatron import layout  # no megatron import: shapes and counts only
-
-        p += layout.check(r, base_dir)
-    if r.generation.backend == "vllm":
-        from sppo_nemo.backends.vllm import check as vllm_check  # no vllm import: keys and shapes
-
-        p += vllm_check.check(r, base_dir)
+    p += backends.check(r, base_dir)
     from sppo_nemo.loading import launch_checks as launch_check  # no NeMo-Run import: keys and shapes
 
     p += launch_check.check(r)
     if check_data and r.data.split_size >= 1 and r.data.eval_size >= 0:
         p += data.check(r, base_dir)
-    if check_data and r.evaluation.prompts is not None:
+    if check_data and r.evaluation.prompts is not None and not uses_games(r):  # games: refused above
         from sppo_nemo.formats import alpaca
 
         try:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sppo_nemo.schema.config import GAME_BACKENDS, SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
+from sppo_nemo.schema.config import SHIPPED_SMOLLM2, Recipe, looks_like_path, resolve_path, uses_games
 from sppo_nemo.schema.errors import UserError
 from sppo_nemo.formats.step_checkpoints import parse_period
 
-GAME_HINT = " ".join(f"{k}={v}" for k, v in GAME_BACKENDS.items())
 
 
 def check_general(r: Recipe, base_dir: Path) -> list[str]:

@@ -41,12 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from sppo_nemo.formats.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
-                              write_outputs)
+                                      write_outputs)
 from sppo_nemo.formats.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import (GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge,
                                 policy_location)
 from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
-from sppo_nemo.formats.data import DataError
 from sppo_nemo.maths.preference import win_rate_estimates
 from sppo_nemo.schema.protocols import Sample, SamplingParams
 from sppo_nemo.stages.generate import STATE, read_responses, write_responses

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sppo_nemo.backends.chat_format import ChatFormat, Encoded, encode_rows
-from sppo_nemo.backends.hf import HFGenerator, load_causal_lm, load_tokenizer
+from sppo_nemo.backends.chat_format import Encoded, encode_rows
+from sppo_nemo.backends.hf import HFGenerator, load_causal_lm
 from sppo_nemo.backends.seq_logps import sequence_logps
 from sppo_nemo.schema.config import TrainerConfig
 from sppo_nemo.schema.protocols import PairRow, PointRow, Prompt, Sample, SamplingParams

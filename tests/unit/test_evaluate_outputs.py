@@ -3,7 +3,6 @@ choice, the evaluate stage's fingerprint without the optional keys, and the repo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import pytest
 
 from sppo_nemo.loading import recipe as recipe_mod
 from sppo_nemo.formats.alpaca import (FIELDS, generator_name, output_records, read_eval_prompts, read_outputs,
-                              write_outputs)
+                                      write_outputs)
 from sppo_nemo.formats.artifacts import canonical, write_json
-from sppo_nemo.backends import GeneratorSpec, JudgeSpec
-from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
+from sppo_nemo.stages.context import Context
 from sppo_nemo.formats.data import DataError
-from sppo_nemo.schema.protocols import SamplingParams
 from sppo_nemo.run.report import table, write_report
 from sppo_nemo.stages import evaluate, fingerprint
 
@@ -227,11 +224,9 @@ def test_a_missing_prompt_file_is_named_before_anything_runs(tmp_path):
 
 def test_the_games_have_no_prompt_file(tmp_path):
     overrides = [f"output_dir={tmp_path}", f"evaluation.prompts={tmp_path / 'p.jsonl'}"]
-    with pytest.raises(recipe_mod.RecipeError, match="evaluation.prompts: the game backends"):
-        recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml", overrides)
-    r = recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml", overrides, check_data=False)
-    with pytest.raises(DataError, match="evaluation.prompts: the game backends"):
-        evaluate.inputs(Context(r, tmp_path / r.name, progress=False), 0)
+    for check_data in (True, False):  # the game backends' own check: whether or not data files are read
+        with pytest.raises(recipe_mod.RecipeError, match="evaluation.prompts: the game backends"):
+            recipe_mod.load(ROOT / "recipes" / "games" / "rps_sppo.yaml", overrides, check_data=check_data)
 
 
 def test_a_relative_prompt_file_is_read_from_the_recipe_s_folder(tmp_path, monkeypatch):

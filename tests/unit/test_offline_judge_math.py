@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 
 from sppo_nemo.backends.offline_judge import (
-    CRITERIA,
-    DEFAULT_TAUS,
-    DEFAULT_WEIGHTS,
-    EMPTY_PENALTY,
-    OfflineJudge,
-    answer_correct,
-    cleanliness,
-    concision,
-    criterion_scores,
-    extract_numbers,
-    matrix_from_scores,
-    pairwise_prob,
-    parse_number,
-    preference_margin,
-    repeated_trigram_fraction,
-)
+                                              CRITERIA,
+                                              DEFAULT_TAUS,
+                                              DEFAULT_WEIGHTS,
+                                              EMPTY_PENALTY,
+                                              OfflineJudge,
+                                              answer_correct,
+                                              cleanliness,
+                                              concision,
+                                              criterion_scores,
+                                              extract_numbers,
+                                              matrix_from_scores,
+                                              pairwise_prob,
+                                              parse_number,
+                                              preference_margin,
+                                              repeated_trigram_fraction,
+                                              )
 from sppo_nemo.schema.protocols import Prompt, check_preference_matrix
 
 pytestmark = pytest.mark.unit

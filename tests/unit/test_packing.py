@@ -4,7 +4,6 @@ together (training.plan_steps with groups), with hand-worked cases."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sppo_nemo.maths.packing import allowed, group, pack
 from sppo_nemo.schema.protocols import PointRow

@@ -11,7 +11,7 @@ import pytest
 
 from sppo_nemo.process import stopping
 from sppo_nemo.formats.step_checkpoints import (KEEP, CheckpointDue, Period, StepCheckpoints, check_folder, clear_checkpoints,
-                                        parse_period)
+                                                parse_period)
 
 
 @pytest.mark.parametrize("text, period", [

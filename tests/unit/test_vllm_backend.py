@@ -19,7 +19,7 @@ from sppo_nemo.backends.vllm.controller import VllmUnavailable, VllmWorkerFailed
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.formats.chunklog import ChunkLog
 from sppo_nemo.schema.config import (EvalConfig, GenerationConfig, PolicyConfig, Recipe, SamplingConfig, TrainerConfig,
-                              VllmConfig)
+                                     VllmConfig)
 from sppo_nemo.schema.protocols import Prompt, Sample, SamplingParams
 from sppo_nemo.loading.recipe import RecipeError
 from sppo_nemo.backends.sampling import chunk_grid
