@@ -3,11 +3,13 @@
 What is tested, on tiny random HF models built in-process (no megatron import, no hub):
 
 - round trip: HF → Megatron → HF is byte-identical for Llama (GQA, untied), Qwen2 (tied, q/k/v
-  biases), Mistral and GPT-2, with exactly the keys ``save_pretrained`` writes;
+  biases), Qwen3 (q/k norms, head_dim ≠ hidden/heads), Mistral and GPT-2, with exactly the keys
+  ``save_pretrained`` writes;
 - layouts, checked by hand: the per-query-group fused ``linear_qkv`` (GQA and GPT-2), the gated
   ``linear_fc1`` = [gate; up], GPT-2's transposed Conv1D weights, the name inventory;
 - tensor-parallel ``shard``/``unshard``: inverse of each other for every parameter at TP 1/2/4,
-  zero-padded vocabulary shards, [gate_r; up_r] fc1 shards, whole query groups per rank;
+  zero-padded vocabulary shards, [gate_r; up_r] fc1 shards, whole query groups per rank, Qwen3's
+  q/k norms whole on every rank;
 - ``te_name``/``local_name``/``tp_split_dim`` on local and Transformer Engine names;
 - ``arch_from_hf_config``: fields read, and every refusal (unsupported type, scaled RoPE, sliding
   windows, GPT-2 variants) with its message;
@@ -22,7 +24,7 @@ import json
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from sppo_nemo.backends.megatron.arch import Arch, UnsupportedModel, arch_from_hf_config
 from sppo_nemo.backends.megatron.convert import (hf_tensor_for, hf_to_megatron, local_name, megatron_names,
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.unit
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB = 32, 4, 2, 2, 64, 100  # VOCAB: not a multiple of 8
 HEAD_DIM = HIDDEN // HEADS  # 8
+QWEN3_HEAD_DIM = 16  # ≠ HIDDEN // HEADS: q/k/v are 4·16 / 2·16 wide against a hidden size of 32
 
 
 # -------------------------------------------------------------------------------- tiny models
@@ -50,6 +53,18 @@ def _qwen2():
                                         max_position_embeddings=64, tie_word_embeddings=True))
 
 
+def _qwen3():
+    torch.manual_seed(4)
+    model = Qwen3ForCausalLM(Qwen3Config(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                                         head_dim=QWEN3_HEAD_DIM, num_hidden_layers=LAYERS, intermediate_size=FFN,
+                                         vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=False))
+    with torch.no_grad():  # the norms start at ones: random, so that swapping q and k, or layers, shows
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.normal_()
+            layer.self_attn.k_norm.weight.normal_()
+    return model
+
+
 def _mistral():
     torch.manual_seed(2)
     return MistralForCausalLM(MistralConfig(hidden_size=HIDDEN, num_attention_heads=HEADS,
@@ -64,7 +79,7 @@ def _gpt2():
                                       bos_token_id=0, eos_token_id=0))
 
 
-MODELS = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral, "gpt2": _gpt2,
+MODELS = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "gpt2": _gpt2,
           "llama-mha": lambda: _llama(kv_heads=HEADS)}
 _CACHE: dict = {}
 
@@ -86,7 +101,7 @@ def saved_keys(sd: dict, arch: Arch) -> set[str]:
 
 # -------------------------------------------------------------------------------- 1. round trip
 
-@pytest.mark.parametrize("key", ["llama", "qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("key", ["llama", "qwen2", "qwen3", "mistral", "gpt2"])
 def test_round_trip_is_byte_identical(key):
     sd, arch = built(key)
     assert not any(k.endswith((".attn.bias", ".attn.masked_bias", "inv_freq")) for k in sd), sorted(sd)
@@ -108,8 +123,15 @@ def test_arch_fields_read_from_the_configs():
     assert (llama.gated, llama.normalization, llama.position_embedding, llama.linear_bias) == (
         True, "RMSNorm", "rope", False)
     assert llama.rotary_base == 10000.0
+    assert llama.qk_norm is False
     _, qwen = built("qwen2")
-    assert (qwen.tied, qwen.qkv_bias, qwen.num_query_groups) == (True, True, 2)
+    assert (qwen.tied, qwen.qkv_bias, qwen.num_query_groups, qwen.qk_norm) == (True, True, 2, False)
+    _, qwen3 = built("qwen3")
+    assert (qwen3.family, qwen3.model_type, qwen3.qk_norm, qwen3.qkv_bias, qwen3.tied) == (
+        "llama", "qwen3", True, False, False)
+    assert (qwen3.num_attention_heads, qwen3.num_query_groups, qwen3.kv_channels, qwen3.hidden_size) == (4, 2, 16, 32)
+    assert qwen3.norm_eps == 1e-6
+    assert Arch(**qwen3.to_dict()) == qwen3
     _, gpt2 = built("gpt2")
     assert (gpt2.family, gpt2.num_query_groups, gpt2.kv_channels, gpt2.ffn_hidden_size) == ("gpt2", 4, 8, 128)
     assert (gpt2.tied, gpt2.qkv_bias, gpt2.max_position_embeddings) == (True, True, 64)
@@ -122,6 +144,10 @@ def test_megatron_names_inventory():
     # per layer: 2 norms, qkv, proj, fc1, fc2 (+ qkv bias for Qwen2, + 5 biases and GPT-2's qkv bias)
     assert len(megatron_names(built("llama")[1])) == 1 + 2 * 6 + 1 + 1  # + output_layer (untied)
     assert len(megatron_names(built("qwen2")[1])) == 1 + 2 * 7 + 1  # tied: no output_layer
+    qwen3 = megatron_names(built("qwen3")[1])
+    assert len(qwen3) == 1 + 2 * 8 + 1 + 1  # + q_layernorm, k_layernorm per layer; untied
+    assert "decoder.layers.1.self_attention.q_layernorm.weight" in qwen3
+    assert not any("layernorm" in n and "self_attention" in n for n in megatron_names(built("llama")[1]))
     gpt2 = megatron_names(built("gpt2")[1])
     assert len(gpt2) == 2 + 2 * 12 + 2
     assert "embedding.position_embeddings.weight" in gpt2 and "output_layer.weight" not in gpt2
@@ -165,6 +191,26 @@ def test_qkv_bias_layout_and_real_model_slices():
         q, k, v = (sd[f"{p}{x}_proj.{kind}"] for x in "qkv")
         assert torch.equal(t[0:16], q[0:16]) and torch.equal(t[16:24], k[0:d]) and torch.equal(t[24:32], v[0:d])
         assert torch.equal(t[32:48], q[16:32]) and torch.equal(t[48:56], k[d:2 * d]) and torch.equal(t[56:64], v[d:])
+
+
+def test_qwen3_qk_norms_and_head_dim_by_hand():
+    """q_norm/k_norm ([head_dim]) are q_layernorm/k_layernorm as they are; with head_dim 16 against a
+    hidden size of 32 the fused qkv is (4 + 2·2)·16 rows and the output projection 4·16 columns."""
+    sd, arch = built("qwen3")
+    mg = hf_to_megatron(sd, arch)
+    d = QWEN3_HEAD_DIM
+    for i in range(LAYERS):
+        m, h = f"decoder.layers.{i}.self_attention.", f"model.layers.{i}.self_attn."
+        for x in "qk":
+            assert mg[f"{m}{x}_layernorm.weight"].shape == (d,)
+            assert torch.equal(mg[f"{m}{x}_layernorm.weight"], sd[f"{h}{x}_norm.weight"]), (i, x)
+        assert not torch.equal(mg[m + "q_layernorm.weight"], mg[m + "k_layernorm.weight"])
+        assert mg[m + "linear_qkv.weight"].shape == ((HEADS + 2 * KV_HEADS) * d, HIDDEN) == (128, 32)
+        assert mg[m + "linear_proj.weight"].shape == (HIDDEN, HEADS * d) == (32, 64)
+        qkv, q, k, v = mg[m + "linear_qkv.weight"], *(sd[f"{h}{x}_proj.weight"] for x in "qkv")
+        assert torch.equal(qkv[:2 * d], q[:2 * d]) and torch.equal(qkv[2 * d:3 * d], k[:d])  # group 0
+        assert torch.equal(qkv[3 * d:4 * d], v[:d]) and torch.equal(qkv[4 * d:6 * d], q[2 * d:])  # group 1
+    assert not any(k.endswith("_proj.bias") for k in sd)  # no q/k/v bias, unlike Qwen2
 
 
 def test_gated_fc1_is_gate_then_up_and_renames():
@@ -238,7 +284,7 @@ def test_tied_conversion_needs_no_lm_head():
 # -------------------------------------------------------------------------------- 3. tensor parallel
 
 # 2 query groups allow TP 1 and 2; TP 4 needs the 4-kv-head Llama or GPT-2 (4 heads = 4 groups)
-@pytest.mark.parametrize("key, tp", [(k, tp) for k in ("llama", "qwen2", "mistral", "gpt2", "llama-mha")
+@pytest.mark.parametrize("key, tp", [(k, tp) for k in ("llama", "qwen2", "qwen3", "mistral", "gpt2", "llama-mha")
                                      for tp in (1, 2, 4) if tp < 4 or k in ("gpt2", "llama-mha")])
 def test_shard_unshard_round_trip(key, tp):
     sd, arch = built(key)
@@ -259,6 +305,20 @@ def test_shard_unshard_round_trip(key, tp):
             assert all(p.shape[dim] * tp == full.shape[dim] for p in parts), name
         assert torch.equal(unshard(name, parts, arch), full), name
         assert torch.equal(unshard(te_name(name), parts, arch), full), name  # TE names work too
+
+
+def test_qwen3_qk_norms_are_whole_on_every_tensor_parallel_rank():
+    """Each rank normalises its own heads with the same [head_dim] weights: replicated, not split."""
+    sd, arch = built("qwen3")
+    mg = hf_to_megatron(sd, arch)
+    for x in "qk":
+        name = f"decoder.layers.0.self_attention.{x}_layernorm.weight"
+        assert tp_split_dim(name) is None
+        parts = [shard(name, mg[name], arch, r, 2, arch.padded_vocab(2, 128)) for r in range(2)]
+        assert all(torch.equal(p, sd[f"model.layers.0.self_attn.{x}_norm.weight"]) for p in parts)
+        assert torch.equal(unshard(name, parts, arch), mg[name])
+    qkv = "decoder.layers.0.self_attention.linear_qkv.weight"  # one query group (2 heads of 16) a rank
+    assert shard(qkv, mg[qkv], arch, 1, 2, 128).shape == ((2 + 2) * QWEN3_HEAD_DIM, HIDDEN)
 
 
 def test_gqa_model_refuses_tp_beyond_its_groups():
@@ -328,7 +388,8 @@ def test_te_name_and_local_name():
         assert te_name(local) == te
         assert local_name(te) == local
         assert local_name(local) == local  # identity on local names
-    unchanged = [p + "self_attention.linear_qkv.weight", p + "self_attention.linear_qkv.bias",
+    unchanged = [p + "self_attention.q_layernorm.weight", p + "self_attention.k_layernorm.weight",
+                 p + "self_attention.linear_qkv.weight", p + "self_attention.linear_qkv.bias",
                  p + "mlp.linear_fc1.weight", p + "mlp.linear_fc2.weight", p + "self_attention.linear_proj.weight",
                  "decoder.final_layernorm.weight", "decoder.final_layernorm.bias",
                  "embedding.word_embeddings.weight", "output_layer.weight"]
@@ -347,7 +408,8 @@ def test_tp_split_dim():
                 p + "mlp.linear_fc1.weight": 0, p + "mlp.linear_fc1.bias": 0,
                 p + "self_attention.linear_proj.weight": 1, p + "mlp.linear_fc2.weight": 1,
                 p + "self_attention.linear_proj.bias": None, p + "mlp.linear_fc2.bias": None,
-                p + "input_layernorm.weight": None, p + "pre_mlp_layernorm.bias": None}
+                p + "input_layernorm.weight": None, p + "pre_mlp_layernorm.bias": None,
+                p + "self_attention.q_layernorm.weight": None, p + "self_attention.k_layernorm.weight": None}
     for name, dim in expected.items():
         assert tp_split_dim(name) == dim, name
         assert tp_split_dim(te_name(name)) == dim, te_name(name)
@@ -399,6 +461,8 @@ def test_rope_theta_both_styles():
 @pytest.mark.parametrize("cfg, reason", [
     ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window 4096"),
     ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
+    ({"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
+    ({"model_type": "qwen3", "attention_bias": True}, "attention_bias"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"mlp_bias": True}, "mlp_bias"),
@@ -413,6 +477,21 @@ def test_llama_family_accepts():
     assert arch_from_hf_config(_llama_cfg(model_type="qwen2", use_sliding_window=False,
                                           sliding_window=4096)).qkv_bias
     assert arch_from_hf_config(_llama_cfg(head_dim=16)).kv_channels == 16  # head_dim ≠ hidden / heads
+
+
+def _qwen3_cfg(**kw) -> dict:
+    cfg = Qwen3Config(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=16,
+                      num_hidden_layers=LAYERS, intermediate_size=FFN, vocab_size=VOCAB, **kw).to_dict()
+    return cfg
+
+
+def test_qwen3_config_read():
+    arch = arch_from_hf_config(_qwen3_cfg(rms_norm_eps=1e-5, tie_word_embeddings=True))
+    assert (arch.model_type, arch.qk_norm, arch.qkv_bias, arch.kv_channels, arch.norm_eps, arch.tied) == (
+        "qwen3", True, False, 16, 1e-5, True)
+    assert arch.kv_channels * arch.num_attention_heads != arch.hidden_size
+    with pytest.raises(UnsupportedModel, match="qwen3 checkpoint .* attention_bias"):
+        arch_from_hf_config(_qwen3_cfg(attention_bias=True))
 
 
 def _gpt2_cfg(**kw) -> dict:

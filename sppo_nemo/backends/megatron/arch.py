@@ -2,8 +2,10 @@
 
 Two families have a converter (:mod:`.convert`):
 
-- the Llama family (``llama``, ``mistral``, ``qwen2``): RMSNorm, SwiGLU, RoPE, grouped-query
-  attention, tied or untied embeddings, and Qwen2's q/k/v biases;
+- the Llama family (``llama``, ``mistral``, ``qwen2``, ``qwen3``): RMSNorm, SwiGLU, RoPE,
+  grouped-query attention, tied or untied embeddings, a head dimension of its own (``head_dim``),
+  Qwen2's q/k/v biases, and Qwen3's per-head RMSNorm of queries and keys before RoPE (megatron's
+  ``qk_layernorm``);
 - GPT-2 (``gpt2``): LayerNorm with biases, GELU (tanh), learned absolute positions, tied
   embeddings, Conv1D weights (stored transposed in HF).
 
@@ -17,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 
 class UnsupportedModel(ValueError):
@@ -28,7 +30,7 @@ class UnsupportedModel(ValueError):
 class Arch:
     """The shape of a decoder, in Megatron's terms, read from an HF ``config.json``."""
 
-    family: str  # "llama" (llama, mistral, qwen2) or "gpt2"
+    family: str  # "llama" (llama, mistral, qwen2, qwen3) or "gpt2"
     model_type: str
     num_layers: int
     hidden_size: int
@@ -43,6 +45,7 @@ class Arch:
     qkv_bias: bool
     rotary_base: float = 10000.0
     rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling (megatron's rope_scaling)
+    qk_norm: bool = False  # Qwen3: RMSNorm over each query and key head before RoPE (megatron's qk_layernorm)
 
     @property
     def gated(self) -> bool:
@@ -134,11 +137,11 @@ def _llama_arch(cfg: Mapping, mt: str) -> Arch:
     elif rope_type not in (None, "default"):
         problems.append(f"rope scaling {rope!r} (only unscaled RoPE, or Llama 3.1's with low/high frequency "
                         f"factors 1/4 and original context 8192, which megatron hard-codes)")
-    if mt in ("llama", "mistral") and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+    if mt in ("llama", "mistral", "qwen3") and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         problems.append("attention_bias/mlp_bias")
     if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
         problems.append(f"sliding_window {cfg.get('sliding_window')} (only full attention)")
-    if mt == "qwen2" and cfg.get("use_sliding_window"):
+    if mt in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
         problems.append("use_sliding_window")
     if problems:
         raise UnsupportedModel(f"{mt} checkpoint uses what the Megatron converter does not reproduce: "
@@ -150,7 +153,8 @@ def _llama_arch(cfg: Mapping, mt: str) -> Arch:
                 ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
                 max_position_embeddings=cfg.get("max_position_embeddings", 4096),
                 norm_eps=cfg.get("rms_norm_eps", 1e-6), tied=bool(cfg.get("tie_word_embeddings", False)),
-                qkv_bias=(mt == "qwen2"), rotary_base=float(theta), rope_scaling_factor=scaling)
+                qkv_bias=(mt == "qwen2"), rotary_base=float(theta), rope_scaling_factor=scaling,
+                qk_norm=(mt == "qwen3"))
 
 
 def _megatron_llama3(rope: Mapping) -> bool:

@@ -1,6 +1,6 @@
 """HF ⇄ Megatron-core GPTModel weights, in plain torch (megatron is not imported here).
 
-One mapping table per model family (:data:`LLAMA` for llama/mistral/qwen2, :data:`GPT2`) serves
+One mapping table per model family (:data:`LLAMA` for llama/mistral/qwen2/qwen3, :data:`GPT2`) serves
 both directions, as Megatron-Bridge's ``mapping_registry`` and torchtune's ``convert_weights`` do:
 each :class:`Entry` names a Megatron parameter, the HF tensor(s) it is made of, and the
 :class:`Transform` between them (``to_megatron`` and its inverse ``to_hf``).
@@ -18,6 +18,8 @@ norm+linear modules. Layouts that differ between the two worlds:
   ``c_attn`` packs [q | k | v] in one tensor.
 - the word embedding and output layer are split over the vocabulary, padded with zero rows to a
   multiple of the tensor-parallel size; the trainer masks the padded logits.
+- Qwen3's ``q_norm``/``k_norm`` weights ([head_dim], shared by every head) are megatron's
+  ``q_layernorm``/``k_layernorm``, unchanged; each tensor-parallel rank holds them whole.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def _has_qkv_bias(a: Arch) -> bool:
     return a.qkv_bias
 
 
+def _has_qk_norm(a: Arch) -> bool:
+    return a.qk_norm
+
+
 _L = "model.layers.{i}."
 LLAMA = Family(
     before=(entry("embedding.word_embeddings.weight", "model.embed_tokens.weight"),),
@@ -111,6 +117,8 @@ LLAMA = Family(
         entry("self_attention.linear_qkv.weight", tuple(f"{_L}self_attn.{x}_proj.weight" for x in "qkv"), QKV),
         entry("self_attention.linear_qkv.bias", tuple(f"{_L}self_attn.{x}_proj.bias" for x in "qkv"), QKV,
               when=_has_qkv_bias),  # Qwen2
+        entry("self_attention.q_layernorm.weight", _L + "self_attn.q_norm.weight", when=_has_qk_norm),  # Qwen3
+        entry("self_attention.k_layernorm.weight", _L + "self_attn.k_norm.weight", when=_has_qk_norm),
         entry("self_attention.linear_proj.weight", _L + "self_attn.o_proj.weight"),
         entry("pre_mlp_layernorm.weight", _L + "post_attention_layernorm.weight"),
         entry("mlp.linear_fc1.weight", (_L + "mlp.gate_proj.weight", _L + "mlp.up_proj.weight"), GATE_UP),

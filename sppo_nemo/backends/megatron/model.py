@@ -107,6 +107,9 @@ def transformer_config(arch: Arch, opts: ModelOptions) -> TransformerConfig:
         normalization=arch.normalization, layernorm_epsilon=arch.norm_eps, gated_linear_unit=arch.gated,
         activation_func=F.silu if arch.gated else gelu_tanh, add_bias_linear=arch.linear_bias,
         add_qkv_bias=arch.qkv_bias, hidden_dropout=0.0, attention_dropout=0.0,
+        # Qwen3's per-head q/k RMSNorm (eps layernorm_epsilon); the flag also makes finalize_model_grads
+        # sum those replicated weights' gradients over tensor-parallel ranks, each rank seeing its heads only
+        qk_layernorm=arch.qk_norm,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=opts.sequence_parallel and tp > 1,
         bf16=bf16, params_dtype=dtype, pipeline_dtype=dtype, autocast_dtype=dtype,
         # micro-batches differ in length: pipeline stages then exchange shapes before activations
@@ -157,9 +160,9 @@ def build_model(arch: Arch, opts: ModelOptions) -> tuple[GPTModel, TransformerCo
         # causal micro-batches only. A shared-prompt block mask would need TE's `arbitrary` mask
         # type, which TE serves with its unfused kernel (L×L scores per layer), so prompt sharing
         # is off under TE (worker.Setup.shares_prompts).
-        spec = get_gpt_layer_with_transformer_engine_spec()
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
     else:
-        spec = get_gpt_layer_local_spec(normalization=arch.normalization)
+        spec = get_gpt_layer_local_spec(normalization=arch.normalization, qk_layernorm=arch.qk_norm)
         if opts.attention == "sdpa":
             spec.submodules.self_attention.submodules.core_attention = SDPAttention
     tp = ps.get_tensor_model_parallel_world_size()
