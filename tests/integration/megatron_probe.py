@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+CONVERT_LENGTH = 48  # tokens of each --convert sequence
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -52,7 +54,9 @@ def main() -> None:
 
     device = mdl.init_parallel(a.tp, a.pp, seed=0)
     model_dir = Path(a.model)
-    arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()))
+    arch = arch_from_hf_config(json.loads((model_dir / "config.json").read_text()), accept_window=True)
+    longest = min(CONVERT_LENGTH, arch.max_position_embeddings) if a.convert else 128  # encode_rows' max_length
+    assert arch.window_problem(longest) is None, arch.window_problem(longest)  # as the worker refuses it
     model, cfg = mdl.build_model(arch, mdl.ModelOptions(attention=a.attention, recompute=a.recompute,
                                                         sequence_parallel=a.sequence_parallel))
     weights.load_hf_weights(model, arch, model_dir)
@@ -117,7 +121,7 @@ def convert(model, arch, model_dir: Path, hf_out: Path, out: str, device, causal
     from sppo_nemo.backends.megatron import logps, model as mdl, weights
 
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, arch.vocab_size, (2, min(48, arch.max_position_embeddings)), generator=g)
+    ids = torch.randint(0, arch.vocab_size, (2, min(CONVERT_LENGTH, arch.max_position_embeddings)), generator=g)
     mb = logps.MicroBatch(row_ids=[0, 1], ids=ids, targets=ids, resp_mask=torch.ones_like(ids, dtype=torch.float),
                        per_row=1)
     model.eval()

@@ -12,7 +12,8 @@ What is tested, on tiny random HF models built in-process (no megatron import, n
   q/k norms whole on every rank;
 - ``te_name``/``local_name``/``tp_split_dim`` on local and Transformer Engine names;
 - ``arch_from_hf_config``: fields read, and every refusal (unsupported type, scaled RoPE, sliding
-  windows, GPT-2 variants) with its message;
+  windows unless accepted, GPT-2 variants) with its message; the window read per family
+  (``Arch.sliding_window``) and ``Arch.window_problem``;
 - ``Arch.parallel_errors`` and ``padded_vocab``, hand-worked;
 - (slow) ``hub.SMOLLM2_CONFIG`` agrees with the real converted SmolLM2 ``config.json``.
 """
@@ -123,14 +124,14 @@ def test_arch_fields_read_from_the_configs():
     assert (llama.gated, llama.normalization, llama.position_embedding, llama.linear_bias) == (
         True, "RMSNorm", "rope", False)
     assert llama.rotary_base == 10000.0
-    assert llama.qk_norm is False
+    assert (llama.qk_norm, llama.sliding_window) == (False, None)
     _, qwen = built("qwen2")
     assert (qwen.tied, qwen.qkv_bias, qwen.num_query_groups, qwen.qk_norm) == (True, True, 2, False)
     _, qwen3 = built("qwen3")
     assert (qwen3.family, qwen3.model_type, qwen3.qk_norm, qwen3.qkv_bias, qwen3.tied) == (
         "llama", "qwen3", True, False, False)
     assert (qwen3.num_attention_heads, qwen3.num_query_groups, qwen3.kv_channels, qwen3.hidden_size) == (4, 2, 16, 32)
-    assert qwen3.norm_eps == 1e-6
+    assert (qwen3.norm_eps, qwen3.sliding_window) == (1e-6, None)
     assert Arch(**qwen3.to_dict()) == qwen3
     _, gpt2 = built("gpt2")
     assert (gpt2.family, gpt2.num_query_groups, gpt2.kv_channels, gpt2.ffn_hidden_size) == ("gpt2", 4, 8, 128)
@@ -459,9 +460,11 @@ def test_rope_theta_both_styles():
 
 
 @pytest.mark.parametrize("cfg, reason", [
-    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window 4096"),
-    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
-    ({"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
+    ({"model_type": "mistral", "sliding_window": 4096},
+     r"sliding_window 4096 \(only full attention; the megatron trainer accepts the window where "
+     r"trainer.max_length ≤ 4096\)"),
+    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096}, "sliding_window 4096"),
+    ({"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 4096}, "sliding_window 4096"),
     ({"model_type": "qwen3", "attention_bias": True}, "attention_bias"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"attention_bias": True}, "attention_bias"),
@@ -492,6 +495,42 @@ def test_qwen3_config_read():
     assert arch.kv_channels * arch.num_attention_heads != arch.hidden_size
     with pytest.raises(UnsupportedModel, match="qwen3 checkpoint .* attention_bias"):
         arch_from_hf_config(_qwen3_cfg(attention_bias=True))
+
+
+@pytest.mark.parametrize("cfg, window", [
+    (_llama_cfg(model_type="mistral", sliding_window=4096), 4096),  # every layer
+    (_llama_cfg(model_type="mistral", sliding_window=None), None),
+    (_llama_cfg(model_type="qwen2", use_sliding_window=False, sliding_window=4096), None),
+    (_llama_cfg(model_type="qwen2", use_sliding_window=True, sliding_window=4096), 4096),  # no layer_types: all
+    # transformers writes layer_types: layers from max_window_layers up slide
+    (Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=512,
+                 max_window_layers=1).to_dict(), 512),
+    (Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=512,
+                 max_window_layers=2).to_dict(), None),
+    (_qwen3_cfg(use_sliding_window=True, sliding_window=256, max_window_layers=0), 256),
+    (_qwen3_cfg(use_sliding_window=True, sliding_window=256, layer_types=["full_attention"] * 2), None),
+    (_qwen3_cfg(use_sliding_window=False, sliding_window=256), None),
+    (_qwen3_cfg(), None),
+], ids=["mistral", "mistral-none", "qwen2-off", "qwen2-no-layer-types", "qwen2-top-layer-slides",
+        "qwen2-no-layer-slides", "qwen3-every-layer", "qwen3-layer-types-full", "qwen3-off", "qwen3-default"])
+def test_sliding_window_is_read_into_the_arch_when_accepted(cfg, window):
+    arch = arch_from_hf_config(cfg, accept_window=True)
+    assert arch.sliding_window == window
+    if window is None:
+        assert arch_from_hf_config(cfg) == arch  # nothing to accept: the default reads the same
+    else:
+        with pytest.raises(UnsupportedModel, match=f"sliding_window {window} "):
+            arch_from_hf_config(cfg)  # refused by default
+
+
+def test_window_problem_is_none_while_every_sequence_fits_the_window():
+    arch = arch_from_hf_config(_llama_cfg(model_type="mistral", sliding_window=4096), accept_window=True)
+    assert arch.window_problem(1) is None and arch.window_problem(4096) is None  # i - j ≤ 4095 < 4096
+    assert arch.window_problem(4097) == (
+        "mistral attends through a sliding window, which megatron's layer spec does not apply: a window of 4096 "
+        "tokens acts on sequences longer than 4096; set trainer.max_length ≤ 4096 or train with "
+        "trainer.backend=torch")
+    assert built("llama")[1].window_problem(10 ** 9) is None  # no window
 
 
 def _gpt2_cfg(**kw) -> dict:

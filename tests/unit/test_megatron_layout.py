@@ -94,3 +94,30 @@ def test_the_policy_shape_is_read_from_its_config_relative_to_the_recipe(tmp_pat
 
 def test_a_hub_id_policy_is_not_looked_up() -> None:
     assert problems("org/unknown-model", tensor_parallel=7) == []  # no network in the check
+
+
+@pytest.mark.parametrize("model_cfg, window", [
+    ({"model_type": "mistral", "sliding_window": 512}, 512),
+    ({"model_type": "qwen3", "head_dim": 16, "use_sliding_window": True, "sliding_window": 512,
+      "layer_types": ["full_attention", "sliding_attention"]}, 512),
+])
+def test_a_sliding_window_is_accepted_where_no_trained_sequence_is_longer(model_cfg, window, tmp_path: Path) -> None:
+    """The layer spec attends over the whole prefix: a window acts only on a sequence longer than
+    it, so trainer.max_length (the longest sequence trained) must fit in it."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(
+        {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "intermediate_size": 64, "vocab_size": 100, **model_cfg}))
+
+    def at(max_length: int, **m) -> list[str]:
+        t = TrainerConfig(backend="megatron", batch_size=4, max_prompt_length=64, max_length=max_length,
+                          megatron=MegatronConfig(**m))
+        return check(Recipe(name="x", policy=PolicyConfig(model="./m"), trainer=t), tmp_path)
+
+    assert at(window) == [] and at(128, tensor_parallel=2) == []
+    mt = model_cfg["model_type"]
+    assert at(window + 1) == [
+        f"trainer.max_length: {window + 1}; {mt} attends through a sliding window, which megatron's layer spec "
+        f"does not apply: a window of {window} tokens acts on sequences longer than {window}; set "
+        f"trainer.max_length ≤ {window} or train with trainer.backend=torch"]
+    assert len(at(4096, tensor_parallel=4)) == 2  # the window and the 2 query groups against TP 4, both named

@@ -10,7 +10,15 @@ Two families have a converter (:mod:`.convert`):
   embeddings, Conv1D weights (stored transposed in HF).
 
 :func:`arch_from_hf_config` refuses, with the reason, any checkpoint the converter cannot
-reproduce exactly. No torch here: the recipe check (:mod:`.layout`) reads the shape too.
+reproduce exactly. A sliding attention window (Mistral's ``sliding_window``, Qwen2/Qwen3's
+``use_sliding_window``) is one: megatron's local layer spec attends over the whole causal prefix.
+But a window of W tokens lets every token of a sequence of at most W tokens see its whole prefix
+(HF masks key j from query i when i - j ≥ W), so such a model is exactly the full-attention one on
+those sequences. Asked to (``accept_window``), the reader records the window in
+:attr:`Arch.sliding_window` instead, and the caller holds every trained sequence to it
+(:meth:`Arch.window_problem`): the recipe check against ``trainer.max_length``, and the worker
+again before it builds the model. No torch here: the recipe check (:mod:`.layout`) reads the shape
+too.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ class Arch:
     rotary_base: float = 10000.0
     rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling (megatron's rope_scaling)
     qk_norm: bool = False  # Qwen3: RMSNorm over each query and key head before RoPE (megatron's qk_layernorm)
+    # a sliding attention window the layer spec does not apply: only sequences of at most this
+    # many tokens train exactly (window_problem); None: full causal attention
+    sliding_window: int | None = None
 
     @property
     def gated(self) -> bool:
@@ -87,13 +98,25 @@ class Arch:
         """The reasons of :meth:`parallel_problems` alone."""
         return [reason for _, reason in self.parallel_problems(tp, pp)]
 
+    def window_problem(self, max_length: int) -> str | None:
+        """Why sequences of up to ``max_length`` tokens would not train exactly under full attention
+        (the policy's sliding window is shorter), as 'what; fix'; None when they would."""
+        w = self.sliding_window
+        if w is None or max_length <= w:
+            return None
+        return (f"{self.model_type} attends through a sliding window, which megatron's layer spec does not apply: "
+                f"a window of {w} tokens acts on sequences longer than {w}; set trainer.max_length ≤ {w} or "
+                f"train with trainer.backend=torch")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def arch_from_hf_config(cfg: Mapping) -> Arch:
+def arch_from_hf_config(cfg: Mapping, *, accept_window: bool = False) -> Arch:
     """Read an HF config (the dict of ``config.json``); raise :class:`UnsupportedModel` with the
-    reason when the converter cannot reproduce the model exactly."""
+    reason when the converter cannot reproduce the model exactly. With ``accept_window`` a sliding
+    attention window is recorded in :attr:`Arch.sliding_window` rather than refused: the caller
+    then keeps every sequence within it (:meth:`Arch.window_problem`)."""
     mt = cfg.get("model_type")
     if mt not in SUPPORTED:
         raise UnsupportedModel(
@@ -101,7 +124,7 @@ def arch_from_hf_config(cfg: Mapping) -> Arch:
             f"train it with trainer.backend=torch")
     if mt == "gpt2":
         return _gpt2_arch(cfg)
-    return _llama_arch(cfg, mt)
+    return _llama_arch(cfg, mt, accept_window)
 
 
 def _gpt2_arch(cfg: Mapping) -> Arch:
@@ -122,7 +145,7 @@ def _gpt2_arch(cfg: Mapping) -> Arch:
                 qkv_bias=True)
 
 
-def _llama_arch(cfg: Mapping, mt: str) -> Arch:
+def _llama_arch(cfg: Mapping, mt: str, accept_window: bool) -> Arch:
     problems = []
     if cfg.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {cfg.get('hidden_act')!r} (only silu)")
@@ -139,10 +162,10 @@ def _llama_arch(cfg: Mapping, mt: str) -> Arch:
                         f"factors 1/4 and original context 8192, which megatron hard-codes)")
     if mt in ("llama", "mistral", "qwen3") and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         problems.append("attention_bias/mlp_bias")
-    if mt == "mistral" and cfg.get("sliding_window") not in (None, 0):
-        problems.append(f"sliding_window {cfg.get('sliding_window')} (only full attention)")
-    if mt in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
-        problems.append("use_sliding_window")
+    window = _sliding_window(cfg, mt)
+    if window is not None and not accept_window:
+        problems.append(f"sliding_window {window} (only full attention; the megatron trainer accepts the "
+                        f"window where trainer.max_length ≤ {window})")
     if problems:
         raise UnsupportedModel(f"{mt} checkpoint uses what the Megatron converter does not reproduce: "
                                f"{'; '.join(problems)}; train it with trainer.backend=torch")
@@ -154,7 +177,24 @@ def _llama_arch(cfg: Mapping, mt: str) -> Arch:
                 max_position_embeddings=cfg.get("max_position_embeddings", 4096),
                 norm_eps=cfg.get("rms_norm_eps", 1e-6), tied=bool(cfg.get("tie_word_embeddings", False)),
                 qkv_bias=(mt == "qwen2"), rotary_base=float(theta), rope_scaling_factor=scaling,
-                qk_norm=(mt == "qwen3"))
+                qk_norm=(mt == "qwen3"), sliding_window=window)
+
+
+def _sliding_window(cfg: Mapping, mt: str) -> int | None:
+    """The attention window of a Llama-family config, None for full attention. Mistral's applies to
+    every layer. Qwen2/Qwen3's needs ``use_sliding_window`` and applies to the layers ``layer_types``
+    marks ``sliding_attention``; without ``layer_types`` every layer counts, since the documented
+    meaning of ``max_window_layers`` (the bottom layers slide) and transformers' code (the layers
+    from it up slide) disagree (transformers issues 35896, 38787)."""
+    w = cfg.get("sliding_window")
+    if not w:
+        return None
+    if mt == "mistral":
+        return int(w)
+    if mt in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        types = cfg.get("layer_types")
+        return int(w) if types is None or "sliding_attention" in types else None
+    return None
 
 
 def _megatron_llama3(rope: Mapping) -> bool:

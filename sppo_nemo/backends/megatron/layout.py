@@ -84,7 +84,8 @@ def check(r: Recipe, base_dir: Path) -> list[str]:
 
 
 def _shape_problems(r: Recipe, base_dir: Path, tp: int, pp: int) -> list[str]:
-    """The policy's shape against TP/PP, when its config.json can be read without the network."""
+    """The policy's shape against TP/PP, and its sliding attention window (if any) against
+    trainer.max_length, when its config.json can be read without the network."""
     try:
         cfg = policy_config(r.policy.model, base_dir)
     except UnreadableConfig as e:
@@ -92,8 +93,12 @@ def _shape_problems(r: Recipe, base_dir: Path, tp: int, pp: int) -> list[str]:
     if cfg is None:
         return []
     try:
-        arch = arch_from_hf_config(cfg)
+        arch = arch_from_hf_config(cfg, accept_window=True)  # a sliding window: checked below
     except UnsupportedModel as e:
         return [f"policy.model: {e}"]
-    return [f"trainer.megatron.{k}: {reason}; choose a layout that splits the model evenly"
-            for k, reason in arch.parallel_problems(tp, pp)]
+    p = [f"trainer.megatron.{k}: {reason}; choose a layout that splits the model evenly"
+         for k, reason in arch.parallel_problems(tp, pp)]
+    window = arch.window_problem(r.trainer.max_length)
+    if window:
+        p.append(f"trainer.max_length: {r.trainer.max_length}; {window}")
+    return p

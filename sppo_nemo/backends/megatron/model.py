@@ -3,6 +3,10 @@
 Each process builds its shard of a Megatron ``GPTModel``: Transformer Engine's layer spec when
 Transformer Engine is importable and allowed, else the local spec with torch SDPA attention (or
 megatron's own). Its weights are left uninitialised; :mod:`.weights` loads them from π_t.
+
+Attention is always full causal: an :class:`Arch` with a ``sliding_window`` reaches here only
+after its caller held every sequence to the window (:meth:`Arch.window_problem`), where the window
+masks nothing.
 """
 
 from __future__ import annotations

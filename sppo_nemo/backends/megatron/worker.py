@@ -47,7 +47,7 @@ from sppo_nemo.process import stopping
 from sppo_nemo.process.allocator import keep_freed_memory
 from sppo_nemo.backends.chat_format import ChatFormat, Encoded
 from sppo_nemo.backends.hf import load_tokenizer
-from sppo_nemo.backends.megatron.arch import Arch, arch_from_hf_config
+from sppo_nemo.backends.megatron.arch import Arch, UnsupportedModel, arch_from_hf_config
 from sppo_nemo.backends.megatron.checkpoints import Checkpoints
 from sppo_nemo.backends.megatron.job import STOPPED, Job, progress_line, read_job, write_result
 from sppo_nemo.backends.megatron.logps import MicroBatch, make_micro_batch, schedule_pass
@@ -113,7 +113,12 @@ class Setup:
 def set_up(job: Job, device: torch.device) -> Setup:
     """This rank's model shard holding π_t, wrapped for bf16 and DDP, and the encoded rows."""
     c, m = job.trainer, job.trainer.megatron
-    arch = arch_from_hf_config(json.loads((job.policy_dir / "config.json").read_text()))
+    arch = arch_from_hf_config(json.loads((job.policy_dir / "config.json").read_text()), accept_window=True)
+    # the recipe check holds the window to trainer.max_length where it can read config.json without the
+    # network; a hub id it could not read is checked here
+    window = arch.window_problem(c.max_length)
+    if window:
+        raise UnsupportedModel(f"trainer.max_length: {c.max_length}; {window}")
     opts = ModelOptions(precision=c.precision, transformer_engine=m.transformer_engine, recompute=m.recompute,
                         sequence_parallel=m.sequence_parallel, attention=m.attention)
     model, cfg = build_model(arch, opts)
