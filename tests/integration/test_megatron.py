@@ -70,6 +70,17 @@ def _tiny_hf(kind: str, out: Path) -> tuple[Path, torch.nn.Module]:
                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                                 "original_max_position_embeddings": 8192})
         model = tf.LlamaForCausalLM(cfg)
+    elif kind == "qwen3":  # head_dim 16 against hidden/heads = 8, GQA, per-head q/k RMSNorm
+        cfg = tf.Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                             tie_word_embeddings=False)
+        model = tf.Qwen3ForCausalLM(cfg)
+        _randomise_qk_norms(model)
+    elif kind == "mistral_window":  # a window exactly as long as the probe's 48-token sequences: it masks nothing
+        cfg = tf.MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                               sliding_window=48, tie_word_embeddings=False)
+        model = tf.MistralForCausalLM(cfg)
     elif kind == "qwen2_tied":
         cfg = tf.Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -91,11 +102,22 @@ def _tiny_hf(kind: str, out: Path) -> tuple[Path, torch.nn.Module]:
     return out, model
 
 
+def _randomise_qk_norms(model) -> None:
+    """Qwen3's q/k norms start at ones: random (and unequal between q and k), so that they matter."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.normal_(1.0, 0.5)
+            layer.self_attn.k_norm.weight.normal_(1.0, 0.5)
+
+
 @pytest.mark.parametrize("kind,tp,attention", [("llama_gqa", 1, "sdpa"), ("llama_gqa", 2, "sdpa"),
                                                ("llama_gqa", 1, "local"), ("qwen2_tied", 2, "sdpa"),
-                                               ("gpt2", 1, "sdpa"), ("llama31_scaled", 1, "sdpa")])
+                                               ("gpt2", 1, "sdpa"), ("llama31_scaled", 1, "sdpa"),
+                                               ("qwen3", 1, "sdpa"), ("qwen3", 2, "sdpa"),
+                                               ("mistral_window", 1, "sdpa")])
 def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, attention: str, tmp_path: Path) -> None:
-    """Both attention paths of the local spec (torch SDPA, megatron's own) reproduce HF's logits."""
+    """Both attention paths of the local spec (torch SDPA, megatron's own) reproduce HF's logits;
+    so does full attention for a sliding-window model on sequences no longer than its window."""
     src, hf = _tiny_hf(kind, tmp_path / "src")
     torchrun(tp, src, "-", tmp_path / "logits.pt", "--tp", tp, "--attention", attention,
              "--convert", tmp_path / "back")
@@ -104,6 +126,20 @@ def test_hf_megatron_hf_same_logits_and_identical_weights(kind: str, tp: int, at
         want = hf(input_ids=got["ids"]).logits
     assert got["logits"].shape == want.shape
     assert (got["logits"] - want).abs().max().item() < 1e-5
+    if kind == "mistral_window":  # the window is real: one token shorter, it changes the last position only
+        import copy
+
+        import transformers as tf
+
+        assert got["ids"].shape[1] == hf.config.sliding_window == 48
+        cfg = copy.deepcopy(hf.config)
+        cfg.sliding_window = 47
+        shorter = tf.MistralForCausalLM(cfg).eval()
+        shorter.load_state_dict(hf.state_dict())
+        with torch.no_grad():
+            windowed = shorter(input_ids=got["ids"]).logits
+        assert (windowed[:, :47] - want[:, :47]).abs().max().item() < 1e-5
+        assert (windowed[:, 47:] - want[:, 47:]).abs().max().item() > 1e-3
 
     from safetensors.torch import load_file
 
@@ -175,6 +211,47 @@ def test_parallel_layout_matches_tp1_tokens_and_gradients(layout, tiny_model, ti
     assert max(g.abs().max().item() for g in ref["grads"].values()) > 1e-2  # a real gradient
     grad = max((got["grads"][k] - ref["grads"][k]).abs().max().item() for k in ref["grads"])
     assert grad < 1e-5, f"{layout}: gradients differ by {grad}"
+
+
+@pytest.fixture(scope="module")
+def qwen3_model(tiny_model, tmp_path_factory) -> Path:
+    """A tiny Qwen3 (head_dim 16 against hidden/heads 8, GQA, random q/k norms) with the tiny
+    Llama's tokenizer."""
+    import shutil
+
+    import transformers as tf
+
+    out = tmp_path_factory.mktemp("qwen3") / "model"
+    llama = tf.AutoConfig.from_pretrained(tiny_model)
+    cfg = tf.Qwen3Config(vocab_size=llama.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                         tie_word_embeddings=False, eos_token_id=llama.eos_token_id, pad_token_id=llama.pad_token_id,
+                         bos_token_id=None)
+    torch.manual_seed(6)
+    model = tf.Qwen3ForCausalLM(cfg)
+    _randomise_qk_norms(model)
+    model.save_pretrained(out)
+    for f in tiny_model.iterdir():
+        if "token" in f.name or f.name.endswith(".jinja"):
+            shutil.copy2(f, out / f.name)
+    return out
+
+
+def test_qwen3_tp2_matches_tp1_tokens_and_gradients_qk_norms_included(qwen3_model, probe_rows, tmp_path: Path) -> None:
+    """Each tensor-parallel rank normalises only its own heads with the replicated q/k norm
+    weights, so their gradient is the sum over ranks (megatron's finalize_model_grads, under
+    TransformerConfig.qk_layernorm): TP=2 must give TP=1's."""
+    torchrun(1, qwen3_model, probe_rows, tmp_path / "tp1.pt")
+    torchrun(2, qwen3_model, probe_rows, tmp_path / "tp2.pt", "--tp", 2)
+    ref, got = torch.load(tmp_path / "tp1.pt"), torch.load(tmp_path / "tp2.pt")
+    assert [len(t) for t in got["tokens"]] == [len(t) for t in ref["tokens"]]
+    tok = max((a - b).abs().max().item() for a, b in zip(got["tokens"], ref["tokens"]))
+    assert tok < 1e-5, f"per-token log-probs differ by {tok}"
+    assert set(got["grads"]) == set(ref["grads"])
+    norms = [k for k in ref["grads"] if k.endswith(("q_layernorm.weight", "k_layernorm.weight"))]
+    assert len(norms) == 4 and min(ref["grads"][k].abs().max().item() for k in norms) > 1e-3, norms
+    grad = {k: (got["grads"][k] - ref["grads"][k]).abs().max().item() for k in ref["grads"]}
+    assert max(grad.values()) < 1e-5, {k: v for k, v in grad.items() if v >= 1e-5}
 
 
 # -- training: layouts and backends agree ---------------------------------------------------
