@@ -40,6 +40,8 @@ SELECTION = (
     "tests/integration/test_megatron.py::test_hf_megatron_hf_same_logits_and_identical_weights[[]llama_gqa-1-local[]]",
     "tests/integration/test_megatron.py::test_hf_megatron_hf_same_logits_and_identical_weights[[]gpt2-1-sdpa[]]",
     "tests/integration/test_megatron.py::test_hf_megatron_hf_same_logits_and_identical_weights[[]llama31_scaled-1-sdpa[]]",
+    "tests/integration/test_megatron.py::test_hf_megatron_hf_same_logits_and_identical_weights[[]qwen3-2-sdpa[]]",
+    "tests/integration/test_megatron.py::test_qwen3_tp2_matches_tp1_tokens_and_gradients_qk_norms_included",
     "tests/integration/test_megatron.py::test_parallel_layout_matches_tp1_tokens_and_gradients[[]tp2[]]",
     "tests/integration/test_megatron.py::test_parallel_layout_matches_tp1_tokens_and_gradients[[]pp2[]]",
     "tests/integration/test_megatron.py::test_parallel_layout_matches_tp1_tokens_and_gradients[[]tied_pp2[]]",
