@@ -128,7 +128,8 @@ def test_rerun_redoes_nothing(tiny_model, reference_run: Path):
     assert before == after
 
 
-@pytest.mark.parametrize("victim", ["iter_01/train.partial", "iter_02/generate.partial/sampling/chunks.jsonl"])
+# A kill in the train stage is tests/integration/test_step_checkpoints.py's (at steps 2 and 17, byte-identical).
+@pytest.mark.parametrize("victim", ["iter_02/generate.partial/sampling/chunks.jsonl"])
 def test_kill_9_mid_stage_then_resume_gives_identical_artifacts(tiny_model, reference_run, tmp_path, victim):
     out = tmp_path / "runs"
     cmd = sppo_cmd(TINY_RECIPE, f"output_dir={out}")
