@@ -16,7 +16,6 @@ from sppo_nemo.schema.errors import UserError
 from sppo_nemo.formats.step_checkpoints import parse_period
 
 
-
 def check_general(r: Recipe, base_dir: Path) -> list[str]:
     """Every problem of the keys no backend owns, section by section, in the recipe's order."""
     return [*_run_keys(r), *_loss(r), *_sampling_and_judge(r), *_trainer(r), *_evaluation(r),
