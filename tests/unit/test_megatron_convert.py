@@ -436,6 +436,16 @@ def test_unsupported_model_type():
         arch_from_hf_config({})
 
 
+def test_gemma_families_are_refused_naming_what_the_local_spec_lacks():
+    with pytest.raises(UnsupportedModel) as e:
+        arch_from_hf_config({"model_type": "gemma2", "hidden_size": 3584, "attn_logit_softcapping": 50.0})
+    msg = str(e.value)
+    assert "'gemma2'" in msg and "soft-capping" in msg and "(1 + w)" in msg and "trainer.backend=torch" in msg
+    for mt in ("gemma", "gemma3"):
+        with pytest.raises(UnsupportedModel, match="zero-centred RMSNorm"):
+            arch_from_hf_config({"model_type": mt})
+
+
 @pytest.mark.parametrize("rope", [
     # Llama 3.1 scaling with constants other than the ones megatron hard-codes (1, 4, 8192)
     {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,

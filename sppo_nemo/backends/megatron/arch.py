@@ -30,6 +30,17 @@ from typing import Mapping
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 
+# Families the field aligns that megatron-core's local spec cannot express, with what it lacks.
+_ZERO_CENTRED = "normalisation by (1 + w) (zero-centred RMSNorm), embeddings scaled by √hidden"
+_POST_NORMS = "norms after attention and after the MLP"
+NOT_EXPRESSED = {
+    "gemma": _ZERO_CENTRED,
+    "gemma2": f"{_ZERO_CENTRED}, {_POST_NORMS}, tanh soft-capping of attention scores and of the final logits",
+    "gemma3": f"{_ZERO_CENTRED}, {_POST_NORMS}, zero-centred q/k norms, separate RoPE bases for local and "
+              f"global layers",
+}
+
+
 class UnsupportedModel(ValueError):
     """The HF checkpoint's architecture has no converter here."""
 
@@ -118,6 +129,10 @@ def arch_from_hf_config(cfg: Mapping, *, accept_window: bool = False) -> Arch:
     attention window is recorded in :attr:`Arch.sliding_window` rather than refused: the caller
     then keeps every sequence within it (:meth:`Arch.window_problem`)."""
     mt = cfg.get("model_type")
+    if mt in NOT_EXPRESSED:
+        raise UnsupportedModel(f"model_type {mt!r}: megatron-core's local layer spec, which the megatron trainer "
+                               f"builds, has no {NOT_EXPRESSED[mt]}, so it cannot train this model exactly; "
+                               f"train it with trainer.backend=torch")
     if mt not in SUPPORTED:
         raise UnsupportedModel(
             f"model_type {mt!r} has no Megatron converter (supported: {', '.join(SUPPORTED)}); "
