@@ -374,13 +374,20 @@ def test_the_example_scripts_in_launchers_are_what_nemo_run_generates():
     assert proc.returncode == 0, proc.stderr
 
 
+REVOKED_CREDENTIAL_S = 2.0  # past the second in which the node revoked a requeued job's credential
+
+
 def release_when_requeued(env: dict, job: str, timeout: float = 120) -> None:
     """Slurm holds a requeued job for about a minute (Reason=BeginTime) before it may start again;
-    once it is held, let it start now (the tests' cluster runs as root), so the test need not wait."""
+    once it is held, let it start (the tests' cluster runs as root), so the test need not wait. Not
+    at once: the node revoked the first start's job credential, and a new credential issued within
+    the same second counts as revoked too ("Killing non-startable batch JobId: Job credential
+    revoked"), which is what the hold is there to avoid; two seconds clear it."""
     deadline = time.time() + timeout
     while True:
         shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
         if "Restarts=1" in shown and "JobState=PENDING" in shown:
+            time.sleep(REVOKED_CREDENTIAL_S)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, timeout=30)
             return
         if "Restarts=1" in shown and "JobState=PENDING" not in shown and "JobState=REQUEUED" not in shown:
