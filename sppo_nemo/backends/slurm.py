@@ -1,6 +1,6 @@
 """What a process inside a Slurm allocation can learn about it: the nodes, a node's address, and
-the node it runs on. Standard library only; every backend that starts work on other nodes (the
-megatron ranks, vLLM engines, PairRM workers) asks here."""
+whether it is a job step. Standard library only; every backend that starts work on other nodes
+(the megatron ranks, vLLM engines) asks here."""
 
 from __future__ import annotations
 
@@ -32,11 +32,6 @@ def node_address(node: str) -> str:
         if field.startswith("NodeAddr="):
             return field.split("=", 1)[1]
     return node
-
-
-def this_node() -> str | None:
-    """The node this process runs on, inside an allocation."""
-    return os.environ.get("SLURMD_NODENAME")
 
 
 def in_step() -> bool:

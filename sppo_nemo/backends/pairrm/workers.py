@@ -84,10 +84,6 @@ class DevicePool:
         for dev, proc, conn in self._workers:
             self._expect(dev, proc, conn, "ready")
 
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for _, proc, _ in self._workers]
-
     def _fail(self, dev: str, detail: str) -> PairRMError:
         self.close()
         tail = "\n".join(detail.strip().splitlines()[-6:])
