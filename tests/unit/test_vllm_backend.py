@@ -548,7 +548,7 @@ class FakeWorkers:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(controller, "subprocess", SimpleNamespace(Popen=self.popen, STDOUT=-2))
-        monkeypatch.setattr(controller, "_stop", lambda procs: self.stopped.append(len(procs)))
+        monkeypatch.setattr(controller, "stop_groups", lambda procs: self.stopped.append(len(procs)))
 
     def popen(self, cmd, stdout, stderr, env, start_new_session):
         state, engine = Path(cmd[-3]), int(cmd[-2])

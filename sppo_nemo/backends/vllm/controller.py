@@ -19,7 +19,6 @@ whereas vLLM's sampled log-probs are after temperature and top-p, in the engine'
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from sppo_nemo.backends.hf import HFGenerator, load_tokenizer
 from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.formats.chunklog import ChunkLog, merged
+from sppo_nemo.process.children import stop_groups
 from sppo_nemo.schema.config import VllmConfig
 from sppo_nemo.schema.errors import UserError
 from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParams
@@ -174,7 +174,7 @@ class VLLMGenerator:
                     break
                 time.sleep(0.25)
         finally:
-            _stop(procs)
+            stop_groups(procs)
         return _version(state, n)
 
     # ------------------------------------------------------------------ scoring and facts
@@ -275,42 +275,6 @@ def _package_link(state: Path) -> Path:
     if not link.exists():
         link.symlink_to(Path(sppo_nemo.__file__).resolve().parent, target_is_directory=True)
     return folder
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Every worker and its engine processes (each worker leads a process group): what is left of
-    the group of a worker that exited (vLLM's resource tracker, an orphaned engine core) at once by
-    SIGKILL; a worker still running by SIGTERM first (it ends its own group), SIGKILL after 10 s."""
-    for p in procs:
-        if p.poll() is not None and _group_alive(p.pid):
-            _signal_group(p.pid, signal.SIGKILL)
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        alive = [p for p in procs if _group_alive(p.pid)]
-        for p in alive:
-            _signal_group(p.pid, sig)
-        deadline = time.time() + wait
-        while alive and time.time() < deadline:
-            for p in alive:
-                p.poll()
-            alive = [p for p in alive if _group_alive(p.pid)]
-            time.sleep(0.1)
-    for p in procs:
-        p.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def _version(state: Path, engines: int) -> str:

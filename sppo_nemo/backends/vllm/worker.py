@@ -15,48 +15,15 @@ it, and after a resume.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from sppo_nemo.backends.vllm.job import FAILED, READY, Job, shard_log
 from sppo_nemo.formats.chunklog import ChunkLog
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """End this worker and its engine processes when the controller dies, even by kill -9, so no
-    orphan engine keeps its GPUs or writes to a log a resumed run owns. vLLM's engine core does not
-    watch its parent, so the whole process group goes (the controller starts each worker as the
-    leader of its own): on the kernel's parent-death signal (Linux prctl), and from a watchdog
-    thread in case that signal is not delivered (not Linux, or a handler blocked in C)."""
-    signal.signal(signal.SIGTERM, lambda *_: _end_group())
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        _end_group()
-
-    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
-
-
-def _end_group() -> None:
-    """SIGKILL this worker's process group (its engine core and the engine's workers), or only this
-    process when it does not lead a group of its own."""
-    if os.getpgid(0) == os.getpid():
-        os.killpg(0, signal.SIGKILL)
-    os._exit(1)
-
+from sppo_nemo.process.children import die_with_parent
 
 def pin_threads() -> None:
     """In-process on CPU: this process's cores and OpenMP threads are the engine's share
