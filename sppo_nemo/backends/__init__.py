@@ -39,6 +39,10 @@ def check(r: Recipe, base_dir: Path) -> list[str]:
         from sppo_nemo.backends.vllm import check as vllm_check  # no vllm import: keys and shapes
 
         p += vllm_check.check(r, base_dir)
+    if r.evaluation.lm_eval.enabled:
+        from sppo_nemo.backends.lm_eval import spec as lm_eval_spec  # no lm_eval import: keys and folders
+
+        p += lm_eval_spec.check(r, base_dir)
     return p
 
 

@@ -176,6 +176,10 @@ def _anchor_paths(data: dict, base_dir: Path) -> None:
             if key == "prompts" and is_hub_dataset(value):
                 continue  # a hub dataset
             sec[key] = str(resolve_path(value, base_dir))
+    evaluation = data.get("evaluation")
+    lm_eval = evaluation.get("lm_eval") if isinstance(evaluation, dict) else None
+    if isinstance(lm_eval, dict) and isinstance(lm_eval.get("include_path"), str):
+        lm_eval["include_path"] = str(resolve_path(lm_eval["include_path"], base_dir))
 
 
 def _deep_update(dst: dict, src: dict) -> None:

@@ -12,7 +12,7 @@ What is not on this machine is not counted: a launcher ``srun`` starts its ranks
 the nodes of a Slurm allocation. ``--submit`` checks nothing here (its jobs run on other nodes);
 each job's own ``sppo-run --stage`` checks the node it runs on.
 
-The probes are three functions (the tests replace them):
+The probes are four functions (the tests replace them):
 
 - :func:`gpu_count`: ``torch.cuda.device_count()``. Before CUDA is initialised it asks NVML
   (honouring ``CUDA_VISIBLE_DEVICES``, UUIDs included) and caches nothing; only where NVML cannot
@@ -22,6 +22,7 @@ The probes are three functions (the tests replace them):
   A CPU build of torch answers 0 without looking.
 - :func:`vllm_problem`: the controller's own interpreter check (``backends/vllm/check.py``): a
   subprocess that finds vllm without importing it; asked anew on every run.
+- :func:`lm_eval_installed`: whether lm-eval is found (the evaluate stage's ``evaluation.lm_eval``).
 - :func:`megatron_cpu_patched`: whether the test-only CPU patches of megatron-core
   (``cpu_patches/megatron_cpu.py``, installed in every worker by ``cpu_patches/megatron_cpu_site/sitecustomize.py``
   on ``PYTHONPATH``, which the workers inherit) are on; then megatron without CUDA is allowed.
@@ -62,6 +63,13 @@ def vllm_problem(python: str) -> str | None:
     except VllmUnavailable as exc:
         return str(exc)
     return None
+
+
+def lm_eval_installed() -> bool:
+    """Whether lm-eval is installed here (found, not imported: the worker imports it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("lm_eval") is not None
 
 
 def megatron_cpu_patched() -> bool:
@@ -118,6 +126,10 @@ def problems(r: Recipe, stages: list[tuple[int, str]]) -> list[str]:
     sampling = [s for s in stages if s[1] in ("generate", "evaluate")]
     if sampling and r.generation.backend == "vllm":
         out += _vllm(r, _named(sampling), visible)
+    evaluate = [s for s in stages if s[1] == "evaluate"]
+    if evaluate and r.evaluation.lm_eval.enabled and not lm_eval_installed():
+        out.append(f"{_named(evaluate)}: evaluation.lm_eval.enabled=true needs lm-eval, which {sys.executable} "
+                   f"cannot import; install it with pip install -e '.[evals]' (or set evaluation.lm_eval.enabled=false)")
     return out
 
 

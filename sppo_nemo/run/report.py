@@ -1,7 +1,8 @@
 """report.md, winrate.png, length.png and the per-iteration table printed at the end of a run.
 
 Columns and sections that only some recipes produce appear only when present: the exact game
-figures, best-of-n (evaluation.best_of), the AlpacaEval output files, and the cost estimate
+figures, best-of-n (evaluation.best_of), lm-eval's tasks (evaluation.lm_eval, with lm_eval.png),
+the AlpacaEval output files, and the cost estimate
 (``<run dir>/estimate.md``, written at run start)."""
 
 from __future__ import annotations
@@ -155,6 +156,49 @@ def plot_length(ctx: Context, rows: list[dict]) -> bool:
     return True
 
 
+def lm_eval_section(rows: list[dict]) -> list[str]:
+    """lm-eval's headline number per task and policy, ± lm-eval's own standard error."""
+    runs = [r for r in rows if "lm_eval" in r]
+    if not runs:
+        return []
+    tasks = list(dict.fromkeys(t for r in runs for t in r["lm_eval"]))
+    head = "| task | metric | shots | documents | " + " | ".join(f"π_{r['iteration'] + 1}" for r in runs) + " |"
+    lines = [f"## lm-eval (lm-evaluation-harness {runs[-1].get('lm_eval_version')})", "", head,
+             "|" + "---|" * (4 + len(runs))]
+    for t in tasks:
+        info = next(r["lm_eval"][t] for r in runs if t in r["lm_eval"])
+        cells = []
+        for r in runs:
+            v, err = r.get(f"lm_eval_{t}"), r.get(f"lm_eval_{t}_stderr")
+            cells.append("–" if v is None else f"{v:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+        lines.append(f"| {t} | {(info.get('metric') or '–').replace(',none', '')} | {info.get('num_fewshot')} | "
+                     f"{info.get('samples')} | " + " | ".join(cells) + " |")
+    return lines + ["", "Each number is lm-eval's own metric on the policy (π_1 at iteration 0, π_{t+1} at iteration "
+                    "t) ± its standard error; no judge is involved. All metrics per task are in each "
+                    "`iter_XX/evaluate/metrics.json` under `lm_eval`.", "", "![lm-eval](lm_eval.png)", ""]
+
+
+def plot_lm_eval(ctx: Context, rows: list[dict]) -> None:
+    """lm_eval.png: each task's headline number per policy with its standard error."""
+    runs = [r for r in rows if "lm_eval" in r]
+    if not runs:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for t in dict.fromkeys(t for r in runs for t in r["lm_eval"]):
+        pts = [r for r in runs if f"lm_eval_{t}" in r]
+        ax.errorbar([r["iteration"] for r in pts], [r[f"lm_eval_{t}"] for r in pts],
+                    yerr=[r.get(f"lm_eval_{t}_stderr") or 0.0 for r in pts], marker="o", capsize=3, label=t)
+    ax.set_xlabel("SPPO iteration t (policy π_{t+1})")
+    ax.set_ylabel("lm-eval score (± standard error)")
+    ax.set_xticks([r["iteration"] for r in runs])
+    ax.set_title(f"{ctx.recipe.name}: lm-eval")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(ctx.run_dir / "lm_eval.png")
+    plt.close(fig)
+
+
 def outputs_section(ctx: Context, rows: list[dict]) -> list[str]:
     """The AlpacaEval files of the finished evaluations, for `alpaca_eval evaluate --model_outputs`."""
     files = []
@@ -224,10 +268,12 @@ def write_report(ctx: Context) -> str:
         "![win rates](winrate.png)",
         "",
         *(["![response length](length.png)", ""] if have_length else []),
+        *lm_eval_section(rows),
         *outputs_section(ctx, rows),
         *cost_section(ctx),
     ])
     (ctx.run_dir / "report.md").write_text(text)
     plot(ctx, rows)
     plot_length(ctx, rows)
+    plot_lm_eval(ctx, rows)
     return table(rows)

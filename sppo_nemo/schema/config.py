@@ -219,6 +219,31 @@ class TrainerConfig:
 
 
 @dataclass
+class LmEvalConfig:
+    """EleutherAI's lm-evaluation-harness on each evaluated policy (π_1 once, then every π_{t+1}), in a
+    worker process of its own (sppo_nemo/backends/lm_eval); needs ``pip install -e '.[evals]'``."""
+
+    enabled: bool = False
+    # lm-eval task or group names; the default is the Open LLM Leaderboard (v1) set the paper reports
+    # (Table 3), each at the leaderboard's few-shot count. Tasks over the datasets hub need the
+    # datasets cache offline (python -m sppo_nemo.backends.lm_eval fetch TASK... fills it).
+    tasks: list[str] = field(default_factory=lambda: list(LEADERBOARD_TASKS))
+    # "task=N" per task; a task named nowhere takes the leaderboard's count, else its own default
+    num_fewshot: list[str] = field(default_factory=list)
+    # per task: the first N documents (N ≥ 1), or that fraction of them (0 < x < 1); null: all
+    limit: Optional[float] = None
+    batch_size: int = 8
+    include_path: Optional[str] = None  # a folder of your own task YAMLs (lm-eval's --include_path)
+    chat_template: bool = False  # the leaderboard's setting: plain prompts, no chat template
+
+
+# The Open LLM Leaderboard v1 tasks (paper, Table 3) with the leaderboard's few-shot counts.
+LEADERBOARD_TASKS = ("arc_challenge", "truthfulqa_mc2", "winogrande", "gsm8k", "hellaswag", "mmlu")
+LEADERBOARD_FEWSHOT = {"arc_challenge": 25, "truthfulqa_mc2": 0, "winogrande": 5, "gsm8k": 5, "hellaswag": 10,
+                       "mmlu": 5}
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     samples_per_prompt: int = 1
@@ -238,6 +263,7 @@ class EvalConfig:
     # moves well inside its interval, benchmarks/README.md) or auto (whatever generation.precision
     # resolves to).
     kl_precision: PrecisionChoice = "fp32"
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 
 @dataclass

@@ -18,10 +18,14 @@ Iteration 0 is the base policy π_1: its samples are the opponents of every late
 All policies sample the held-out prompts with the same seeds (common random numbers).
 
 Every iteration writes the held-out outputs (sample 0 of each prompt) as AlpacaEval's
-``model_outputs.json`` (sppo_nemo/formats/alpaca.py). Two optional keys add work, never changing the above:
+``model_outputs.json`` (sppo_nemo/formats/alpaca.py). Three optional keys add work, never changing the above:
 
 - ``evaluation.prompts``: one response per instruction of that file (AlpacaEval's 805, say), with
   the evaluation sampling settings, written as ``alpaca_eval_outputs.json``; not judged here.
+- ``evaluation.lm_eval``: EleutherAI's lm-evaluation-harness tasks (the Open LLM Leaderboard's by
+  default, paper Table 3) on the evaluated policy, in a worker of its own after the generator and
+  the judge have closed (sppo_nemo/backends/lm_eval); each task's headline number and standard error
+  as ``lm_eval_<task>`` and ``lm_eval_<task>_stderr``, all of its metrics under ``lm_eval``.
 - ``evaluation.best_of: n`` (paper, Table 1, "best-of-16"): n more samples per held-out prompt,
   ranked by the judge: the kept one has the largest P̂(y_i ≻ π | x) = (1/n) Σ_j M[i, j] over the
   n samples (eq. 3.5; the first on ties). ``win_rate_best_of_vs_base`` is its win probability
@@ -45,6 +49,7 @@ from sppo_nemo.formats.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_na
 from sppo_nemo.formats.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import (GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge,
                                 policy_location)
+from sppo_nemo.backends.lm_eval.spec import LmEvalSpec, lm_eval_spec
 from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
 from sppo_nemo.maths.preference import win_rate_estimates
 from sppo_nemo.schema.protocols import Sample, SamplingParams
@@ -65,10 +70,14 @@ class Extras:
     prompts: EvalPrompts | None = None  # evaluation.prompts, read
     best_of: int | None = None
     kl_precision: str = "fp32"  # evaluation.kl_precision, resolved
+    lm_eval: LmEvalSpec | None = None  # evaluation.lm_eval, when enabled
 
     def fingerprint(self) -> dict:
-        return {"kl_precision": self.kl_precision, "best_of": self.best_of,
-                "prompts": self.prompts.fingerprint() if self.prompts is not None else None}
+        out = {"kl_precision": self.kl_precision, "best_of": self.best_of,
+               "prompts": self.prompts.fingerprint() if self.prompts is not None else None}
+        if self.lm_eval is not None:  # only when on: runs from before the key existed stay fresh
+            out["lm_eval"] = self.lm_eval.fingerprint()
+        return out
 
     @staticmethod
     def recipe_key(key: str) -> str:
@@ -97,7 +106,7 @@ def inputs(ctx: Context, t: int) -> Inputs:
     extra = _prompt_file(r) if e.prompts else None
     return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
                   r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
-                  Extras(r.name, extra, e.best_of, e.kl_precision))
+                  Extras(r.name, extra, e.best_of, e.kl_precision, lm_eval_spec(r)))
 
 
 def _prompt_file(r) -> EvalPrompts:
@@ -161,6 +170,8 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         judge.close()
     if rows:
         write_jsonl(workdir / "judgements.jsonl", rows)
+    if inp.extras.lm_eval is not None:
+        metrics.update(_lm_eval(inp, workdir, bar))
     for state in (STATE, BEST_OF_STATE, PROMPTS_STATE):
         shutil.rmtree(workdir / state, ignore_errors=True)
     write_json(workdir / "metrics.json", metrics)
@@ -231,6 +242,16 @@ def _sample_prompt_file(generator, inp: Inputs, workdir: Path, bar, name: str) -
     return {"alpaca_eval_outputs": len(prompts),
             "alpaca_eval_mean_tokens": float(np.mean([ss[0].num_tokens for ss in samples])),
             "alpaca_eval_prompts_cut": generator.cut_prompts(prompts)}
+
+
+def _lm_eval(inp: Inputs, workdir: Path, bar) -> dict:
+    """lm-eval's tasks on the evaluated policy, resumed per task (backends/lm_eval/controller.py)."""
+    from sppo_nemo.backends.lm_eval import controller
+
+    spec = inp.extras.lm_eval
+    with bar(len(spec.tasks), f"iter {inp.iteration} evaluate: lm-eval") as b:
+        results = controller.run(spec, policy_location(inp.policies[-1].location), workdir / "lm_eval", b.update)
+    return controller.metrics(spec, results)
 
 
 def read_metrics(ctx: Context, t: int) -> dict | None:
