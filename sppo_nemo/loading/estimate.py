@@ -10,7 +10,9 @@ prompts nor the weights need be readable):
 - evaluate: held-out prompts × evaluation.samples_per_prompt from π_{t+1} (+ evaluation.best_of per
   prompt), KL scoring under π_{t+1} and π_1 (2·N per token each), 2 opponents × samples compared in
   two orders (best-of-n adds n·(n−1) per prompt to rank, 2 per π_1 sample to judge the kept one);
-  iter_00/evaluate samples π_1 once per run.
+  iter_00/evaluate samples π_1 once per run;
+- lm-eval (evaluation.lm_eval): its tasks' forwards on one GPU, on every π_{t+1} and once on π_1
+  (:mod:`sppo_nemo.loading.lm_eval_cost`).
 Tokens per sample: the prompt is trainer.max_prompt_length/2 (no run records a prompt length); the
 response sampling.max_new_tokens, an upper bound, unless the run directory has a finished
 iter_01/generate (iter_00/evaluate for evaluation), whose manifest's result holds the measured mean.
@@ -29,6 +31,7 @@ from sppo_nemo.formats.artifacts import Stage
 from sppo_nemo.schema.config import Recipe, uses_games
 from sppo_nemo.schema.errors import UsageError, UserError
 from sppo_nemo.formats.hub import config_source, policy_config
+from sppo_nemo.loading import lm_eval_cost
 
 # --------------------------------------------------------------------------- the cost model
 
@@ -270,6 +273,8 @@ class Estimate:
     workload: Workload
     stages: list[StageCost]  # one iteration
     base_eval: StageCost | None  # iter_00/evaluate
+    lm_eval: StageCost | None = None  # evaluation.lm_eval on one policy: in ``stages`` too, and once more on π_1
+    lm_eval_uncounted: tuple[str, ...] = ()
 
     @property
     def iteration_seconds(self) -> float:
@@ -277,7 +282,8 @@ class Estimate:
 
     @property
     def run_seconds(self) -> float:
-        return self.T * self.iteration_seconds + (self.base_eval.seconds if self.base_eval else 0.0)
+        once = (self.base_eval.seconds if self.base_eval else 0.0) + (self.lm_eval.seconds if self.lm_eval else 0.0)
+        return self.T * self.iteration_seconds + once
 
 
 def default_gpus(r: Recipe) -> int:
@@ -304,7 +310,20 @@ def estimate(r: Recipe, run_dir: Path, gpus: int | None = None, gpu: str | None 
     w = workload(r, Path(run_dir))
     rt = rates(n, g, gpus, r.generation.vllm.tensor_parallel)
     base = _evaluate(w, n, rt, base=True) if w.eval_prompts else None
-    return Estimate(r.name, r.T, r.policy.model, n, source, g, kind, gpus, w, iteration(w, n, g, gpus, rt), base)
+    stages = iteration(w, n, g, gpus, rt)
+    lm, uncounted = _lm_eval(r, n, g, rt)
+    return Estimate(r.name, r.T, r.policy.model, n, source, g, kind, gpus, w, stages + ([lm] if lm else []), base,
+                    lm, uncounted)
+
+
+def _lm_eval(r: Recipe, n: int, g: GpuModel, rt: Rates) -> tuple[StageCost | None, tuple[str, ...]]:
+    if not (r.evaluation.enabled and r.evaluation.lm_eval.enabled):
+        return None, ()
+    work = lm_eval_cost.work(r.evaluation.lm_eval, n)
+    seconds = lm_eval_cost.seconds(work, g.peak_tflops, rt.decode / (rt.engines * rt.tp))
+    return StageCost("evaluate: lm-eval", generated=work.generated, flops=work.flops, seconds=seconds,
+                     throughput=f"lm-eval hf on 1 GPU, {lm_eval_cost.LM_EVAL_MFU:.0%} of {g.peak_tflops:g} TFLOP/s "
+                                f"(assumed)"), work.uncounted
 
 
 # --------------------------------------------------------------------------- the table
@@ -355,8 +374,13 @@ def markdown(e: Estimate) -> str:
     lines += ["", "## The run", "", "| | hours |", "|---|---:|"]
     if e.base_eval is not None:
         lines.append(f"| iter_00/evaluate (π_1 on the held-out prompts, once) | {_hours(e.base_eval.seconds)} |")
+    if e.lm_eval is not None:
+        lines.append(f"| iter_00/evaluate: lm-eval on π_1 (once) | {_hours(e.lm_eval.seconds)} |")
     lines += [f"| {e.T} iteration(s) × {_hours(it)} | {_hours(e.T * it)} |",
               f"| **total** | **{_hours(e.run_seconds)}** |", ""]
+    if e.lm_eval_uncounted:
+        lines.append(f"lm-eval tasks not counted (no size known here, or a few-shot count other than the "
+                     f"leaderboard's): {', '.join(e.lm_eval_uncounted)}.")
     top = max(e.stages, key=lambda s: s.seconds)
     share = top.seconds / it if it else 0.0
     if it > 3600:
