@@ -169,6 +169,13 @@ def test_vllm_only_in_the_vllm_worker():
     assert all(g[m] == set() for m in stdlib_only)
 
 
+def test_lm_eval_and_sklearn_each_in_one_module():
+    """lm-eval loads models: its one importer is the worker sppo-run starts as a process of its own.
+    scikit-learn fits AlpacaEval's length-control GLM, imported inside that function only."""
+    assert importers_of("lm_eval") == {"sppo_nemo.backends.lm_eval.worker"}
+    assert importers_of("sklearn") == {"sppo_nemo.maths.length_control"}
+
+
 def test_nemo_run_only_in_the_job_layer():
     """NeMo-Run is an optional extra: one module imports it, and only inside functions, so that the
     recipe checks, --status' records and the stage jobs themselves never need it."""

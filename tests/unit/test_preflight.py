@@ -52,7 +52,7 @@ def vllm(**keys) -> Recipe:
 def machine(monkeypatch: pytest.MonkeyPatch):
     """A machine with no GPU, vllm everywhere, no CPU patches; change its fields in the test.
     ``asked`` counts the probes' calls."""
-    m = SimpleNamespace(gpus=0, vllm=None, patched=False, asked=[])
+    m = SimpleNamespace(gpus=0, vllm=None, patched=False, lm_eval=True, asked=[])
 
     def probe(name, value):
         def f(*args):
@@ -63,6 +63,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(preflight, "gpu_count", probe("gpus", "gpus"))
     monkeypatch.setattr(preflight, "vllm_problem", probe("vllm", "vllm"))
     monkeypatch.setattr(preflight, "megatron_cpu_patched", probe("patched", "patched"))
+    monkeypatch.setattr(preflight, "lm_eval_installed", probe("lm_eval", "lm_eval"))
     return m
 
 
@@ -148,6 +149,18 @@ def test_every_problem_at_once_in_one_message(machine, tmp_path: Path) -> None:
 def test_torch_and_hf_probe_nothing(machine, tmp_path: Path) -> None:
     refuse_unrunnable(ctx_for(recipe(), tmp_path))
     assert machine.asked == []
+
+
+def test_lm_eval_missing_is_refused_for_the_evaluate_stages_only(machine) -> None:
+    machine.lm_eval = False
+    r = recipe(evaluation__lm_eval__enabled=True)
+    (p,) = problems(r, [(0, "evaluate"), (1, "generate"), (1, "evaluate")])
+    assert p.startswith("iter_00/evaluate, iter_01/evaluate: evaluation.lm_eval.enabled=true needs lm-eval")
+    assert "pip install -e '.[evals]'" in p
+    machine.asked.clear()
+    assert problems(r, [(1, "generate"), (1, "train")]) == []
+    assert problems(recipe(), [(0, "evaluate")]) == []
+    assert machine.asked == []  # no evaluate stage, or lm-eval off: not even asked
 
 
 # ------------------------------------------------------------------------ which stages will run
