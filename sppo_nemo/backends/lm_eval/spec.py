@@ -34,7 +34,8 @@ class LmEvalSpec:
     threads: int | None
 
     def fingerprint(self) -> dict:
-        return {"tasks": [list(t) for t in self.tasks], "limit": self.limit, "batch_size": self.batch_size,
+        return {"tasks": [t for t, _ in self.tasks], "num_fewshot": {t: n for t, n in self.tasks},
+                "limit": self.limit, "batch_size": self.batch_size,
                 "include_path": _folder_digest(self.include_path), "chat_template": self.chat_template,
                 "precision": self.precision}
 
