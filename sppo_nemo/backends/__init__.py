@@ -43,6 +43,10 @@ def check(r: Recipe, base_dir: Path) -> list[str]:
         from sppo_nemo.backends.lm_eval import spec as lm_eval_spec  # no lm_eval import: keys and folders
 
         p += lm_eval_spec.check(r, base_dir)
+    if r.evaluation.alpaca_eval.enabled:
+        from sppo_nemo.backends.alpaca_eval import spec as alpaca_eval_spec  # keys and files only
+
+        p += alpaca_eval_spec.check(r, base_dir)
     return p
 
 

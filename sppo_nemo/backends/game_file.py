@@ -146,6 +146,9 @@ def check(r: Recipe, chosen: list[str], base_dir: Path) -> list[str]:
     if r.evaluation.lm_eval.enabled:
         p.append("evaluation.lm_eval.enabled: the game backends' policies are distributions over a finite set of "
                  "responses, not language models lm-eval can score; set evaluation.lm_eval.enabled=false")
+    if r.evaluation.alpaca_eval.enabled:
+        p.append("evaluation.alpaca_eval.enabled: the game backends' responses are names in a finite game, with its "
+                 "own exact evaluation; set evaluation.alpaca_eval.enabled=false")
     model = r.policy.model
     if model != GAME_POLICY and not (resolve_path(model, base_dir) / POLICY_FILE).is_file():
         p.append(f"policy.model: {model!r} is not a game policy directory (with {POLICY_FILE}); with the game "

@@ -180,6 +180,12 @@ def _anchor_paths(data: dict, base_dir: Path) -> None:
     lm_eval = evaluation.get("lm_eval") if isinstance(evaluation, dict) else None
     if isinstance(lm_eval, dict) and isinstance(lm_eval.get("include_path"), str):
         lm_eval["include_path"] = str(resolve_path(lm_eval["include_path"], base_dir))
+    judge = evaluation.get("alpaca_eval") if isinstance(evaluation, dict) else None
+    if isinstance(judge, dict):
+        if isinstance(judge.get("reference"), str) and judge["reference"] != "base":
+            judge["reference"] = str(resolve_path(judge["reference"], base_dir))
+        if isinstance(judge.get("local_model"), str) and looks_like_path(judge["local_model"]):
+            judge["local_model"] = str(resolve_path(judge["local_model"], base_dir))
 
 
 def _deep_update(dst: dict, src: dict) -> None:

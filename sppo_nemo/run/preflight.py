@@ -22,7 +22,8 @@ The probes are four functions (the tests replace them):
   A CPU build of torch answers 0 without looking.
 - :func:`vllm_problem`: the controller's own interpreter check (``backends/vllm/check.py``): a
   subprocess that finds vllm without importing it; asked anew on every run.
-- :func:`lm_eval_installed`: whether lm-eval is found (the evaluate stage's ``evaluation.lm_eval``).
+- :func:`installed`: whether a module is found: lm-eval (``evaluation.lm_eval``), scikit-learn
+  (``evaluation.alpaca_eval``'s length-controlled fit).
 - :func:`megatron_cpu_patched`: whether the test-only CPU patches of megatron-core
   (``cpu_patches/megatron_cpu.py``, installed in every worker by ``cpu_patches/megatron_cpu_site/sitecustomize.py``
   on ``PYTHONPATH``, which the workers inherit) are on; then megatron without CUDA is allowed.
@@ -65,11 +66,11 @@ def vllm_problem(python: str) -> str | None:
     return None
 
 
-def lm_eval_installed() -> bool:
-    """Whether lm-eval is installed here (found, not imported: the worker imports it)."""
+def installed(module: str) -> bool:
+    """Whether ``module`` is installed here (found, not imported: its worker or fit imports it)."""
     import importlib.util
 
-    return importlib.util.find_spec("lm_eval") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def megatron_cpu_patched() -> bool:
@@ -127,9 +128,23 @@ def problems(r: Recipe, stages: list[tuple[int, str]]) -> list[str]:
     if sampling and r.generation.backend == "vllm":
         out += _vllm(r, _named(sampling), visible)
     evaluate = [s for s in stages if s[1] == "evaluate"]
-    if evaluate and r.evaluation.lm_eval.enabled and not lm_eval_installed():
-        out.append(f"{_named(evaluate)}: evaluation.lm_eval.enabled=true needs lm-eval, which {sys.executable} "
-                   f"cannot import; install it with pip install -e '.[evals]' (or set evaluation.lm_eval.enabled=false)")
+    if evaluate:
+        out += _evaluations(r, _named(evaluate))
+    return out
+
+
+def _evaluations(r: Recipe, where: str) -> list[str]:
+    """lm-eval, AlpacaEval's fit (scikit-learn) and a local AlpacaEval judge (vLLM), when asked for."""
+    out = []
+    for key, module, package in (("lm_eval", "lm_eval", "lm-eval"), ("alpaca_eval", "sklearn", "scikit-learn")):
+        if getattr(r.evaluation, key).enabled and not installed(module):
+            out.append(f"{where}: evaluation.{key}.enabled=true needs {package}, which {sys.executable} cannot "
+                       f"import; install it with pip install -e '.[evals]' (or set evaluation.{key}.enabled=false)")
+    judge = r.evaluation.alpaca_eval
+    if judge.enabled and judge.local_model:
+        missing = vllm_problem(r.generation.vllm.python or sys.executable)
+        if missing:
+            out.append(f"{where}: evaluation.alpaca_eval.local_model is served by vLLM: {missing}")
     return out
 
 

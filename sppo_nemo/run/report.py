@@ -1,7 +1,7 @@
 """report.md, winrate.png, length.png and the per-iteration table printed at the end of a run.
 
 Columns and sections that only some recipes produce appear only when present: the exact game
-figures, best-of-n (evaluation.best_of), lm-eval's tasks (evaluation.lm_eval, with lm_eval.png),
+figures, best-of-n (evaluation.best_of), AlpacaEval 2.0 (evaluation.alpaca_eval), lm-eval's tasks (evaluation.lm_eval, with lm_eval.png),
 the AlpacaEval output files, and the cost estimate
 (``<run dir>/estimate.md``, written at run start)."""
 
@@ -156,6 +156,24 @@ def plot_length(ctx: Context, rows: list[dict]) -> bool:
     return True
 
 
+def alpaca_eval_section(rows: list[dict]) -> list[str]:
+    """AlpacaEval 2.0's win rates per policy, naming the judge and the reference of each."""
+    runs = [r for r in rows if "alpaca_eval_lc_win_rate" in r]
+    if not runs:
+        return []
+    lines = ["## AlpacaEval 2.0", "", "| policy | LC win rate % | win rate % ± s.e. | judged | unparsed | reference | judge |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| π_{r['iteration'] + 1} | {r['alpaca_eval_lc_win_rate']:.1f} | {r['alpaca_eval_win_rate']:.1f} ± "
+                     f"{r['alpaca_eval_standard_error']:.1f} | {r['alpaca_eval_judged']} | {r['alpaca_eval_unparsed']} | "
+                     f"{r['alpaca_eval_reference']} | {r['alpaca_eval_judge']} |")
+    return lines + ["", "The judge reads AlpacaEval 2.0's prompt and its preference is P(policy's output better) from "
+                    "its first-token log-probabilities; the LC win rate is AlpacaEval's length-controlled GLM (its "
+                    "minimal form) fitted on them. Only GPT-4 Turbo against AlpacaEval's reference outputs on its 805 "
+                    "instructions gives the paper's Table 1 numbers; any other judge or reference gives a number "
+                    "of its own. Per-instruction judgements: `iter_XX/evaluate/alpaca_eval_annotations.json`.", ""]
+
+
 def lm_eval_section(rows: list[dict]) -> list[str]:
     """lm-eval's headline number per task and policy, ± lm-eval's own standard error."""
     runs = [r for r in rows if "lm_eval" in r]
@@ -268,6 +286,7 @@ def write_report(ctx: Context) -> str:
         "![win rates](winrate.png)",
         "",
         *(["![response length](length.png)", ""] if have_length else []),
+        *alpaca_eval_section(rows),
         *lm_eval_section(rows),
         *outputs_section(ctx, rows),
         *cost_section(ctx),

@@ -237,6 +237,27 @@ class LmEvalConfig:
     chat_template: bool = False  # the leaderboard's setting: plain prompts, no chat template
 
 
+@dataclass
+class AlpacaEvalConfig:
+    """AlpacaEval 2.0 on the evaluated policy's outputs: a judge model compares them with a reference's
+    (sppo_nemo/backends/alpaca_eval), and the length-controlled win rate is fitted on its preferences."""
+
+    enabled: bool = False
+    # The judge, one of: an OpenAI-compatible endpoint (its key from the environment variable named
+    # by api_key_env, never from the recipe) ...
+    endpoint: Optional[str] = None  # e.g. https://api.openai.com/v1
+    model: str = "gpt-4-turbo"  # the endpoint's model: AlpacaEval 2.0's weighted_alpaca_eval_gpt4_turbo
+    api_key_env: str = "OPENAI_API_KEY"
+    # ... or a local HF checkpoint that sppo-run serves with vLLM's OpenAI server (in the interpreter of
+    # generation.vllm.python) for the stage: not the paper's judge, and named so in the report.
+    local_model: Optional[str] = None
+    local_max_model_len: int = 4096
+    # Whose outputs the policy's are compared with: "base" (π_1's, on the same instructions) or an
+    # AlpacaEval outputs file (instruction, output), e.g. AlpacaEval 2.0's gpt4_turbo reference outputs.
+    reference: str = "base"
+    concurrency: int = 4  # requests in flight
+
+
 # The Open LLM Leaderboard v1 tasks (paper, Table 3) with the leaderboard's few-shot counts.
 LEADERBOARD_TASKS = ("arc_challenge", "truthfulqa_mc2", "winogrande", "gsm8k", "hellaswag", "mmlu")
 LEADERBOARD_FEWSHOT = {"arc_challenge": 25, "truthfulqa_mc2": 0, "winogrande": 5, "gsm8k": 5, "hellaswag": 10,
@@ -264,6 +285,7 @@ class EvalConfig:
     # resolves to).
     kl_precision: PrecisionChoice = "fp32"
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    alpaca_eval: AlpacaEvalConfig = field(default_factory=AlpacaEvalConfig)
 
 
 @dataclass

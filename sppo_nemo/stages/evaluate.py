@@ -18,7 +18,7 @@ Iteration 0 is the base policy π_1: its samples are the opponents of every late
 All policies sample the held-out prompts with the same seeds (common random numbers).
 
 Every iteration writes the held-out outputs (sample 0 of each prompt) as AlpacaEval's
-``model_outputs.json`` (sppo_nemo/formats/alpaca.py). Three optional keys add work, never changing the above:
+``model_outputs.json`` (sppo_nemo/formats/alpaca.py). Four optional keys add work, never changing the above:
 
 - ``evaluation.prompts``: one response per instruction of that file (AlpacaEval's 805, say), with
   the evaluation sampling settings, written as ``alpaca_eval_outputs.json``; not judged here.
@@ -26,6 +26,10 @@ Every iteration writes the held-out outputs (sample 0 of each prompt) as AlpacaE
   default, paper Table 3) on the evaluated policy, in a worker of its own after the generator and
   the judge have closed (sppo_nemo/backends/lm_eval); each task's headline number and standard error
   as ``lm_eval_<task>`` and ``lm_eval_<task>_stderr``, all of its metrics under ``lm_eval``.
+- ``evaluation.alpaca_eval``: AlpacaEval 2.0's judge (an OpenAI-compatible endpoint, or a local model
+  served by vLLM) compares the evaluated policy's outputs (``alpaca_eval_outputs.json`` with
+  evaluation.prompts, else the held-out ``model_outputs.json``) with a reference's (π_1's, or a file),
+  and the length-controlled win rate is fitted on its preferences (sppo_nemo/backends/alpaca_eval).
 - ``evaluation.best_of: n`` (paper, Table 1, "best-of-16"): n more samples per held-out prompt,
   ranked by the judge: the kept one has the largest P̂(y_i ≻ π | x) = (1/n) Σ_j M[i, j] over the
   n samples (eq. 3.5; the first on ties). ``win_rate_best_of_vs_base`` is its win probability
@@ -44,11 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sppo_nemo.formats.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, recipe_eval_prompts,
-                                      write_outputs)
+from sppo_nemo.formats.alpaca import (HELDOUT_DATASET, EvalPrompts, generator_name, output_records, read_outputs,
+                                      recipe_eval_prompts, write_outputs)
+from sppo_nemo.formats.data import DataError
 from sppo_nemo.formats.artifacts import read_json, write_json, write_jsonl
 from sppo_nemo.backends import (GeneratorSpec, JudgeSpec, generator_spec, judge_spec, make_generator, make_judge,
                                 policy_location)
+from sppo_nemo.backends.alpaca_eval.spec import AlpacaEvalSpec, alpaca_eval_spec
 from sppo_nemo.backends.lm_eval.spec import LmEvalSpec, lm_eval_spec
 from sppo_nemo.stages.context import Context, PolicyRef, PromptSet, Upstream
 from sppo_nemo.maths.preference import win_rate_estimates
@@ -71,12 +77,15 @@ class Extras:
     best_of: int | None = None
     kl_precision: str = "fp32"  # evaluation.kl_precision, resolved
     lm_eval: LmEvalSpec | None = None  # evaluation.lm_eval, when enabled
+    alpaca_eval: AlpacaEvalSpec | None = None  # evaluation.alpaca_eval, when enabled
 
     def fingerprint(self) -> dict:
         out = {"kl_precision": self.kl_precision, "best_of": self.best_of,
                "prompts": self.prompts.fingerprint() if self.prompts is not None else None}
         if self.lm_eval is not None:  # only when on: runs from before the key existed stay fresh
             out["lm_eval"] = self.lm_eval.fingerprint()
+        if self.alpaca_eval is not None:
+            out["alpaca_eval"] = self.alpaca_eval.fingerprint()
         return out
 
     @staticmethod
@@ -106,7 +115,7 @@ def inputs(ctx: Context, t: int) -> Inputs:
     extra = _prompt_file(r) if e.prompts else None
     return Inputs(t, policies, ctx.eval_prompts(), e.samples_per_prompt, ctx.sampling(evaluation=True),
                   r.seed, generator_spec(r), judge_spec(r) if t >= 1 or e.best_of else None, opponents,
-                  Extras(r.name, extra, e.best_of, e.kl_precision, lm_eval_spec(r)))
+                  Extras(r.name, extra, e.best_of, e.kl_precision, lm_eval_spec(r), alpaca_eval_spec(r)))
 
 
 def _prompt_file(r) -> EvalPrompts:
@@ -170,6 +179,8 @@ def run(inp: Inputs, workdir: Path, bar) -> dict:
         judge.close()
     if rows:
         write_jsonl(workdir / "judgements.jsonl", rows)
+    if inp.extras.alpaca_eval is not None:
+        metrics.update(_alpaca_eval(inp, workdir, bar))
     if inp.extras.lm_eval is not None:
         metrics.update(_lm_eval(inp, workdir, bar))
     for state in (STATE, BEST_OF_STATE, PROMPTS_STATE):
@@ -242,6 +253,31 @@ def _sample_prompt_file(generator, inp: Inputs, workdir: Path, bar, name: str) -
     return {"alpaca_eval_outputs": len(prompts),
             "alpaca_eval_mean_tokens": float(np.mean([ss[0].num_tokens for ss in samples])),
             "alpaca_eval_prompts_cut": generator.cut_prompts(prompts)}
+
+
+def _alpaca_eval(inp: Inputs, workdir: Path, bar) -> dict:
+    """AlpacaEval 2.0's judge on this policy's outputs against the reference's (nothing at iteration 0
+    when the reference is π_1 itself)."""
+    from sppo_nemo.backends.alpaca_eval.annotate import judge
+    from sppo_nemo.backends.alpaca_eval.spec import BASE
+
+    spec = inp.extras.alpaca_eval
+    file = "alpaca_eval_outputs.json" if inp.extras.prompts is not None else "model_outputs.json"
+    if spec.reference == BASE and inp.iteration == 0:
+        return {}
+    ours = read_outputs(workdir / file)
+    theirs = read_outputs(inp.opponents[0].path / file if spec.reference == BASE else Path(spec.reference))
+    by_instruction = {rec["instruction"]: rec for rec in theirs}
+    missing = [rec["instruction"] for rec in ours if rec["instruction"] not in by_instruction]
+    if missing:
+        raise DataError(f"evaluation.alpaca_eval.reference: {spec.reference} has no output for {len(missing)} of the "
+                        f"{len(ours)} instructions of {file}, e.g. {missing[0][:80]!r}; give a reference file with an "
+                        f"output for every instruction (AlpacaEval's reference outputs match its 805 instructions)")
+    refs = [by_instruction[rec["instruction"]] for rec in ours]
+    with bar(len(ours), f"iter {inp.iteration} evaluate: AlpacaEval judge") as b:
+        return judge(spec, [rec["instruction"] for rec in ours], [rec["output"] for rec in ours],
+                     [rec["output"] for rec in refs], (refs[0]["generator"], ours[0]["generator"]),
+                     workdir / "alpaca_eval", b.update)
 
 
 def _lm_eval(inp: Inputs, workdir: Path, bar) -> dict:

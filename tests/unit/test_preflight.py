@@ -52,7 +52,7 @@ def vllm(**keys) -> Recipe:
 def machine(monkeypatch: pytest.MonkeyPatch):
     """A machine with no GPU, vllm everywhere, no CPU patches; change its fields in the test.
     ``asked`` counts the probes' calls."""
-    m = SimpleNamespace(gpus=0, vllm=None, patched=False, lm_eval=True, asked=[])
+    m = SimpleNamespace(gpus=0, vllm=None, patched=False, missing=set(), asked=[])
 
     def probe(name, value):
         def f(*args):
@@ -63,7 +63,12 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(preflight, "gpu_count", probe("gpus", "gpus"))
     monkeypatch.setattr(preflight, "vllm_problem", probe("vllm", "vllm"))
     monkeypatch.setattr(preflight, "megatron_cpu_patched", probe("patched", "patched"))
-    monkeypatch.setattr(preflight, "lm_eval_installed", probe("lm_eval", "lm_eval"))
+
+    def installed(module):
+        m.asked.append(("installed", module))
+        return module not in m.missing
+
+    monkeypatch.setattr(preflight, "installed", installed)
     return m
 
 
@@ -152,7 +157,7 @@ def test_torch_and_hf_probe_nothing(machine, tmp_path: Path) -> None:
 
 
 def test_lm_eval_missing_is_refused_for_the_evaluate_stages_only(machine) -> None:
-    machine.lm_eval = False
+    machine.missing = {"lm_eval"}
     r = recipe(evaluation__lm_eval__enabled=True)
     (p,) = problems(r, [(0, "evaluate"), (1, "generate"), (1, "evaluate")])
     assert p.startswith("iter_00/evaluate, iter_01/evaluate: evaluation.lm_eval.enabled=true needs lm-eval")
@@ -161,6 +166,16 @@ def test_lm_eval_missing_is_refused_for_the_evaluate_stages_only(machine) -> Non
     assert problems(r, [(1, "generate"), (1, "train")]) == []
     assert problems(recipe(), [(0, "evaluate")]) == []
     assert machine.asked == []  # no evaluate stage, or lm-eval off: not even asked
+
+
+def test_alpaca_eval_needs_scikit_learn_and_a_local_judge_needs_vllm(machine) -> None:
+    machine.missing, machine.vllm = {"sklearn"}, "generation.backend=vllm: /x/python has no vllm; build it"
+    r = recipe(evaluation__alpaca_eval__enabled=True, evaluation__alpaca_eval__local_model="/judge")
+    sk, vl = problems(r, [(1, "evaluate")])
+    assert sk.startswith("iter_01/evaluate: evaluation.alpaca_eval.enabled=true needs scikit-learn")
+    assert vl == "iter_01/evaluate: evaluation.alpaca_eval.local_model is served by vLLM: " + machine.vllm
+    r.evaluation.alpaca_eval.local_model, r.evaluation.alpaca_eval.endpoint = None, "https://api.example.com/v1"
+    assert problems(r, [(1, "evaluate")]) == [sk]  # an endpoint needs no vLLM here
 
 
 # ------------------------------------------------------------------------ which stages will run
