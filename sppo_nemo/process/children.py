@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -79,3 +80,14 @@ def group_alive(pgid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def package_link(state: Path) -> Path:
+    """A folder holding only a link to this package, for another interpreter's PYTHONPATH (vLLM's
+    environment): the package's own parent may be a site-packages whose torch must not shadow vLLM's."""
+    folder = state / "pythonpath"
+    link = folder / "sppo_nemo"
+    folder.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    return folder

@@ -1,7 +1,7 @@
 """A local judge: vLLM's OpenAI-compatible server on a checkpoint, for one evaluate stage.
 
-Started in the interpreter of ``generation.vllm.python`` (the vLLM environment) as the leader of a
-process group of its own, on a free local port, and stopped with its whole group when the stage
+Started in the interpreter of ``generation.vllm.python`` (the vLLM environment), through a wrapper
+that ends it with sppo-run even after kill -9 (``serve.py``), as the leader of a process group of its own, on a free local port, and stopped with its whole group when the stage
 ends or fails (process/children.py); it never runs in sppo-run's own process. Log-probabilities are
 returned after vLLM's logits processing (``--logprobs-mode processed_logprobs``), so a request that
 allows only the two labels' tokens gets exactly P(m) / (P(m) + P(M)) and P(M) / (P(m) + P(M)),
@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sppo_nemo.process.children import stop_groups
+from sppo_nemo.process.children import package_link, stop_groups
 from sppo_nemo.schema.config import VllmConfig
 from sppo_nemo.schema.errors import UserError
 
@@ -38,7 +38,7 @@ class LocalJudge:
         """``vllm``: generation.vllm's interpreter, dtype, eager mode, tensor parallel and memory keys."""
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        cmd = [vllm.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        cmd = [vllm.python or sys.executable, "-m", "sppo_nemo.backends.alpaca_eval.serve", str(os.getpid()), "--model", model,
                "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                "--max-model-len", str(max_model_len), "--logprobs-mode", "processed_logprobs",
                "--dtype", DTYPES[vllm.dtype], "--seed", "0", "--tensor-parallel-size", str(vllm.tensor_parallel),
@@ -49,9 +49,9 @@ class LocalJudge:
         if vllm.enforce_eager:
             cmd.append("--enforce-eager")
         self.log = log
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(package_link(log.parent)))
         with open(log, "a") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._wait_ready(model)
 
     def _wait_ready(self, model: str) -> None:

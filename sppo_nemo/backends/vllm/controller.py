@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 
-import sppo_nemo
 from sppo_nemo.formats import hub
 from sppo_nemo.backends import slurm
 from sppo_nemo.backends.chat_format import ChatFormat, decode_sample
@@ -36,7 +35,7 @@ from sppo_nemo.backends.hf import HFGenerator, load_tokenizer
 from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
 from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
 from sppo_nemo.formats.chunklog import ChunkLog, merged
-from sppo_nemo.process.children import stop_groups
+from sppo_nemo.process.children import package_link, stop_groups
 from sppo_nemo.schema.config import VllmConfig
 from sppo_nemo.schema.errors import UserError
 from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParams
@@ -150,7 +149,7 @@ class VLLMGenerator:
         """Start the workers, report their finished chunks, stop all of them on any exit; the
         vLLM version the engines reported."""
         n = len(job.assignment)
-        env = dict(os.environ, PYTHONPATH=str(_package_link(state)), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(package_link(state)), PYTHONUNBUFFERED="1")
         commands = self._commands(state, n, job.engine.tensor_parallel_size)
         seen = [ChunkLog(shard_log(state, e)).peek() for e in range(n)]  # resumed: reported already
         procs = []
@@ -264,17 +263,6 @@ def _srun_placements(engines: int, tp: int, nodes: list[str]) -> list[tuple[str,
         place = {"CUDA_VISIBLE_DEVICES": ",".join(gpus[slot * tp:(slot + 1) * tp])} if gpus else {}
         out.append((node, place))
     return out
-
-
-def _package_link(state: Path) -> Path:
-    """A folder holding only a link to this package, for the worker interpreter's PYTHONPATH: the
-    package's own parent may be a site-packages whose torch must not shadow vLLM's."""
-    folder = state / "pythonpath"
-    link = folder / "sppo_nemo"
-    folder.mkdir(exist_ok=True)
-    if not link.exists():
-        link.symlink_to(Path(sppo_nemo.__file__).resolve().parent, target_is_directory=True)
-    return folder
 
 
 def _version(state: Path, engines: int) -> str:
