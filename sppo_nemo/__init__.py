@@ -7,7 +7,7 @@ it (``tests/unit/test_package_layout.py`` checks it):
 - ``maths``    the paper's mathematics and the trainer core, as pure functions
 - ``formats``  what lies on disk: prompt data, the run directory, chunk logs, rows, checkpoints
 - ``process``  what a process sets up for itself: signals, the memory allocator
-- ``backends`` the engines (transformers, vLLM, PairRM, megatron-core, the games), one package each
+- ``backends`` the engines (transformers, vLLM, PairRM, megatron-core, the games, lm-eval, AlpacaEval's judge)
 - ``loading``  a recipe from YAML to checked values: inheritance, overrides, checks, precision, cost
 - ``stages``   the five stages of an iteration and the context they share
 - ``run``      the plan run stage by stage, the report, tracking, preflight, the process rule
