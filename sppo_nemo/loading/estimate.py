@@ -11,6 +11,10 @@ prompts nor the weights need be readable):
   prompt), KL scoring under π_{t+1} and π_1 (2·N per token each), 2 opponents × samples compared in
   two orders (best-of-n adds n·(n−1) per prompt to rank, 2 per π_1 sample to judge the kept one);
   iter_00/evaluate samples π_1 once per run;
+- evaluation.prompts (e.g. AlpacaEval's instructions): one sample each from every evaluated policy,
+  counted from the file when it is readable here, else AlpacaEval's 805 assumed;
+- AlpacaEval's judge (evaluation.alpaca_eval): one request per judged instruction, billed by an
+  endpoint or served by vLLM (:mod:`sppo_nemo.loading.alpaca_eval_cost`);
 - lm-eval (evaluation.lm_eval): its tasks' forwards on one GPU, on every π_{t+1} and once on π_1
   (:mod:`sppo_nemo.loading.lm_eval_cost`).
 Tokens per sample: the prompt is trainer.max_prompt_length/2 (no run records a prompt length); the
@@ -31,7 +35,7 @@ from sppo_nemo.formats.artifacts import Stage
 from sppo_nemo.schema.config import Recipe, uses_games
 from sppo_nemo.schema.errors import UsageError, UserError
 from sppo_nemo.formats.hub import config_source, policy_config
-from sppo_nemo.loading import lm_eval_cost
+from sppo_nemo.loading import alpaca_eval_cost, lm_eval_cost
 
 # --------------------------------------------------------------------------- the cost model
 
@@ -143,7 +147,7 @@ class Workload:
     sequences_per_row: int
     epochs: int
     max_length: int
-    eval_prompt_file: bool  # evaluation.prompts set: its samples are not counted (the file is not read)
+    prompt_file: tuple[int, float, str] | None  # evaluation.prompts: (instructions, mean tokens, where from)
 
 
 def measured_mean_tokens(run_dir: Path, label: str) -> float | None:
@@ -175,7 +179,25 @@ def workload(r: Recipe, run_dir: Path) -> Workload:
         eval_response_source=(f"measured mean of {run_dir}/iter_00/evaluate" if ev is not None
                               else "evaluation.max_new_tokens (or sampling's), an upper bound"),
         rows_per_prompt=rows, sequences_per_row=2 if pairs else 1, epochs=r.trainer.epochs,
-        max_length=r.trainer.max_length, eval_prompt_file=bool(r.evaluation.prompts))
+        max_length=r.trainer.max_length,
+        prompt_file=prompt_file_size(r) if r.evaluation.enabled and r.evaluation.prompts else None)
+
+
+def prompt_file_size(r: Recipe) -> tuple[int, float, str]:
+    """evaluation.prompts' instructions and their mean length (characters / 4) when the file is
+    readable here, else AlpacaEval's 805 at the held-out prompts' assumed length."""
+    from sppo_nemo.formats.alpaca import recipe_eval_prompts
+
+    try:
+        prompts = recipe_eval_prompts(r).prompts
+    except UserError:
+        prompts = ()
+    if not prompts:
+        return (alpaca_eval_cost.ALPACA_EVAL_INSTRUCTIONS, r.trainer.max_prompt_length / 2,
+                f"evaluation.prompts not readable here: AlpacaEval's {alpaca_eval_cost.ALPACA_EVAL_INSTRUCTIONS} "
+                f"instructions assumed")
+    mean = sum(len(p.text) for p in prompts) / len(prompts) / alpaca_eval_cost.CHARS_PER_TOKEN
+    return len(prompts), mean, f"evaluation.prompts: {len(prompts):,} instructions (read)"
 
 
 def pair_tokens(prompt: float, response: float) -> float:
@@ -226,7 +248,7 @@ def _judge(w: Workload, response: float, comparisons: float, rt: Rates) -> tuple
 def _evaluate(w: Workload, n: int, rt: Rates, base: bool) -> StageCost:
     """iter_t/evaluate (t ≥ 1), or iter_00/evaluate (``base``: π_1 sampled once, no KL, no opponents)."""
     h, s, b, resp = w.eval_prompts, w.eval_samples, w.best_of, w.eval_response_tokens
-    generated = h * (s + b) * resp
+    generated = (h * (s + b) + (w.prompt_file[0] if w.prompt_file else 0)) * resp
     comparisons = h * (b * (b - 1) + 2 * s) if b else 0  # best-of-n: rank the n, judge the kept one
     scoring = 0.0 if base else 2 * 2 * n * h * s * (w.prompt_tokens + resp)  # π_{t+1} and π_1 score
     if not base:
@@ -275,15 +297,43 @@ class Estimate:
     base_eval: StageCost | None  # iter_00/evaluate
     lm_eval: StageCost | None = None  # evaluation.lm_eval on one policy: in ``stages`` too, and once more on π_1
     lm_eval_uncounted: tuple[str, ...] = ()
+    judge: Judge | None = None  # evaluation.alpaca_eval on one policy: its stage is in ``stages`` too
 
     @property
     def iteration_seconds(self) -> float:
         return sum(s.seconds for s in self.stages)
 
     @property
+    def once(self) -> list[tuple[str, StageCost]]:
+        """What iter_00/evaluate adds once per run, labelled for the table."""
+        rows = []
+        if self.base_eval is not None:
+            rows.append(("iter_00/evaluate (π_1 on the held-out prompts, once)", self.base_eval))
+        if self.judge is not None and self.judge.on_base:
+            rows.append(("iter_00/evaluate: AlpacaEval judge on π_1 against the reference file (once)",
+                         self.judge.stage))
+        if self.lm_eval is not None:
+            rows.append(("iter_00/evaluate: lm-eval on π_1 (once)", self.lm_eval))
+        return rows
+
+    @property
     def run_seconds(self) -> float:
-        once = (self.base_eval.seconds if self.base_eval else 0.0) + (self.lm_eval.seconds if self.lm_eval else 0.0)
-        return self.T * self.iteration_seconds + once
+        return self.T * self.iteration_seconds + sum(s.seconds for _, s in self.once)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """AlpacaEval's judge on one policy (sppo_nemo/loading/alpaca_eval_cost.py)."""
+
+    stage: StageCost
+    work: alpaca_eval_cost.JudgeWork
+    dollars: float | None  # an endpoint's bill per policy, where its price is known
+    note: str  # where the time (and price) come from
+    on_base: bool  # a reference file: π_1 is judged too, once
+
+    @property
+    def policies(self) -> int:
+        return 1 + self.on_base  # per iteration, plus π_1 once
 
 
 def default_gpus(r: Recipe) -> int:
@@ -311,9 +361,43 @@ def estimate(r: Recipe, run_dir: Path, gpus: int | None = None, gpu: str | None 
     rt = rates(n, g, gpus, r.generation.vllm.tensor_parallel)
     base = _evaluate(w, n, rt, base=True) if w.eval_prompts else None
     stages = iteration(w, n, g, gpus, rt)
+    judge = _alpaca_eval(r, w, g, rt, base_dir)
     lm, uncounted = _lm_eval(r, n, g, rt)
-    return Estimate(r.name, r.T, r.policy.model, n, source, g, kind, gpus, w, stages + ([lm] if lm else []), base,
-                    lm, uncounted)
+    extra = ([judge.stage] if judge else []) + ([lm] if lm else [])
+    return Estimate(r.name, r.T, r.policy.model, n, source, g, kind, gpus, w, stages + extra, base, lm, uncounted,
+                    judge)
+
+
+def _alpaca_eval(r: Recipe, w: Workload, g: GpuModel, rt: Rates, base_dir: Path) -> Judge | None:
+    c = r.evaluation.alpaca_eval
+    if not (r.evaluation.enabled and c.enabled):
+        return None
+    instructions = w.prompt_file or (w.eval_prompts, w.prompt_tokens,
+                                     f"the {w.eval_prompts:,} held-out prompts (model_outputs.json)")
+    reference = None if c.reference == "base" else alpaca_eval_cost.read_reference_tokens(c.reference)
+    work = alpaca_eval_cost.work(c, instructions, w.eval_response_tokens, reference)
+    if c.local_model:
+        cfg = policy_config(c.local_model, base_dir)
+        try:
+            judge_n = param_count(cfg) if cfg is not None else None
+        except KeyError:
+            judge_n = None
+        if judge_n is None:
+            raise ShapeUnknown(f"evaluation.alpaca_eval.local_model: cannot estimate: the shape of {c.local_model} is "
+                               f"unknown ({config_source(c.local_model, base_dir)}); give a checkpoint folder with "
+                               f"its config.json")
+        flops = alpaca_eval_cost.local_flops(work, judge_n)
+        peak = g.peak_tflops * 1e12 * g.judge_mfu * rt.tp
+        stage = StageCost("evaluate: AlpacaEval judge", comparisons=work.requests, flops=flops, seconds=flops / peak,
+                          throughput=f"local judge N = {judge_n / 1e9:.2g}B on vLLM (TP {rt.tp}), prefill at "
+                                     f"{g.judge_mfu:.0%} of {g.peak_tflops:g} TFLOP/s (assumed)")
+        dollars, note = None, "a local judge: GPU time only"
+    else:
+        dollars, seconds, note = alpaca_eval_cost.endpoint_cost(c, work)
+        stage = StageCost("evaluate: AlpacaEval judge", comparisons=work.requests, seconds=seconds,
+                          throughput=f"{c.model} at {c.endpoint}, {alpaca_eval_cost.ENDPOINT_SECONDS_PER_1000:g} s "
+                                     f"per 1,000 requests (AlpacaEval's measured)")
+    return Judge(stage, work, dollars, note, on_base=c.reference != "base")
 
 
 def _lm_eval(r: Recipe, n: int, g: GpuModel, rt: Rates) -> tuple[StageCost | None, tuple[str, ...]]:
@@ -372,12 +456,11 @@ def markdown(e: Estimate) -> str:
                  f"{_num(sum(s.comparisons for s in e.stages))} | {_num(sum(s.trained for s in e.stages))} | "
                  f"{sum(s.flops for s in e.stages):.3g} | | **{_hours(it)}** |")
     lines += ["", "## The run", "", "| | hours |", "|---|---:|"]
-    if e.base_eval is not None:
-        lines.append(f"| iter_00/evaluate (π_1 on the held-out prompts, once) | {_hours(e.base_eval.seconds)} |")
-    if e.lm_eval is not None:
-        lines.append(f"| iter_00/evaluate: lm-eval on π_1 (once) | {_hours(e.lm_eval.seconds)} |")
+    lines += [f"| {label} | {_hours(s.seconds)} |" for label, s in e.once]
     lines += [f"| {e.T} iteration(s) × {_hours(it)} | {_hours(e.T * it)} |",
               f"| **total** | **{_hours(e.run_seconds)}** |", ""]
+    if e.judge is not None:
+        lines += _judge_lines(e.judge, e.T)
     if e.lm_eval_uncounted:
         lines.append(f"lm-eval tasks not counted (no size known here, or a few-shot count other than the "
                      f"leaderboard's): {', '.join(e.lm_eval_uncounted)}.")
@@ -396,9 +479,24 @@ def markdown(e: Estimate) -> str:
         f"published ones of large pre-training and serving jobs; short fine-tuning sequences may run below "
         f"them. Not counted: engine "
         f"and model start-up (1–2 min a stage), checkpoint export, queue waits"
-        + (", evaluation.prompts' samples (the file is not read)" if w.eval_prompt_file else "") + ".",
+        + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _judge_lines(j: Judge, T: int) -> list[str]:
+    w = j.work
+    policies = T + j.on_base
+    lines = [f"AlpacaEval judge: {w.requests:,.0f} requests per evaluated policy ({w.instructions_source}), each "
+             f"about {w.input_tokens:,.0f} input tokens (its prompt {alpaca_eval_cost.TEMPLATE_TOKENS}, the "
+             f"instruction, the policy's output and the reference's: {w.reference_source}) and one answer token; "
+             f"{policies} policies judged in the run."]
+    if j.dollars is not None:
+        lines.append(f"Its bill: ${j.dollars:,.2f} per policy, ${j.dollars * policies:,.2f} for the run ({j.note}).")
+    elif not j.note.startswith("a local judge"):
+        lines.append(f"Its bill: {w.requests * w.input_tokens * policies / 1e6:,.2f} M input tokens for the run at "
+                     f"your provider's price ({j.note}).")
+    return lines + [""]
 
 
 def estimate_markdown(recipe: Recipe, run_dir: Path, gpus: int | None = None, gpu: str | None = None) -> str:
