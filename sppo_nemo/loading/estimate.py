@@ -403,11 +403,13 @@ def _alpaca_eval(r: Recipe, w: Workload, g: GpuModel, rt: Rates, base_dir: Path)
 def _lm_eval(r: Recipe, n: int, g: GpuModel, rt: Rates) -> tuple[StageCost | None, tuple[str, ...]]:
     if not (r.evaluation.enabled and r.evaluation.lm_eval.enabled):
         return None, ()
-    work = lm_eval_cost.work(r.evaluation.lm_eval, n)
-    seconds = lm_eval_cost.seconds(work, g.peak_tflops, rt.decode / (rt.engines * rt.tp))
+    c = r.evaluation.lm_eval
+    work = lm_eval_cost.work(c, n)
+    gpus = rt.tp if c.backend == "vllm" else 1
+    seconds = lm_eval_cost.seconds(work, g.peak_tflops, rt.decode / (rt.engines * rt.tp), c.backend, gpus)
     return StageCost("evaluate: lm-eval", generated=work.generated, flops=work.flops, seconds=seconds,
-                     throughput=f"lm-eval hf on 1 GPU, {lm_eval_cost.LM_EVAL_MFU:.0%} of {g.peak_tflops:g} TFLOP/s "
-                                f"(assumed)"), work.uncounted
+                     throughput=f"lm-eval {c.backend} on {gpus} GPU(s), {lm_eval_cost.LM_EVAL_MFU:.0%} of "
+                                f"{g.peak_tflops:g} TFLOP/s (assumed)"), work.uncounted
 
 
 # --------------------------------------------------------------------------- the table

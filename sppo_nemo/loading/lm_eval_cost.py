@@ -1,7 +1,8 @@
 """What ``evaluation.lm_eval`` adds to ``--estimate``: lm-eval's forward passes on each evaluated policy.
 
 lm-eval's ``hf`` model runs on one GPU (the worker does not shard it), so its time is charged at one
-GPU's rate whatever the recipe's GPU count. Per task the work is documents × requests per document
+GPU's rate whatever the recipe's GPU count; its ``vllm`` model on one engine of
+generation.vllm.tensor_parallel GPUs, generating at vLLM's rate. Per task the work is documents × requests per document
 × tokens per request, every request a forward of its few-shot context and continuation (2·N FLOPs a
 token; lm-eval's shared-context cache, which can save some of it, is not counted); generation tasks
 add their generated tokens at a fraction of vLLM's decode rate (transformers' ``generate``, batched).
@@ -68,7 +69,12 @@ def work(c: LmEvalConfig, n_params: int) -> LmEvalWork:
     return LmEvalWork(flops, generated, tuple(counted), tuple(uncounted))
 
 
-def seconds(w: LmEvalWork, peak_tflops: float, decode_tokens_per_s: float) -> float:
-    """On one GPU: the forwards at :data:`LM_EVAL_MFU` of its peak, generation at
-    :data:`HF_GENERATE_FRACTION` of vLLM's per-GPU decode rate for this model."""
-    return w.flops / (peak_tflops * 1e12 * LM_EVAL_MFU) + w.generated / (decode_tokens_per_s * HF_GENERATE_FRACTION)
+def seconds(w: LmEvalWork, peak_tflops: float, decode_tokens_per_s: float, backend: str = "hf", gpus: int = 1) -> float:
+    """The forwards at :data:`LM_EVAL_MFU` of the peak of ``gpus`` GPUs (hf: one), generation at vLLM's
+    per-GPU decode rate for this model × ``gpus`` (hf: :data:`HF_GENERATE_FRACTION` of one GPU's)."""
+    if backend == "hf":
+        gpus, fraction = 1, HF_GENERATE_FRACTION
+    else:
+        fraction = 1.0
+    return (w.flops / (peak_tflops * 1e12 * LM_EVAL_MFU * gpus)
+            + w.generated / (decode_tokens_per_s * gpus * fraction))

@@ -73,6 +73,17 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def installed_in(python: str, module: str) -> bool:
+    """Whether another interpreter finds ``module`` (found, not imported)."""
+    import subprocess
+
+    try:
+        probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def megatron_cpu_patched() -> bool:
     """The test-only CPU patches are on the workers' PYTHONPATH (they inherit this environment)."""
     return any(Path(p).name == CPU_PATCH_SITE and (Path(p) / "sitecustomize.py").is_file()
@@ -134,9 +145,22 @@ def problems(r: Recipe, stages: list[tuple[int, str]]) -> list[str]:
 
 
 def _evaluations(r: Recipe, where: str) -> list[str]:
-    """lm-eval, AlpacaEval's fit (scikit-learn) and a local AlpacaEval judge (vLLM), when asked for."""
+    """lm-eval (here, or with vLLM in generation.vllm's interpreter), AlpacaEval's fit (scikit-learn) and
+    a local AlpacaEval judge (vLLM), when asked for."""
     out = []
+    lm = r.evaluation.lm_eval
+    on_vllm = lm.enabled and lm.backend == "vllm"
+    if on_vllm:
+        python = r.generation.vllm.python or sys.executable
+        missing = vllm_problem(python)
+        if missing is None and not installed_in(python, "lm_eval"):
+            missing = (f"{python} cannot import lm_eval; install it there ({python} -m pip install 'lm-eval==0.4.13'; "
+                       f"scripts/vllm_venv.sh builds an environment with both)")
+        if missing:
+            out.append(f"{where}: evaluation.lm_eval.backend=vllm runs lm-eval beside vLLM: {missing}")
     for key, module, package in (("lm_eval", "lm_eval", "lm-eval"), ("alpaca_eval", "sklearn", "scikit-learn")):
+        if key == "lm_eval" and on_vllm:
+            continue
         if getattr(r.evaluation, key).enabled and not installed(module):
             out.append(f"{where}: evaluation.{key}.enabled=true needs {package}, which {sys.executable} cannot "
                        f"import; install it with pip install -e '.[evals]' (or set evaluation.{key}.enabled=false)")

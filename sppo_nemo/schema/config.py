@@ -32,6 +32,7 @@ WandbMode = Literal["offline", "online"]
 WinrateMethod = Literal["average", "score_diff"]
 GenerationBackend = Literal["hf", "vllm", "game"]
 VllmDtype = Literal["bf16", "fp16", "fp32", "auto"]
+LmEvalBackend = Literal["hf", "vllm"]
 JudgeBackend = Literal["offline", "pairrm", "llm_blender", "matrix"]
 JudgeProbability = Literal["symmetric", "score_diff"]
 JudgeDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -233,6 +234,10 @@ class LmEvalConfig:
     # per task: the first N documents (N ≥ 1), or that fraction of them (0 < x < 1); null: all
     limit: Optional[float] = None
     batch_size: int = 8
+    # hf: transformers in this interpreter, on one GPU (or the CPU), in generation.precision; vllm:
+    # lm-eval's vLLM model in generation.vllm's interpreter (scripts/vllm_venv.sh installs lm-eval there),
+    # with its dtype, tensor parallel and memory keys
+    backend: LmEvalBackend = "hf"
     include_path: Optional[str] = None  # a folder of your own task YAMLs (lm-eval's --include_path)
     chat_template: bool = False  # the leaderboard's setting: plain prompts, no chat template
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, TINY_RECIPE, cli_env, read_json, sppo_cmd, sppo_run
+from tests.helpers import ROOT, TINY_RECIPE, cli_env, read_json, side_venv_python, sppo_cmd, sppo_run
 
 pytest.importorskip("lm_eval", reason="lm-eval is not installed: pip install -e '.[evals]' (scripts/setup.sh does)")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,3 +104,25 @@ def test_a_dataset_that_cannot_be_read_names_the_task_and_the_fetch_command(tiny
     assert "cannot read these tasks' datasets" in proc.stderr and "lost:" in proc.stderr
     assert "python -m sppo_nemo.backends.lm_eval fetch lost" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_vllm_backend_gives_the_numbers_of_the_hf_backend(tmp_path, monkeypatch):
+    """evaluation.lm_eval.backend=vllm: lm-eval's vLLM model in the vLLM environment (scripts/vllm_venv.sh
+    installs lm-eval there), fp32, on the tiny Llama of head size 32 (vLLM's CPU attention takes no
+    smaller); its accuracies equal the hf backend's on both policies."""
+    from sppo_nemo.testing import build_tiny_llama
+
+    python = side_venv_python("vllm_venv.sh")
+    model = build_tiny_llama(tmp_path / "tiny-llama-h32", hidden=64, heads=2, kv_heads=1)
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
+    vllm = ["evaluation.lm_eval.backend=vllm", f"generation.vllm.python={python}", "generation.vllm.enforce_eager=true",
+            "generation.vllm.kv_cache_gib=1", "generation.vllm.dtype=fp32"]
+    sppo_run(model, TINY_RECIPE, f"output_dir={tmp_path / 'hf'}", *ON)
+    sppo_run(model, TINY_RECIPE, f"output_dir={tmp_path / 'vllm'}", *ON, *vllm, timeout=900)
+    log = (tmp_path / "vllm" / "tiny_sppo" / "iter_01" / "evaluate" / "lm_eval" / "worker.log").read_text()
+    assert "[cpu_model_runner.py" in log  # vLLM's CPU engine scored the requests
+    for t in (0, 1):
+        ours, theirs = (lm_eval_metrics(tmp_path / b / "tiny_sppo", t) for b in ("vllm", "hf"))
+        assert ours == theirs, t
+        assert ours["lm_eval"]["sums"]["samples"] == 16

@@ -102,6 +102,20 @@ def test_the_stage_metrics_count_a_groups_documents_through_its_nested_groups():
                                     "metrics": {"acc,none": 0.6, "acc_stderr,none": 0.004}}
 
 
+def test_the_vllm_backend_takes_generation_vllms_interpreter_and_engine_keys(tmp_path):
+    r = recipe(backend="vllm")
+    r.generation.vllm.python, r.generation.vllm.dtype, r.generation.vllm.tensor_parallel = "/v/python", "fp32", 2
+    spec = lm_eval_spec(r)
+    assert spec.backend == "vllm" and spec.precision == "fp32"
+    assert (spec.engine.python, spec.engine.tensor_parallel_size, spec.engine.kv_cache_gib) == ("/v/python", 2, None)
+    hf = lm_eval_spec(recipe())
+    assert hf.engine is None and hf.precision == r.generation.precision
+    # the backend and its dtype are in the fingerprint (they move the numbers); the interpreter and TP are not
+    assert spec.fingerprint()["backend"] == "vllm" and hf.fingerprint()["backend"] == "hf"
+    r.generation.vllm.python, r.generation.vllm.tensor_parallel = "/w/python", 4
+    assert lm_eval_spec(r).fingerprint() == spec.fingerprint()
+
+
 def test_the_estimate_counts_forwards_per_document_and_names_what_it_cannot():
     n = 7e9
     w = lm_eval_cost.work(LmEvalConfig(enabled=True, tasks=["winogrande", "mine"]), n)
@@ -115,3 +129,6 @@ def test_the_estimate_counts_forwards_per_document_and_names_what_it_cannot():
     assert gsm.generated == 10 * 130.0
     # one GPU at 35% of 989 TFLOP/s; 1,300 tokens at a tenth of 5,000 tok/s
     assert lm_eval_cost.seconds(gsm, 989.0, 5000.0) == pytest.approx(gsm.flops / (989e12 * 0.35) + 1300 / 500)
+    # vLLM on an engine of 2 GPUs: the forwards on both, generation at vLLM's own rate on both
+    assert lm_eval_cost.seconds(gsm, 989.0, 5000.0, "vllm", 2) == pytest.approx(
+        gsm.flops / (2 * 989e12 * 0.35) + 1300 / 10000)

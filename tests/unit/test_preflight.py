@@ -69,6 +69,13 @@ def machine(monkeypatch: pytest.MonkeyPatch):
         return module not in m.missing
 
     monkeypatch.setattr(preflight, "installed", installed)
+
+    def installed_in(python, module):
+        m.asked.append(("installed_in", python, module))
+        return module not in m.missing_there
+
+    monkeypatch.setattr(preflight, "installed_in", installed_in)
+    m.missing_there = set()  # modules the vLLM interpreter lacks
     return m
 
 
@@ -166,6 +173,21 @@ def test_lm_eval_missing_is_refused_for_the_evaluate_stages_only(machine) -> Non
     assert problems(r, [(1, "generate"), (1, "train")]) == []
     assert problems(recipe(), [(0, "evaluate")]) == []
     assert machine.asked == []  # no evaluate stage, or lm-eval off: not even asked
+
+
+def test_lm_eval_on_vllm_needs_vllm_and_lm_eval_in_the_vllm_interpreter_not_here(machine) -> None:
+    machine.missing = {"lm_eval"}  # not here: the vllm backend does not need it here
+    r = recipe(evaluation__lm_eval__enabled=True, evaluation__lm_eval__backend="vllm",
+               generation__vllm__python="/v/bin/python")
+    assert problems(r, [(1, "evaluate")]) == []
+    assert ("installed_in", "/v/bin/python", "lm_eval") in machine.asked
+    machine.missing_there = {"lm_eval"}
+    (p,) = problems(r, [(1, "evaluate")])
+    assert p.startswith("iter_01/evaluate: evaluation.lm_eval.backend=vllm runs lm-eval beside vLLM: /v/bin/python "
+                        "cannot import lm_eval") and "scripts/vllm_venv.sh" in p
+    machine.vllm = "generation.backend=vllm: /v/bin/python has no vllm; build it"
+    (p,) = problems(r, [(1, "evaluate")])
+    assert p.endswith(machine.vllm)
 
 
 def test_alpaca_eval_needs_scikit_learn_and_a_local_judge_needs_vllm(machine) -> None:

@@ -4,10 +4,13 @@ The job folder (``<stage>/lm_eval``) holds ``job.json`` (what to run), ``results
 per finished task, written by the worker through a rename), ``worker.log`` and, when the worker
 refuses, ``failed.json`` with a message for the user. A stage stopped anywhere, kill -9 included,
 resumes at the first task without a results file; the worker dies with sppo-run (process/children.py).
+With ``backend: vllm`` the worker runs in generation.vllm's interpreter, this package reaching it
+through a link folder on its PYTHONPATH (as the vLLM generator's workers do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from sppo_nemo.backends.lm_eval.spec import NOT_METRICS, LmEvalSpec, headline, lm_eval_limit
 from sppo_nemo.formats.artifacts import read_json, write_json
-from sppo_nemo.process.children import stop_groups
+from sppo_nemo.process.children import package_link, stop_groups
 from sppo_nemo.schema.errors import UserError
 
 FAILED = "failed.json"
@@ -51,9 +54,14 @@ def _run_worker(spec: LmEvalSpec, policy: str, job_dir: Path, progress) -> None:
     write_json(job_dir / "job.json", {
         "model": policy, "tasks": [{"name": t, "num_fewshot": n} for t, n in spec.tasks],
         "limit": lm_eval_limit(spec.limit), "batch_size": spec.batch_size, "include_path": spec.include_path,
-        "chat_template": spec.chat_template, "precision": spec.precision, "threads": spec.threads})
+        "chat_template": spec.chat_template, "precision": spec.precision, "threads": spec.threads,
+        "backend": spec.backend, "engine": dataclasses.asdict(spec.engine) if spec.engine else None})
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "sppo_nemo.backends.lm_eval", str(job_dir), str(os.getpid())]
+    python = sys.executable
+    if spec.engine is not None:
+        python = spec.engine.python
+        env["PYTHONPATH"] = str(package_link(job_dir))
+    cmd = [python, "-m", "sppo_nemo.backends.lm_eval", str(job_dir), str(os.getpid())]
     seen = {t for t, _ in spec.tasks if task_file(job_dir, t).exists()}
     with open(job_dir / "worker.log", "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

@@ -3,13 +3,15 @@
 The spec enters the evaluate stage's fingerprint only when lm-eval is on, so runs from before the
 key existed stay fresh. What changes lm-eval's numbers is in it: the tasks with their resolved
 few-shot counts, the limit, the batch size (padding changes log-likelihoods in the last digits),
-the chat template, the precision the model is loaded in, and the content of the include folder's
-task files (an edited task YAML makes the stage stale, as an edited prompt file does).
+the chat template, the model backend and the precision it loads the model in, and the content of
+the include folder's task files (an edited task YAML makes the stage stale, as an edited prompt file
+does). Tensor parallel, memory and the interpreter are not in it: they move the work, not the numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +32,28 @@ class LmEvalSpec:
     batch_size: int
     include_path: str | None
     chat_template: bool
-    precision: str  # generation.precision, resolved: the policy is loaded as it samples
+    precision: str  # hf: generation.precision, resolved (the policy is loaded as it samples); vllm: its dtype
     threads: int | None
+    backend: str = "hf"
+    engine: VllmEngine | None = None  # backend vllm
 
     def fingerprint(self) -> dict:
         return {"tasks": [t for t, _ in self.tasks], "num_fewshot": {t: n for t, n in self.tasks},
                 "limit": self.limit, "batch_size": self.batch_size,
                 "include_path": _folder_digest(self.include_path), "chat_template": self.chat_template,
-                "precision": self.precision}
+                "backend": self.backend, "precision": self.precision}
+
+
+@dataclass(frozen=True)
+class VllmEngine:
+    """lm-eval's vLLM model: generation.vllm's interpreter and engine keys."""
+
+    python: str
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_model_len: int | None
+    enforce_eager: bool
+    kv_cache_gib: float | None  # None: vLLM sizes it on a GPU; the worker gives a CPU engine 2 GiB
 
 
 def lm_eval_spec(r: Recipe) -> LmEvalSpec | None:
@@ -46,8 +62,12 @@ def lm_eval_spec(r: Recipe) -> LmEvalSpec | None:
         return None
     counts = dict(LEADERBOARD_FEWSHOT, **dict(_fewshot_items(c)[0]))
     include = str(Path(c.include_path).resolve()) if c.include_path else None  # the worker starts in it
+    v = r.generation.vllm
+    engine = (VllmEngine(v.python or sys.executable, v.tensor_parallel, v.gpu_memory_utilization, v.max_model_len,
+                         v.enforce_eager, v.kv_cache_gib) if c.backend == "vllm" else None)
+    precision = v.dtype if c.backend == "vllm" else r.generation.precision
     return LmEvalSpec(tuple((t, counts.get(t)) for t in c.tasks), c.limit, c.batch_size, include,
-                      c.chat_template, r.generation.precision, r.threads)
+                      c.chat_template, precision, r.threads, c.backend, engine)
 
 
 def lm_eval_limit(limit: float | None) -> int | float | None:

