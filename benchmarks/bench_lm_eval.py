@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--arc-words", type=int, default=25, help="ARC-Easy's questions: about 25 words")
     ap.add_argument("--wino-words", type=int, default=25, help="a WinoGrande sentence: about 25 words")
     args = ap.parse_args()
+    if args.docs < 3:
+        ap.error("--docs must be at least 3: the per-document time is (T(docs) − T(2)) / (docs − 2)")
 
     from sppo_nemo.backends.hf import load_tokenizer, smollm2_checkpoint
     from sppo_nemo.backends.lm_eval import controller

@@ -71,6 +71,37 @@ def local_flops(w: JudgeWork, judge_params: int) -> float:
     return 2 * judge_params * w.requests * w.input_tokens
 
 
+def prompt_file_size(r) -> tuple[int, float, str]:
+    """evaluation.prompts' instructions and their mean length (characters / 4) when the file is
+    readable here, else AlpacaEval's 805 at the held-out prompts' assumed length."""
+    from sppo_nemo.formats.alpaca import recipe_eval_prompts
+    from sppo_nemo.schema.errors import UserError
+
+    try:
+        prompts = recipe_eval_prompts(r).prompts
+    except UserError:
+        prompts = ()
+    if not prompts:
+        return (ALPACA_EVAL_INSTRUCTIONS, r.trainer.max_prompt_length / 2,
+                f"evaluation.prompts not readable here: AlpacaEval's {ALPACA_EVAL_INSTRUCTIONS} instructions assumed")
+    mean = sum(len(p.text) for p in prompts) / len(prompts) / CHARS_PER_TOKEN
+    return len(prompts), mean, f"evaluation.prompts: {len(prompts):,} instructions (read)"
+
+
+def describe(w: JudgeWork, dollars: float | None, note: str, policies: int) -> list[str]:
+    """The estimate's paragraph on the judge; ``note`` empty for a local judge (no bill)."""
+    lines = [f"AlpacaEval judge: {w.requests:,.0f} requests per evaluated policy ({w.instructions_source}), each "
+             f"about {w.input_tokens:,.0f} input tokens (its prompt {TEMPLATE_TOKENS}, the instruction, the "
+             f"policy's output and the reference's: {w.reference_source}) and one answer token; {policies} "
+             f"policies judged in the run."]
+    if dollars is not None:
+        lines.append(f"Its bill: ${dollars:,.2f} per policy, ${dollars * policies:,.2f} for the run ({note}).")
+    elif note:
+        lines.append(f"Its bill: {w.requests * w.input_tokens * policies / 1e6:,.2f} M input tokens for the run at "
+                     f"your provider's price ({note}).")
+    return lines + [""]
+
+
 def read_reference_tokens(path: str) -> float | None:
     """The reference file's mean output length in tokens (characters / :data:`CHARS_PER_TOKEN`), or
     None when it cannot be read here."""

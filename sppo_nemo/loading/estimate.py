@@ -112,17 +112,21 @@ def param_count(cfg: dict) -> int:
 
 def policy_params(r: Recipe, base_dir: Path) -> tuple[int, str]:
     """N of the recipe's policy and where its shape came from; ShapeUnknown with the fix if unknown."""
-    model = r.policy.model
+    return model_params(r.policy.model, "policy.model", base_dir)
+
+
+def model_params(model: str, key: str, base_dir: Path) -> tuple[int, str]:
+    """N of the model that recipe key ``key`` names, and where its shape came from."""
     cfg = policy_config(model, base_dir)
     source = config_source(model, base_dir)
-    fix = (f"point policy.model at a local checkpoint directory with its config.json, or download the snapshot "
+    fix = (f"point {key} at a local checkpoint directory with its config.json, or download the snapshot "
            f"first (huggingface-cli download {model}) so that its cached config.json is read")
     if cfg is None:
-        raise ShapeUnknown(f"policy.model: cannot estimate: the shape of {model} is unknown ({source}); {fix}")
+        raise ShapeUnknown(f"{key}: cannot estimate: the shape of {model} is unknown ({source}); {fix}")
     try:
         return param_count(cfg), source
     except KeyError as exc:
-        raise ShapeUnknown(f"policy.model: cannot estimate: {source} lacks {exc.args[0]} (a Llama-style "
+        raise ShapeUnknown(f"{key}: cannot estimate: {source} lacks {exc.args[0]} (a Llama-style "
                            f"decoder's shape); {fix}") from None
 
 
@@ -180,24 +184,8 @@ def workload(r: Recipe, run_dir: Path) -> Workload:
                               else "evaluation.max_new_tokens (or sampling's), an upper bound"),
         rows_per_prompt=rows, sequences_per_row=2 if pairs else 1, epochs=r.trainer.epochs,
         max_length=r.trainer.max_length,
-        prompt_file=prompt_file_size(r) if r.evaluation.enabled and r.evaluation.prompts else None)
-
-
-def prompt_file_size(r: Recipe) -> tuple[int, float, str]:
-    """evaluation.prompts' instructions and their mean length (characters / 4) when the file is
-    readable here, else AlpacaEval's 805 at the held-out prompts' assumed length."""
-    from sppo_nemo.formats.alpaca import recipe_eval_prompts
-
-    try:
-        prompts = recipe_eval_prompts(r).prompts
-    except UserError:
-        prompts = ()
-    if not prompts:
-        return (alpaca_eval_cost.ALPACA_EVAL_INSTRUCTIONS, r.trainer.max_prompt_length / 2,
-                f"evaluation.prompts not readable here: AlpacaEval's {alpaca_eval_cost.ALPACA_EVAL_INSTRUCTIONS} "
-                f"instructions assumed")
-    mean = sum(len(p.text) for p in prompts) / len(prompts) / alpaca_eval_cost.CHARS_PER_TOKEN
-    return len(prompts), mean, f"evaluation.prompts: {len(prompts):,} instructions (read)"
+        prompt_file=(alpaca_eval_cost.prompt_file_size(r) if r.evaluation.enabled and r.evaluation.prompts
+                     else None))
 
 
 def pair_tokens(prompt: float, response: float) -> float:
@@ -328,7 +316,7 @@ class Judge:
     stage: StageCost
     work: alpaca_eval_cost.JudgeWork
     dollars: float | None  # an endpoint's bill per policy, where its price is known
-    note: str  # where the time (and price) come from
+    note: str  # where an endpoint's time (and price) come from; empty for a local judge
     on_base: bool  # a reference file: π_1 is judged too, once
 
     @property
@@ -377,21 +365,13 @@ def _alpaca_eval(r: Recipe, w: Workload, g: GpuModel, rt: Rates, base_dir: Path)
     reference = None if c.reference == "base" else alpaca_eval_cost.read_reference_tokens(c.reference)
     work = alpaca_eval_cost.work(c, instructions, w.eval_response_tokens, reference)
     if c.local_model:
-        cfg = policy_config(c.local_model, base_dir)
-        try:
-            judge_n = param_count(cfg) if cfg is not None else None
-        except KeyError:
-            judge_n = None
-        if judge_n is None:
-            raise ShapeUnknown(f"evaluation.alpaca_eval.local_model: cannot estimate: the shape of {c.local_model} is "
-                               f"unknown ({config_source(c.local_model, base_dir)}); give a checkpoint folder with "
-                               f"its config.json")
+        judge_n, _ = model_params(c.local_model, "evaluation.alpaca_eval.local_model", base_dir)
         flops = alpaca_eval_cost.local_flops(work, judge_n)
         peak = g.peak_tflops * 1e12 * g.judge_mfu * rt.tp
         stage = StageCost("evaluate: AlpacaEval judge", comparisons=work.requests, flops=flops, seconds=flops / peak,
                           throughput=f"local judge N = {judge_n / 1e9:.2g}B on vLLM (TP {rt.tp}), prefill at "
                                      f"{g.judge_mfu:.0%} of {g.peak_tflops:g} TFLOP/s (assumed)")
-        dollars, note = None, "a local judge: GPU time only"
+        dollars, note = None, ""
     else:
         dollars, seconds, note = alpaca_eval_cost.endpoint_cost(c, work)
         stage = StageCost("evaluate: AlpacaEval judge", comparisons=work.requests, seconds=seconds,
@@ -462,7 +442,8 @@ def markdown(e: Estimate) -> str:
     lines += [f"| {e.T} iteration(s) × {_hours(it)} | {_hours(e.T * it)} |",
               f"| **total** | **{_hours(e.run_seconds)}** |", ""]
     if e.judge is not None:
-        lines += _judge_lines(e.judge, e.T)
+        j = e.judge
+        lines += alpaca_eval_cost.describe(j.work, j.dollars, j.note, e.T + j.on_base)
     if e.lm_eval_uncounted:
         lines.append(f"lm-eval tasks not counted (no size known here, or a few-shot count other than the "
                      f"leaderboard's): {', '.join(e.lm_eval_uncounted)}.")
@@ -484,21 +465,6 @@ def markdown(e: Estimate) -> str:
         + ".",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _judge_lines(j: Judge, T: int) -> list[str]:
-    w = j.work
-    policies = T + j.on_base
-    lines = [f"AlpacaEval judge: {w.requests:,.0f} requests per evaluated policy ({w.instructions_source}), each "
-             f"about {w.input_tokens:,.0f} input tokens (its prompt {alpaca_eval_cost.TEMPLATE_TOKENS}, the "
-             f"instruction, the policy's output and the reference's: {w.reference_source}) and one answer token; "
-             f"{policies} policies judged in the run."]
-    if j.dollars is not None:
-        lines.append(f"Its bill: ${j.dollars:,.2f} per policy, ${j.dollars * policies:,.2f} for the run ({j.note}).")
-    elif not j.note.startswith("a local judge"):
-        lines.append(f"Its bill: {w.requests * w.input_tokens * policies / 1e6:,.2f} M input tokens for the run at "
-                     f"your provider's price ({j.note}).")
-    return lines + [""]
 
 
 def estimate_markdown(recipe: Recipe, run_dir: Path, gpus: int | None = None, gpu: str | None = None) -> str:

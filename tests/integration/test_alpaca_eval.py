@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from sppo_nemo.process.children import group_alive
 from tests.helpers import ROOT, TINY_RECIPE, cli_env, read_json, side_venv_python, sppo_cmd, sppo_run
 
 pytest.importorskip("lm_eval", reason="lm-eval is not installed: pip install -e '.[evals]' (scripts/setup.sh does)")
@@ -89,9 +90,9 @@ def test_a_kill_9_with_the_judge_up_takes_its_server_and_the_rerun_ends_the_same
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30  # the server's group ends with sppo-run (process/children.py)
-    while _group_alive(group) and time.time() < deadline:
+    while group_alive(group) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _group_alive(group), "the judge's vLLM server outlived sppo-run"
+    assert not group_alive(group), "the judge's vLLM server outlived sppo-run"
 
     sppo_run(tiny_model, TINY_RECIPE, f"output_dir={out}", *overrides, timeout=900)
     assert alpaca(out / "tiny_sppo") == alpaca(judged)
@@ -105,9 +106,3 @@ def _servers() -> list[int]:
     return [int(pid) for pid in out.stdout.split()]
 
 
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
