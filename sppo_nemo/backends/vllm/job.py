@@ -23,6 +23,20 @@ def shard_log(state: Path, engine: int) -> Path:
     return Path(state) / f"shard_{engine:02d}.jsonl"
 
 
+# generation.vllm.dtype → vLLM's name; the KV cache a CPU engine gets when kv_cache_gib is null (vLLM
+# would size it from the machine's memory). Shared by every vLLM engine we start: the generator's, the
+# local AlpacaEval judge's and lm-eval's.
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
+CPU_KV_CACHE_GIB = 2.0
+
+
+def kv_cache_bytes(kv_cache_gib: float | None, on_gpu: bool) -> int | None:
+    """The engine's KV cache in bytes: kv_cache_gib, else :data:`CPU_KV_CACHE_GIB` on a CPU, else None
+    (vLLM sizes it from gpu_memory_utilization)."""
+    gib = kv_cache_gib if kv_cache_gib is not None else (None if on_gpu else CPU_KV_CACHE_GIB)
+    return None if gib is None else int(gib * 2**30)
+
+
 def worker_log(state: Path, engine: int) -> Path:
     return Path(state) / f"worker_{engine:02d}.log"
 
